@@ -1,0 +1,233 @@
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "buf.h"
+#include "config.h"
+#include "limits.h"
+#include "log.h"
+#include "mem.h"
+
+struct entry {
+	char *key;
+	char *value;
+};
+
+static struct entry entries[LIMIT_CONFIG_ENTRIES];
+static size_t nentries;
+static int loaded;
+
+void
+config_reset(void)
+{
+	size_t i;
+
+	for (i = 0; i < nentries; i++) {
+		free(entries[i].key);
+		mem_free_secret(entries[i].value, strlen(entries[i].value));
+	}
+	nentries = 0;
+	loaded = 0;
+}
+
+static int
+valid_key(const char *s, size_t n)
+{
+	size_t i;
+
+	if (n == 0)
+		return 0;
+	for (i = 0; i < n; i++)
+		if (!(isupper((unsigned char)s[i]) || isdigit((unsigned char)s[i]) || s[i] == '_'))
+			return 0;
+	return 1;
+}
+
+static void
+trim(const char **s, const char **e)
+{
+	while (*s < *e && (**s == ' ' || **s == '\t'))
+		(*s)++;
+	while (*e > *s && ((*e)[-1] == ' ' || (*e)[-1] == '\t' || (*e)[-1] == '\r'))
+		(*e)--;
+}
+
+/* One line of the file: blank, "# comment", or KEY=VALUE (VALUE may be "quoted"). */
+static int
+parse_line(const char *line, const char *end)
+{
+	const char *eq, *ks, *ke, *vs, *ve;
+	size_t i;
+
+	ks = line;
+	ke = end;
+	trim(&ks, &ke);
+	if (ks == ke || *ks == '#')
+		return 0;
+	eq = memchr(ks, '=', (size_t)(ke - ks));
+	if (eq == NULL)
+		return -1;
+	vs = eq + 1;
+	ve = ke;
+	ke = eq;
+	trim(&ks, &ke);
+	trim(&vs, &ve);
+	if (strncmp(ks, "export ", 7) == 0) {
+		ks += 7;
+		trim(&ks, &ke);
+	}
+	if (!valid_key(ks, (size_t)(ke - ks)))
+		return -1;
+	if (ve - vs >= 2 && ((*vs == '"' && ve[-1] == '"') || (*vs == '\'' && ve[-1] == '\''))) {
+		vs++;
+		ve--;
+	}
+	for (i = 0; vs + i < ve; i++)
+		if ((unsigned char)vs[i] < 0x20 && vs[i] != '\t')
+			return -1;
+	if (nentries == LIMIT_CONFIG_ENTRIES)
+		return -1;
+	entries[nentries].key = mem_strndup(ks, (size_t)(ke - ks));
+	entries[nentries].value = mem_strndup(vs, (size_t)(ve - vs));
+	nentries++;
+	return 0;
+}
+
+enum outcome
+config_load(void)
+{
+	const char *path;
+	FILE *f = NULL;
+	struct buf content = BUF_INIT(LIMIT_CONFIG_FILE);
+	char chunk[4096];
+	size_t n, lineno = 0;
+	const char *p, *end, *nl;
+	enum outcome rc = OUT_MISCONFIGURED;
+
+	if (loaded)
+		return OUT_OK;
+	path = getenv("BILLING_CONFIG");
+	if (path == NULL || *path == '\0') {
+		loaded = 1;
+		return OUT_OK;
+	}
+	if ((f = fopen(path, "r")) == NULL) {
+		log_msg("settings file named by BILLING_CONFIG cannot be opened (errno %d)", errno);
+		goto out;
+	}
+	while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) {
+		if (buf_add(&content, chunk, n) == -1) {
+			log_msg("settings file named by BILLING_CONFIG is larger than %d bytes",
+			    LIMIT_CONFIG_FILE);
+			goto out;
+		}
+	}
+	if (ferror(f)) {
+		log_msg("settings file named by BILLING_CONFIG cannot be read");
+		goto out;
+	}
+	p = buf_str(&content);
+	end = p + content.len;
+	if (memchr(p, '\0', content.len) != NULL) {
+		log_msg("settings file named by BILLING_CONFIG contains a NUL byte");
+		goto out;
+	}
+	while (p < end) {
+		lineno++;
+		nl = memchr(p, '\n', (size_t)(end - p));
+		if (nl == NULL)
+			nl = end;
+		if (parse_line(p, nl) == -1) {
+			log_msg("settings file named by BILLING_CONFIG: line %zu is not KEY=VALUE", lineno);
+			config_reset();
+			goto out;
+		}
+		p = nl + 1;
+	}
+	loaded = 1;
+	rc = OUT_OK;
+out:
+	if (f)
+		fclose(f);
+	buf_free_secret(&content);
+	return rc;
+}
+
+const char *
+config_get(const char *name)
+{
+	const char *v;
+	size_t i;
+
+	v = getenv(name);
+	if (v != NULL && *v != '\0')
+		return v;
+	/* Last assignment in the file wins, like a shell sourcing it. */
+	for (i = nentries; i > 0; i--)
+		if (strcmp(entries[i - 1].key, name) == 0)
+			return *entries[i - 1].value ? entries[i - 1].value : NULL;
+	return NULL;
+}
+
+const char *
+config_get_default(const char *name, const char *def)
+{
+	const char *v = config_get(name);
+
+	return v ? v : def;
+}
+
+enum outcome
+config_require(const char *name, const char **value)
+{
+	*value = config_get(name);
+	if (*value == NULL) {
+		log_msg("required setting %s is not set", name);
+		return OUT_MISCONFIGURED;
+	}
+	return OUT_OK;
+}
+
+enum outcome
+config_get_long(const char *name, long def, long min, long max, long *value)
+{
+	const char *v = config_get(name);
+	char *end;
+	long n;
+
+	if (v == NULL) {
+		*value = def;
+		return OUT_OK;
+	}
+	errno = 0;
+	n = strtol(v, &end, 10);
+	if (errno != 0 || end == v || *end != '\0' || !isdigit((unsigned char)v[v[0] == '-']) ||
+	    n < min || n > max) {
+		log_msg("setting %s is not a whole number in [%ld, %ld]", name, min, max);
+		return OUT_MISCONFIGURED;
+	}
+	*value = n;
+	return OUT_OK;
+}
+
+int
+config_list_contains(const char *name, const char *item, size_t len, int nocase)
+{
+	const char *list = config_get(name), *s, *e, *comma;
+
+	if (list == NULL)
+		return 0;
+	for (s = list; ; s = comma + 1) {
+		comma = strchr(s, ',');
+		e = comma ? comma : s + strlen(s);
+		trim(&s, &e);
+		if ((size_t)(e - s) == len && len > 0 &&
+		    (nocase ? strncasecmp(s, item, len) : strncmp(s, item, len)) == 0)
+			return 1;
+		if (comma == NULL)
+			return 0;
+	}
+}

@@ -1,0 +1,193 @@
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+#include "config.h"
+#include "db.h"
+#include "limits.h"
+#include "log.h"
+#include "mem.h"
+
+struct db {
+	PGconn *conn;
+};
+
+struct db_rows {
+	PGresult *res;
+};
+
+/* libpq prints notices to stderr by default; they may quote data, so drop them. */
+static void
+ignore_notice(void *arg, const char *message)
+{
+	(void)arg;
+	(void)message;
+}
+
+enum outcome
+db_connect(struct db **out)
+{
+	const char *url;
+	char timeout[16];
+	const char *keys[] = { "dbname", "connect_timeout", "application_name", NULL };
+	const char *vals[4];
+	PGconn *conn = NULL;
+	enum outcome rc;
+
+	*out = NULL;
+	if ((rc = config_require("DATABASE_URL", &url)) != OUT_OK)
+		return rc;
+	snprintf(timeout, sizeof(timeout), "%d", LIMIT_DB_CONNECT_S);
+	vals[0] = url;
+	vals[1] = timeout;
+	vals[2] = "billing-cgi";
+	vals[3] = NULL;
+	/* expand_dbname: the URL's own settings win over ours where both exist. */
+	conn = PQconnectdbParams(keys, vals, 1);
+	if (conn == NULL) {
+		log_msg("database connection could not be allocated");
+		return OUT_UNAVAILABLE;
+	}
+	if (PQstatus(conn) != CONNECTION_OK) {
+		log_msg("database connection failed");
+		PQfinish(conn);
+		return OUT_UNAVAILABLE;
+	}
+	PQsetNoticeProcessor(conn, ignore_notice, NULL);
+	*out = mem_alloc(sizeof(**out));
+	(*out)->conn = conn;
+	return OUT_OK;
+}
+
+void
+db_close(struct db *db)
+{
+	if (db == NULL)
+		return;
+	PQfinish(db->conn);
+	free(db);
+}
+
+static enum db_result
+classify(PGconn *conn, const PGresult *res)
+{
+	const char *state;
+
+	if (PQstatus(conn) == CONNECTION_BAD)
+		return DB_CONNECTION;
+	state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+	if (state == NULL)
+		return DB_CONNECTION;
+	if (strcmp(state, "23505") == 0)
+		return DB_UNIQUE_VIOLATION;
+	if (strncmp(state, "23", 2) == 0 || strncmp(state, "22", 2) == 0)
+		return DB_CHECK_VIOLATION;
+	if (strcmp(state, "40001") == 0)
+		return DB_SERIALIZATION;
+	if (strcmp(state, "40P01") == 0)
+		return DB_DEADLOCK;
+	if (strncmp(state, "08", 2) == 0 || strncmp(state, "57P", 3) == 0)
+		return DB_CONNECTION;
+	return DB_ERROR;
+}
+
+enum db_result
+db_exec(struct db *db, struct db_rows **rows, const char *sql, int nparams,
+    const char *const *params)
+{
+	PGresult *res;
+	ExecStatusType st;
+	enum db_result r;
+	const char *state;
+
+	if (rows)
+		*rows = NULL;
+	res = PQexecParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+	st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+	if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+		if (rows) {
+			*rows = mem_alloc(sizeof(**rows));
+			(*rows)->res = res;
+		} else
+			PQclear(res);
+		return DB_OK;
+	}
+	r = classify(db->conn, res);
+	state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+	/* Expected outcomes (a duplicate delivery) are the caller's to log. */
+	if (r != DB_UNIQUE_VIOLATION)
+		log_msg("database error sqlstate=%s", state ? state : "none");
+	PQclear(res);
+	return r;
+}
+
+enum db_result
+db_begin(struct db *db)
+{
+	return db_exec(db, NULL, "BEGIN", 0, NULL);
+}
+
+enum db_result
+db_commit(struct db *db)
+{
+	return db_exec(db, NULL, "COMMIT", 0, NULL);
+}
+
+void
+db_rollback(struct db *db)
+{
+	PGresult *res;
+
+	if (db == NULL || PQstatus(db->conn) != CONNECTION_OK ||
+	    PQtransactionStatus(db->conn) == PQTRANS_IDLE)
+		return;
+	res = PQexec(db->conn, "ROLLBACK");
+	PQclear(res);
+}
+
+enum outcome
+db_outcome(enum db_result r)
+{
+	switch (r) {
+	case DB_OK:
+		return OUT_OK;
+	case DB_CONNECTION:
+	case DB_SERIALIZATION:
+	case DB_DEADLOCK:
+		return OUT_UNAVAILABLE;
+	default:
+		return OUT_INTERNAL;
+	}
+}
+
+int
+db_retryable(enum db_result r)
+{
+	return r == DB_SERIALIZATION || r == DB_DEADLOCK;
+}
+
+int
+db_rows_count(const struct db_rows *rows)
+{
+	return rows ? PQntuples(rows->res) : 0;
+}
+
+const char *
+db_rows_get(const struct db_rows *rows, int row, int col)
+{
+	if (rows == NULL || row < 0 || row >= PQntuples(rows->res) || col < 0 ||
+	    col >= PQnfields(rows->res) || PQgetisnull(rows->res, row, col))
+		return NULL;
+	return PQgetvalue(rows->res, row, col);
+}
+
+void
+db_rows_free(struct db_rows *rows)
+{
+	if (rows == NULL)
+		return;
+	PQclear(rows->res);
+	free(rows);
+}

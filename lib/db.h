@@ -1,0 +1,66 @@
+/*
+ * The only user of libpq.  Parameterised statements only (PQexecParams,
+ * text parameters, NULL pointer = SQL NULL); failures are classified
+ * by SQLSTATE, never by message text, and logged by SQLSTATE only (no
+ * SQL text, no parameters, no server message).
+ */
+#ifndef DB_H
+#define DB_H
+
+#include "outcome.h"
+
+struct db;
+struct db_rows;
+
+enum db_result {
+	DB_OK = 0,
+	DB_UNIQUE_VIOLATION,	/* 23505 */
+	DB_CHECK_VIOLATION,	/* 23xxx other than 23505: bad data */
+	DB_SERIALIZATION,	/* 40001: retry the transaction */
+	DB_DEADLOCK,		/* 40P01: retry the transaction */
+	DB_CONNECTION,		/* lost or refused connection, 08xxx, 57Pxx */
+	DB_ERROR		/* anything else */
+};
+
+/*
+ * Connects with DATABASE_URL (conninfo or URI).  OUT_OK and *db, or
+ * OUT_MISCONFIGURED (setting missing) / OUT_UNAVAILABLE (server down),
+ * logged without the URL.
+ */
+enum outcome db_connect(struct db **db) __attribute__((warn_unused_result));
+
+/* Closes the connection (rolling back an open transaction); NULL is fine. */
+void db_close(struct db *db);
+
+/*
+ * Runs sql with nparams text parameters.  When rows is non-NULL and the
+ * statement succeeds, *rows receives the result (free with
+ * db_rows_free); on failure *rows is NULL.
+ */
+enum db_result db_exec(struct db *db, struct db_rows **rows, const char *sql,
+    int nparams, const char *const *params) __attribute__((warn_unused_result));
+
+/* db_exec with the parameters listed inline: DB_QUERY(db, &rows, sql, p1, p2). */
+#define DB_QUERY(db, rows, sql, ...)                                            \
+	db_exec((db), (rows), (sql),                                            \
+	    (int)(sizeof((const char *[]){ __VA_ARGS__ }) / sizeof(const char *)), \
+	    (const char *const[]){ __VA_ARGS__ })
+
+/* BEGIN (READ COMMITTED), COMMIT and ROLLBACK. */
+enum db_result db_begin(struct db *db) __attribute__((warn_unused_result));
+enum db_result db_commit(struct db *db) __attribute__((warn_unused_result));
+/* Best effort; safe to call when no transaction is open. */
+void db_rollback(struct db *db);
+
+/* Maps a failure to the outcome an endpoint answers with (OUT_UNAVAILABLE or OUT_INTERNAL). */
+enum outcome db_outcome(enum db_result r);
+
+/* Whether the result is worth retrying the whole transaction for. */
+int db_retryable(enum db_result r);
+
+int db_rows_count(const struct db_rows *rows);
+/* The value at (row, col) as text, or NULL for SQL NULL or out of range. Owned by rows. */
+const char *db_rows_get(const struct db_rows *rows, int row, int col);
+void db_rows_free(struct db_rows *rows);
+
+#endif

@@ -1,0 +1,47 @@
+/*
+ * Every size and time limit of billing-cgi, in one place.
+ * A CGI process serves exactly one request, so these bound what one
+ * request can make us read, allocate, send or wait for.
+ */
+#ifndef LIMITS_H
+#define LIMITS_H
+
+/* Request bodies: default cap, overridable by BILLING_MAX_BODY up to the hard ceiling. */
+#define LIMIT_BODY_DEFAULT	(1024 * 1024)
+#define LIMIT_BODY_CEILING	(16 * 1024 * 1024)
+
+/* Digits accepted in CONTENT_LENGTH before we call it malformed (no overflow possible). */
+#define LIMIT_CONTENT_LENGTH_DIGITS	9
+
+/* QUERY_STRING and single header values we are willing to parse. */
+#define LIMIT_QUERY_STRING	4096
+#define LIMIT_HEADER_VALUE	8192
+
+/* The optional KEY=VALUE settings file (BILLING_CONFIG). */
+#define LIMIT_CONFIG_FILE	(64 * 1024)
+#define LIMIT_CONFIG_ENTRIES	256
+
+/* JSON nesting accepted in request bodies and Stripe payloads. */
+#define LIMIT_JSON_DEPTH	64
+
+/* Application user ids (TEXT in the schema, CHECK 1..128). */
+#define LIMIT_USER_ID_LEN	128
+
+/* One log line. */
+#define LIMIT_LOG_LINE		2048
+
+/* Generic response bodies we build. */
+#define LIMIT_RESPONSE_BODY	(256 * 1024)
+
+/* Outgoing HTTP (Stripe): connect and per-try timeouts, response cap, tries. */
+#define LIMIT_HTTP_CONNECT_MS	3000
+#define LIMIT_HTTP_TRY_MS	4000
+#define LIMIT_HTTP_TOTAL_MS	9500
+#define LIMIT_HTTP_RESPONSE	(1024 * 1024)
+#define LIMIT_HTTP_TRIES	3
+#define LIMIT_FORM_BODY		(64 * 1024)
+
+/* Database connect timeout (libpq's connect_timeout, seconds). */
+#define LIMIT_DB_CONNECT_S	5
+
+#endif

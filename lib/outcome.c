@@ -1,0 +1,78 @@
+#include "outcome.h"
+
+static const struct {
+	int status;
+	const char *code;
+	const char *message;
+} table[OUT__MAX] = {
+	[OUT_OK] = { 200, "ok", "OK" },
+	[OUT_BAD_REQUEST] = { 400, "bad_request", "The request is malformed." },
+	[OUT_INVALID_JSON] = { 400, "invalid_json", "The request body is not a JSON object." },
+	[OUT_INVALID_FIELD] = { 400, "invalid_field", "A field is missing or invalid." },
+	[OUT_INVALID_PAYLOAD] = { 400, "invalid_payload", "The payload is not a Stripe event." },
+	[OUT_SIGNATURE_MISSING] = { 400, "signature_missing", "The Stripe-Signature header is missing." },
+	[OUT_SIGNATURE_MALFORMED] = { 400, "signature_malformed", "The Stripe-Signature header is malformed." },
+	[OUT_SIGNATURE_MISMATCH] = { 400, "signature_mismatch", "No signature matches the payload." },
+	[OUT_TIMESTAMP_TOLERANCE] = { 400, "timestamp_out_of_tolerance", "The signature timestamp is outside the tolerance." },
+	[OUT_UNAUTHORIZED] = { 401, "unauthorized", "Authentication is required." },
+	[OUT_QUOTA_EXCEEDED] = { 402, "quota_exceeded", "The monthly quota for this usage type is exhausted." },
+	[OUT_FORBIDDEN] = { 403, "forbidden", "You may not act for this user." },
+	[OUT_NOT_FOUND] = { 404, "not_found", "Not found." },
+	[OUT_METHOD_NOT_ALLOWED] = { 405, "method_not_allowed", "Method not allowed." },
+	[OUT_CONFLICT] = { 409, "conflict", "The request conflicts with the current state." },
+	[OUT_ALREADY_SUBSCRIBED] = { 409, "already_subscribed", "The user already has a live subscription." },
+	[OUT_LENGTH_REQUIRED] = { 411, "length_required", "Content-Length is required." },
+	[OUT_PAYLOAD_TOO_LARGE] = { 413, "payload_too_large", "The request body is too large." },
+	[OUT_UNSUPPORTED_MEDIA] = { 415, "unsupported_media_type", "The request body must be application/json." },
+	[OUT_INTERNAL] = { 500, "internal_error", "Internal error." },
+	[OUT_MISCONFIGURED] = { 500, "misconfigured", "The service is not configured correctly." },
+	[OUT_STRIPE_ERROR] = { 502, "stripe_error", "The payment provider rejected the request." },
+	[OUT_UNAVAILABLE] = { 503, "unavailable", "The service is temporarily unavailable; retry later." },
+};
+
+int
+outcome_status(enum outcome o)
+{
+	if ((unsigned)o >= OUT__MAX)
+		return 500;
+	return table[o].status;
+}
+
+const char *
+outcome_code(enum outcome o)
+{
+	if ((unsigned)o >= OUT__MAX)
+		return table[OUT_INTERNAL].code;
+	return table[o].code;
+}
+
+const char *
+outcome_message(enum outcome o)
+{
+	if ((unsigned)o >= OUT__MAX)
+		return table[OUT_INTERNAL].message;
+	return table[o].message;
+}
+
+const char *
+outcome_reason(int status)
+{
+	switch (status) {
+	case 200: return "OK";
+	case 204: return "No Content";
+	case 400: return "Bad Request";
+	case 401: return "Unauthorized";
+	case 402: return "Payment Required";
+	case 403: return "Forbidden";
+	case 404: return "Not Found";
+	case 405: return "Method Not Allowed";
+	case 409: return "Conflict";
+	case 411: return "Length Required";
+	case 413: return "Content Too Large";
+	case 415: return "Unsupported Media Type";
+	case 500: return "Internal Server Error";
+	case 502: return "Bad Gateway";
+	case 503: return "Service Unavailable";
+	default: return "Unknown";
+	}
+}

@@ -1,0 +1,44 @@
+/*
+ * The only writer of status lines, headers and bodies.  A CGI answers
+ * once (RFC 3875 6.2): headers are collected with response_header and
+ * go out together with the body.  Every response carries X-Request-Id
+ * and ends the request's log line.  Bodies are built with json-c, never
+ * printed by hand.
+ */
+#ifndef RESPONSE_H
+#define RESPONSE_H
+
+#include <json-c/json.h>
+
+#include "outcome.h"
+
+/* Queues a header for the response (name must be a literal/trusted token). */
+void response_header(const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Writes status, queued headers and body as JSON; body is borrowed. */
+void response_json(int status, struct json_object *body);
+
+/* Writes a response with no body (e.g. 204 for a CORS preflight). */
+void response_empty(int status);
+
+/*
+ * {"error":{"code":...,"message":...}} with the outcome's status.
+ * message NULL means the outcome's generic message.  Only pass messages
+ * that are safe for clients (no SQL, secrets, paths).
+ */
+void response_error(enum outcome o, const char *message);
+
+/* As response_error, adding "field":<field> inside "error". */
+void response_error_field(enum outcome o, const char *field, const char *message);
+
+/* As response_error, merging the members of extra (borrowed) beside "error". */
+void response_error_extra(enum outcome o, const char *message, struct json_object *extra);
+
+/* Whether a response has been written. */
+int response_sent(void);
+
+/* Emergency exit (out of memory): a fixed 500 if nothing was sent, then exit(1). */
+void response_fatal(const char *why) __attribute__((noreturn));
+
+#endif

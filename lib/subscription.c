@@ -1,0 +1,1 @@
+#include "subscription.h"

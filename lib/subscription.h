@@ -1,0 +1,4 @@
+/* subscription: placeholder, being written. */
+#ifndef SUBSCRIPTION_H
+#define SUBSCRIPTION_H
+#endif

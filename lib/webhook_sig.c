@@ -1,0 +1,1 @@
+#include "webhook_sig.h"
