@@ -1,4 +1,4 @@
-#include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -70,6 +70,38 @@ valid_utf8_text(const char *s, size_t n)
 	return 1;
 }
 
+/*
+ * json-c accepts 'single-quoted' strings even in strict mode; RFC 8259
+ * does not.  Outside a double-quoted string a quote character can only
+ * be that extension, so refuse it before parsing.
+ */
+static int
+no_single_quotes(const char *s, size_t n)
+{
+	int in_string = 0;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		if (in_string) {
+			if (s[i] == '\\')
+				i++;
+			else if (s[i] == '"')
+				in_string = 0;
+		} else if (s[i] == '"')
+			in_string = 1;
+		else if (s[i] == '\'')
+			return 0;
+	}
+	return 1;
+}
+
+/* json-c clamps integers beyond int64 to the limits; our ranges never reach them. */
+static int
+int64_clamped(int64_t v)
+{
+	return v == INT64_MAX || v == INT64_MIN;
+}
+
 enum outcome
 jsonget_parse(const char *text, size_t len, struct json_object **out)
 {
@@ -79,7 +111,7 @@ jsonget_parse(const char *text, size_t len, struct json_object **out)
 
 	*out = NULL;
 	if (len == 0 || len > (size_t)INT32_MAX || memchr(text, '\0', len) != NULL ||
-	    !valid_utf8_text(text, len))
+	    !valid_utf8_text(text, len) || !no_single_quotes(text, len))
 		goto out;
 	if ((tok = json_tokener_new_ex(LIMIT_JSON_DEPTH)) == NULL)
 		goto out;
@@ -127,10 +159,8 @@ jsonget_int(struct json_object *obj, const char *name, long long *out)
 
 	if (obj == NULL || !json_object_object_get_ex(obj, name, &v) || !is_integer(v))
 		return -1;
-	errno = 0;
 	*out = (long long)json_object_get_int64(v);
-	/* json-c clamps out-of-range numbers and sets errno. */
-	return errno == 0 ? 0 : -1;
+	return int64_clamped(*out) ? -1 : 0;
 }
 
 int
@@ -215,9 +245,8 @@ jsonget_path_int(struct json_object *obj, const char *path, long long *out)
 
 	if (!is_integer(v))
 		return -1;
-	errno = 0;
 	*out = (long long)json_object_get_int64(v);
-	return errno == 0 ? 0 : -1;
+	return int64_clamped(*out) ? -1 : 0;
 }
 
 static const char *
@@ -257,9 +286,8 @@ check_field(struct json_object *v, const struct jsonget_field *f)
 	case JG_INT:
 		if (!is_integer(v))
 			return "must be a whole number";
-		errno = 0;
 		n = (long long)json_object_get_int64(v);
-		if (errno != 0 || n < f->min || n > f->max)
+		if (int64_clamped(n) || n < f->min || n > f->max)
 			return "is out of range";
 		return NULL;
 	case JG_BOOL:

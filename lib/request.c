@@ -212,7 +212,7 @@ int
 request_query_param(const struct request *r, const char *name, char **value)
 {
 	const char *p = r->query, *amp, *eq, *end;
-	char *key = NULL, *found = NULL;
+	char *key = NULL, *val = NULL, *found = NULL;
 	int rc = -1;
 
 	*value = NULL;
@@ -222,17 +222,18 @@ request_query_param(const struct request *r, const char *name, char **value)
 		amp = strchr(p, '&');
 		end = amp ? amp : p + strlen(p);
 		eq = memchr(p, '=', (size_t)(end - p));
-		if ((key = url_decode(p, eq ? eq : end)) == NULL)
-			goto out;
+		if ((key = url_decode(p, eq ? eq : end)) == NULL ||
+		    (val = eq ? url_decode(eq + 1, end) : mem_strdup("")) == NULL)
+			goto out;	/* any malformed pair makes the whole string malformed */
 		if (strcmp(key, name) == 0) {
 			if (found != NULL)
 				goto out;	/* repeated: ambiguous, refuse */
-			found = eq ? url_decode(eq + 1, end) : mem_strdup("");
-			if (found == NULL)
-				goto out;
+			found = val;
+			val = NULL;
 		}
 		free(key);
-		key = NULL;
+		free(val);
+		key = val = NULL;
 		p = amp ? amp + 1 : end;
 	}
 	*value = found;
@@ -240,6 +241,7 @@ request_query_param(const struct request *r, const char *name, char **value)
 	rc = *value != NULL;
 out:
 	free(key);
+	free(val);
 	free(found);
 	return rc;
 }
