@@ -1,7 +1,501 @@
-/* Placeholder, being written. */
+#include <math.h>
 #include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/pem.h>
+
 #include "auth.h"
-enum outcome auth_identify(int allow_api_key, struct auth_caller *caller) { (void)allow_api_key; caller->user_id = NULL; return OUT_MISCONFIGURED; }
-enum outcome auth_authorize(const struct auth_caller *caller, const char *user_id) { (void)caller; (void)user_id; return OUT_FORBIDDEN; }
-void auth_caller_free(struct auth_caller *caller) { if (caller) free(caller->user_id); }
-enum outcome auth_verify_jwt(const char *token, size_t len, time_t now, char **subject) { (void)token; (void)len; (void)now; *subject = NULL; return OUT_MISCONFIGURED; }
+#include "config.h"
+#include "jsonget.h"
+#include "limits.h"
+#include "log.h"
+#include "mem.h"
+#include "request.h"
+#include "response.h"
+
+/* RFC 7518 3.2: an HS256 key must be at least as long as the hash (256 bits). */
+#define HS256_MIN_KEY 32
+/* RFC 7518 3.3: RSA keys of 2048 bits or larger. */
+#define RS256_MIN_BITS 2048
+/* A JWT public key file is a few hundred bytes; refuse anything silly. */
+#define KEY_FILE_MAX (64 * 1024)
+
+enum jwt_alg { ALG_HS256, ALG_RS256, ALG_ES256, ALG__MAX };
+
+static const char *const alg_names[ALG__MAX] = {
+    [ALG_HS256] = "HS256",
+    [ALG_RS256] = "RS256",
+    [ALG_ES256] = "ES256",
+};
+
+/*
+ * Strict base64url without padding (RFC 7515 2, RFC 4648 5): only the
+ * URL alphabet, no '=', no whitespace, a length that is not 1 mod 4 and
+ * zero bits in the unused tail, so each byte string has exactly one
+ * accepted encoding.  Returns the decoded length or -1.  out must hold
+ * n * 3 / 4 + 1 bytes.
+ */
+static long
+b64url_decode(const char *s, size_t n, unsigned char *out)
+{
+	unsigned long acc = 0;
+	size_t i;
+	long len = 0;
+	int bits = 0, v;
+
+	if (n % 4 == 1)
+		return -1;
+	for (i = 0; i < n; i++) {
+		char ch = s[i];
+
+		if (ch >= 'A' && ch <= 'Z')
+			v = ch - 'A';
+		else if (ch >= 'a' && ch <= 'z')
+			v = ch - 'a' + 26;
+		else if (ch >= '0' && ch <= '9')
+			v = ch - '0' + 52;
+		else if (ch == '-')
+			v = 62;
+		else if (ch == '_')
+			v = 63;
+		else
+			return -1;
+		acc = (acc << 6) | (unsigned long)v;
+		bits += 6;
+		if (bits >= 8) {
+			bits -= 8;
+			out[len++] = (unsigned char)(acc >> bits);
+			acc &= (1UL << bits) - 1;
+		}
+	}
+	if (acc != 0)
+		return -1;
+	return len;
+}
+
+/* Decodes one JWS segment into a fresh buffer (caller frees). */
+static unsigned char *
+segment_decode(const char *s, size_t n, size_t *len)
+{
+	unsigned char *p = mem_alloc(n * 3 / 4 + 1);
+	long got = b64url_decode(s, n, p);
+
+	if (got < 0) {
+		free(p);
+		return NULL;
+	}
+	*len = (size_t)got;
+	return p;
+}
+
+/* A JSON NumericDate (RFC 7519 2): integer, or a finite non-integer number. */
+static int
+numeric_date(struct json_object *claims, const char *name, int *present, double *out)
+{
+	struct json_object *v;
+
+	*present = 0;
+	if (!json_object_object_get_ex(claims, name, &v))
+		return 0;
+	*present = 1;
+	if (json_object_is_type(v, json_type_int)) {
+		*out = (double)json_object_get_int64(v);
+		return 0;
+	}
+	if (json_object_is_type(v, json_type_double)) {
+		*out = json_object_get_double(v);
+		return isfinite(*out) ? 0 : -1;
+	}
+	return -1;
+}
+
+static int
+aud_matches(struct json_object *claims, const char *want)
+{
+	struct json_object *aud, *item;
+	size_t i, n;
+
+	if (!json_object_object_get_ex(claims, "aud", &aud))
+		return 0;
+	if (json_object_is_type(aud, json_type_string))
+		return strcmp(json_object_get_string(aud), want) == 0;
+	if (!json_object_is_type(aud, json_type_array))
+		return 0;
+	n = json_object_array_length(aud);
+	for (i = 0; i < n; i++) {
+		item = json_object_array_get_idx(aud, i);
+		if (json_object_is_type(item, json_type_string) &&
+		    strcmp(json_object_get_string(item), want) == 0)
+			return 1;
+	}
+	return 0;
+}
+
+/*
+ * Reads AUTH_JWT_PUBLIC_KEY_FILE.  OUT_OK with *pkey and *alg (the one
+ * algorithm that key type verifies), or OUT_MISCONFIGURED.
+ */
+static enum outcome
+load_public_key(const char *file, EVP_PKEY **pkey, enum jwt_alg *alg)
+{
+	BIO *bio = NULL;
+	EVP_PKEY *k = NULL;
+	char group[64];
+	size_t glen = 0;
+	enum outcome o = OUT_MISCONFIGURED;
+
+	*pkey = NULL;
+	if ((bio = BIO_new_file(file, "r")) == NULL) {
+		log_msg("AUTH_JWT_PUBLIC_KEY_FILE cannot be opened");
+		goto out;
+	}
+	if ((k = PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL)) == NULL) {
+		log_msg("AUTH_JWT_PUBLIC_KEY_FILE holds no PEM public key");
+		goto out;
+	}
+	if (EVP_PKEY_is_a(k, "RSA")) {
+		if (EVP_PKEY_get_bits(k) < RS256_MIN_BITS) {
+			log_msg("AUTH_JWT_PUBLIC_KEY_FILE: RSA key shorter than %d bits",
+				RS256_MIN_BITS);
+			goto out;
+		}
+		*alg = ALG_RS256;
+	} else if (EVP_PKEY_is_a(k, "EC")) {
+		/* ES256 is ECDSA on P-256 only (RFC 7518 3.4). */
+		if (EVP_PKEY_get_utf8_string_param(k, OSSL_PKEY_PARAM_GROUP_NAME, group,
+						   sizeof(group), &glen) != 1 ||
+		    (strcmp(group, "prime256v1") != 0 && strcmp(group, "P-256") != 0)) {
+			log_msg("AUTH_JWT_PUBLIC_KEY_FILE: EC key not on P-256");
+			goto out;
+		}
+		*alg = ALG_ES256;
+	} else {
+		log_msg("AUTH_JWT_PUBLIC_KEY_FILE: key type is neither RSA nor EC");
+		goto out;
+	}
+	*pkey = k;
+	k = NULL;
+	o = OUT_OK;
+out:
+	EVP_PKEY_free(k);
+	BIO_free(bio);
+	return o;
+}
+
+/* ES256 signatures are raw r || s (RFC 7518 3.4); OpenSSL wants DER. */
+static unsigned char *
+es256_to_der(const unsigned char *sig, size_t len, size_t *der_len)
+{
+	ECDSA_SIG *es = NULL;
+	BIGNUM *r = NULL, *s = NULL;
+	unsigned char *der = NULL;
+	int n;
+
+	if (len != 64)
+		return NULL;
+	if ((es = ECDSA_SIG_new()) == NULL || (r = BN_bin2bn(sig, 32, NULL)) == NULL ||
+	    (s = BN_bin2bn(sig + 32, 32, NULL)) == NULL)
+		response_fatal("out of memory");
+	if (ECDSA_SIG_set0(es, r, s) != 1)
+		response_fatal("out of memory");
+	r = s = NULL;
+	if ((n = i2d_ECDSA_SIG(es, &der)) <= 0)
+		der = NULL;
+	else
+		*der_len = (size_t)n;
+	ECDSA_SIG_free(es);
+	return der;
+}
+
+static int
+verify_asymmetric(EVP_PKEY *pkey, enum jwt_alg alg, const char *input, size_t input_len,
+		  const unsigned char *sig, size_t sig_len)
+{
+	EVP_MD_CTX *ctx = NULL;
+	unsigned char *der = NULL;
+	size_t der_len = 0;
+	int good = 0;
+
+	if (alg == ALG_ES256) {
+		if ((der = es256_to_der(sig, sig_len, &der_len)) == NULL)
+			goto out;
+		sig = der;
+		sig_len = der_len;
+	}
+	if ((ctx = EVP_MD_CTX_new()) == NULL)
+		response_fatal("out of memory");
+	if (EVP_DigestVerifyInit(ctx, NULL, EVP_sha256(), NULL, pkey) != 1)
+		goto out;
+	good = EVP_DigestVerify(ctx, sig, sig_len, (const unsigned char *)input, input_len) == 1;
+out:
+	EVP_MD_CTX_free(ctx);
+	OPENSSL_free(der);
+	return good;
+}
+
+static int
+verify_hs256(const char *secret, const char *input, size_t input_len, const unsigned char *sig,
+	     size_t sig_len)
+{
+	unsigned char mac[EVP_MAX_MD_SIZE];
+	unsigned int mac_len = 0;
+	int good;
+
+	if (HMAC(EVP_sha256(), secret, (int)strlen(secret), (const unsigned char *)input, input_len,
+		 mac, &mac_len) == NULL)
+		return 0;
+	good = sig_len == mac_len && CRYPTO_memcmp(mac, sig, mac_len) == 0;
+	OPENSSL_cleanse(mac, sizeof(mac));
+	return good;
+}
+
+/* Why a token was refused, for the log line (never the token). */
+#define REJECT(reason)                                                                             \
+	do {                                                                                       \
+		why = (reason);                                                                    \
+		goto out;                                                                          \
+	} while (0)
+
+enum outcome
+auth_verify_jwt(const char *token, size_t len, time_t now, char **subject)
+{
+	const char *secret = config_get("AUTH_JWT_SECRET");
+	const char *key_file = config_get("AUTH_JWT_PUBLIC_KEY_FILE");
+	const char *issuer = config_get("AUTH_JWT_ISSUER");
+	const char *audience = config_get("AUTH_JWT_AUDIENCE");
+	const char *dot1, *dot2, *alg_name, *sub, *iss, *why = NULL;
+	unsigned char *header_raw = NULL, *payload_raw = NULL, *sig = NULL;
+	size_t header_len = 0, payload_len = 0, sig_len = 0, i;
+	struct json_object *header = NULL, *claims = NULL, *v;
+	EVP_PKEY *pkey = NULL;
+	enum jwt_alg alg = ALG__MAX, key_alg = ALG__MAX;
+	enum outcome o = OUT_UNAUTHORIZED;
+	long leeway = 60;
+	double exp_at = 0, nbf_at = 0, iat_at = 0;
+	int present, good;
+
+	*subject = NULL;
+	if (secret == NULL && key_file == NULL) {
+		log_msg("no JWT key configured (AUTH_JWT_SECRET, AUTH_JWT_PUBLIC_KEY_FILE)");
+		return OUT_MISCONFIGURED;
+	}
+	if (secret != NULL && strlen(secret) < HS256_MIN_KEY) {
+		log_msg("AUTH_JWT_SECRET is shorter than %d bytes", HS256_MIN_KEY);
+		return OUT_MISCONFIGURED;
+	}
+	if (config_get_long("AUTH_JWT_LEEWAY", 60, 0, 600, &leeway) != OUT_OK)
+		return OUT_MISCONFIGURED;
+	if (key_file != NULL && load_public_key(key_file, &pkey, &key_alg) != OUT_OK)
+		return OUT_MISCONFIGURED;
+
+	/* Compact serialisation (RFC 7515 7.1): exactly three segments. */
+	if (token == NULL || len == 0 || len > LIMIT_HEADER_VALUE)
+		REJECT("empty or oversized token");
+	if ((dot1 = memchr(token, '.', len)) == NULL ||
+	    (dot2 = memchr(dot1 + 1, '.', len - (size_t)(dot1 + 1 - token))) == NULL ||
+	    memchr(dot2 + 1, '.', len - (size_t)(dot2 + 1 - token)) != NULL)
+		REJECT("not three segments");
+	if ((header_raw = segment_decode(token, (size_t)(dot1 - token), &header_len)) == NULL ||
+	    (payload_raw = segment_decode(dot1 + 1, (size_t)(dot2 - dot1 - 1), &payload_len)) ==
+		NULL ||
+	    (sig = segment_decode(dot2 + 1, len - (size_t)(dot2 + 1 - token), &sig_len)) == NULL)
+		REJECT("bad base64url");
+	if (jsonget_parse((const char *)header_raw, header_len, &header) != OUT_OK)
+		REJECT("header is not a JSON object");
+
+	/* The key decides the algorithm, never the token (RFC 8725 3.1). */
+	if ((alg_name = jsonget_str(header, "alg")) == NULL)
+		REJECT("no alg");
+	for (i = 0; i < ALG__MAX; i++)
+		if (strcmp(alg_name, alg_names[i]) == 0)
+			alg = (enum jwt_alg)i;
+	if (alg == ALG__MAX)
+		REJECT("unsupported alg");
+	if (!((alg == ALG_HS256 && secret != NULL) || (alg != ALG_HS256 && alg == key_alg)))
+		REJECT("alg does not match the configured key");
+	/* We implement no JWS extensions: a critical one must be refused (RFC 7515 4.1.11). */
+	if (json_object_object_get_ex(header, "crit", &v))
+		REJECT("crit header");
+	if (sig_len == 0)
+		REJECT("empty signature");
+
+	if (alg == ALG_HS256)
+		good = verify_hs256(secret, token, (size_t)(dot2 - token), sig, sig_len);
+	else
+		good = verify_asymmetric(pkey, alg, token, (size_t)(dot2 - token), sig, sig_len);
+	if (!good)
+		REJECT("bad signature");
+
+	/* Claims only count once the signature is good. */
+	if (jsonget_parse((const char *)payload_raw, payload_len, &claims) != OUT_OK)
+		REJECT("payload is not a JSON object");
+	if (numeric_date(claims, "exp", &present, &exp_at) == -1 || !present)
+		REJECT("exp missing or not a number");
+	if ((double)now >= exp_at + (double)leeway)
+		REJECT("expired");
+	if (numeric_date(claims, "nbf", &present, &nbf_at) == -1)
+		REJECT("nbf not a number");
+	if (present && (double)now + (double)leeway < nbf_at)
+		REJECT("not yet valid (nbf)");
+	if (numeric_date(claims, "iat", &present, &iat_at) == -1)
+		REJECT("iat not a number");
+	if (present && (double)now + (double)leeway < iat_at)
+		REJECT("issued in the future (iat)");
+	if (issuer != NULL &&
+	    ((iss = jsonget_str(claims, "iss")) == NULL || strcmp(iss, issuer) != 0))
+		REJECT("wrong issuer");
+	if (audience != NULL && !aud_matches(claims, audience))
+		REJECT("wrong audience");
+	/* sub is a StringOrURI (RFC 7519 4.1.2): a JSON number is refused. */
+	if ((sub = jsonget_str(claims, "sub")) == NULL)
+		REJECT("sub missing or not a string");
+	if (strlen(sub) == 0 || strlen(sub) > LIMIT_USER_ID_LEN ||
+	    !jsonget_clean_utf8(sub, strlen(sub)))
+		REJECT("sub empty, too long or with control characters");
+	*subject = mem_strdup(sub);
+	o = OUT_OK;
+out:
+	if (why != NULL)
+		log_msg("jwt rejected: %s", why);
+	json_object_put(header);
+	json_object_put(claims);
+	free(header_raw);
+	free(payload_raw);
+	free(sig);
+	EVP_PKEY_free(pkey);
+	return o;
+}
+
+/* Constant-time equality of two strings of any lengths (compares their digests). */
+static int
+secret_equal(const char *a, size_t alen, const char *b, size_t blen)
+{
+	unsigned char da[32], db[32];
+	int same;
+
+	if (EVP_Digest(a, alen, da, NULL, EVP_sha256(), NULL) != 1 ||
+	    EVP_Digest(b, blen, db, NULL, EVP_sha256(), NULL) != 1)
+		return 0;
+	same = CRYPTO_memcmp(da, db, sizeof(da)) == 0 && alen == blen;
+	OPENSSL_cleanse(da, sizeof(da));
+	OPENSSL_cleanse(db, sizeof(db));
+	return same;
+}
+
+static void
+invalid_token(void)
+{
+	response_header("WWW-Authenticate", "Bearer realm=\"billing\", error=\"invalid_token\"");
+}
+
+/* Bearer credentials (RFC 6750 2.1): the scheme is case-insensitive, then b64token. */
+static int
+bearer_token(const char *h, const char **tok, size_t *len)
+{
+	size_t n;
+
+	if (strncasecmp(h, "Bearer", 6) != 0 || (h[6] != ' ' && h[6] != '\t'))
+		return -1;
+	h += 6;
+	while (*h == ' ' || *h == '\t')
+		h++;
+	n = strlen(h);
+	while (n > 0 && (h[n - 1] == ' ' || h[n - 1] == '\t'))
+		n--;
+	if (n == 0)
+		return -1;
+	*tok = h;
+	*len = n;
+	return 0;
+}
+
+enum outcome
+auth_identify(int allow_api_key, struct auth_caller *caller)
+{
+	const char *remote = getenv("REMOTE_USER"), *h, *tok = NULL;
+	const char *api_key = allow_api_key ? config_get("USAGE_API_KEY") : NULL;
+	int jwt = config_get("AUTH_JWT_SECRET") || config_get("AUTH_JWT_PUBLIC_KEY_FILE");
+	size_t len = 0;
+	char *sub = NULL, *copy;
+	enum outcome o;
+
+	caller->kind = AUTH__MAX;
+	caller->user_id = NULL;
+	/* Apache authenticated the request itself (RFC 3875 4.1.11). */
+	if (remote != NULL && *remote != '\0') {
+		if (strlen(remote) > LIMIT_USER_ID_LEN ||
+		    !jsonget_clean_utf8(remote, strlen(remote))) {
+			log_msg("REMOTE_USER unusable as a user id");
+			return OUT_FORBIDDEN;
+		}
+		caller->kind = AUTH_REMOTE_USER;
+		caller->user_id = mem_strdup(remote);
+		return OUT_OK;
+	}
+	if (!jwt && api_key == NULL) {
+		log_msg("no authentication configured (REMOTE_USER, AUTH_JWT_SECRET, "
+			"AUTH_JWT_PUBLIC_KEY_FILE%s)",
+			allow_api_key ? ", USAGE_API_KEY" : "");
+		return OUT_MISCONFIGURED;
+	}
+	h = request_header("Authorization");
+	if (h == NULL || *h == '\0') {
+		/* No credentials: a bare challenge (RFC 6750 3.1). */
+		response_header("WWW-Authenticate", "Bearer realm=\"billing\"");
+		return OUT_UNAUTHORIZED;
+	}
+	if (strlen(h) > LIMIT_HEADER_VALUE || bearer_token(h, &tok, &len) == -1) {
+		log_msg("authorization header is not a Bearer token");
+		invalid_token();
+		return OUT_UNAUTHORIZED;
+	}
+	if (api_key != NULL && secret_equal(tok, len, api_key, strlen(api_key))) {
+		caller->kind = AUTH_API_KEY;
+		return OUT_OK;
+	}
+	if (!jwt) {
+		log_msg("bearer token is not the API key");
+		invalid_token();
+		return OUT_UNAUTHORIZED;
+	}
+	copy = mem_strndup(tok, len);
+	o = auth_verify_jwt(copy, len, time(NULL), &sub);
+	mem_free_secret(copy, len);
+	if (o == OUT_UNAUTHORIZED)
+		invalid_token();
+	if (o != OUT_OK)
+		return o;
+	caller->kind = AUTH_JWT;
+	caller->user_id = sub;
+	return OUT_OK;
+}
+
+enum outcome
+auth_authorize(const struct auth_caller *caller, const char *user_id)
+{
+	if (caller == NULL || user_id == NULL)
+		return OUT_FORBIDDEN;
+	if (caller->kind == AUTH_API_KEY)
+		return OUT_OK;
+	if ((caller->kind == AUTH_REMOTE_USER || caller->kind == AUTH_JWT) &&
+	    caller->user_id != NULL && strcmp(caller->user_id, user_id) == 0)
+		return OUT_OK;
+	log_msg("caller may not act for the requested user");
+	return OUT_FORBIDDEN;
+}
+
+void
+auth_caller_free(struct auth_caller *caller)
+{
+	if (caller == NULL)
+		return;
+	free(caller->user_id);
+	caller->user_id = NULL;
+}

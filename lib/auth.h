@@ -29,8 +29,11 @@ struct auth_caller {
 /*
  * Identifies the caller.  allow_api_key: whether a Bearer equal to
  * USAGE_API_KEY (constant-time compare) is accepted.  OUT_OK and
- * *caller filled; OUT_UNAUTHORIZED (WWW-Authenticate queued) for no or
- * bad credentials; OUT_MISCONFIGURED when no method is configured.
+ * *caller filled; OUT_UNAUTHORIZED (WWW-Authenticate queued: a bare
+ * Bearer challenge without credentials, error="invalid_token" for bad
+ * ones) for no or bad credentials; OUT_FORBIDDEN for a REMOTE_USER that
+ * is no usable user id (over 128 bytes, control characters);
+ * OUT_MISCONFIGURED when no method is configured.
  */
 enum outcome auth_identify(int allow_api_key, struct auth_caller *caller)
     __attribute__((warn_unused_result));
@@ -45,8 +48,16 @@ void auth_caller_free(struct auth_caller *caller);
 /*
  * Verifies a compact JWS against the configured key at time now
  * (exp/nbf with AUTH_JWT_LEEWAY seconds, iss/aud when configured).
- * OUT_OK and *subject (caller frees), OUT_UNAUTHORIZED, or
- * OUT_MISCONFIGURED (no key, unreadable key file).
+ * Strict base64url (no padding, canonical); header and payload JSON
+ * objects; the key fixes the algorithm (HS256 only with
+ * AUTH_JWT_SECRET, RS256 only with an RSA >= 2048 key file, ES256 only
+ * with a P-256 key file, raw r||s); "none" and "crit" refused.  exp is
+ * required, nbf and iat optional (iat must not be in the future); sub
+ * must be a JSON string of 1..128 bytes without control characters
+ * (a number is refused).  OUT_OK and *subject (caller frees),
+ * OUT_UNAUTHORIZED (reason logged, never the token), or
+ * OUT_MISCONFIGURED (no key, unreadable or unsuitable key file, secret
+ * under 32 bytes, bad AUTH_JWT_LEEWAY).
  */
 enum outcome auth_verify_jwt(const char *token, size_t len, time_t now, char **subject)
     __attribute__((warn_unused_result));

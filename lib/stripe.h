@@ -4,8 +4,10 @@
  * the pinned Stripe-Version (STRIPE_API_VERSION), Idempotency-Key on
  * POSTs, and the retry policy: network errors, timeouts, 409, 429 and
  * 5xx are retried with bounded exponential backoff and jitter, at most
- * LIMIT_HTTP_TRIES tries within LIMIT_HTTP_TOTAL_MS, honouring
- * Stripe-Should-Retry.
+ * LIMIT_HTTP_TRIES tries within LIMIT_HTTP_TOTAL_MS (per call),
+ * honouring Stripe-Should-Retry (true: retry even a 4xx; false: never)
+ * and a Retry-After of at most 2 s.  Each try lasts at most
+ * LIMIT_HTTP_TRY_MS.
  */
 #ifndef STRIPE_H
 #define STRIPE_H
@@ -18,11 +20,14 @@
 /*
  * POST form-encoded params to path ("/v1/checkout/sessions") with the
  * given Idempotency-Key (sent identically on every retry).
+ * idempotency_key NULL sends none (avoid for creating calls).
  * OUT_OK and *out (a JSON object the caller puts) on 2xx;
  * OUT_STRIPE_ERROR when Stripe refused it (4xx other than 409/429; the
- * error type/code are logged, never the key); OUT_UNAVAILABLE when no
- * answer after the retries; OUT_MISCONFIGURED when the key or base URL
- * is missing or not allowed.
+ * error type/code/param are logged, never the key or Stripe's message)
+ * or answered 2xx with something that is not a JSON object;
+ * OUT_UNAVAILABLE when no answer after the retries (or a 409/429/5xx
+ * Stripe says not to retry); OUT_MISCONFIGURED when the key or base
+ * URL is missing or not allowed.  *out is NULL unless OUT_OK.
  */
 enum outcome stripe_post(const char *path, const struct form *params,
     const char *idempotency_key, struct json_object **out) __attribute__((warn_unused_result));
@@ -35,6 +40,10 @@ enum outcome stripe_get(const char *path, struct json_object **out)
  * Derives a stable Idempotency-Key from parts (e.g. "customer", user
  * id): "<prefix>-" + hex SHA-256 of the parts.  Caller frees.
  */
-char *stripe_idempotency_key(const char *prefix, const char *const *parts, int nparts);
+char *stripe_idempotency_key(const char *prefix, const char *const *parts, int nparts)
+    __attribute__((returns_nonnull));
+
+/* "<prefix>-" + 32 random hex digits (128 bits from the CSPRNG).  Caller frees. */
+char *stripe_random_idempotency_key(const char *prefix) __attribute__((returns_nonnull));
 
 #endif

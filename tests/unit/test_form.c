@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "form.h"
+#include "http.h"
 #include "limits.h"
 #include "mem.h"
 #include "stripe.h"
@@ -21,9 +22,9 @@ test_basic(void)
 	ok(form_add_long(&f, "line_items[0][quantity]", 1) == 0, "integer value");
 	ok(form_add(&f, "allow_promotion_codes", "true") == 0, "boolean value");
 	is_str(form_str(&f),
-	    "mode=subscription&line_items[0][price]=price_123&line_items[0][quantity]=1"
-	    "&allow_promotion_codes=true",
-	    "pairs joined with &, brackets literal");
+	       "mode=subscription&line_items[0][price]=price_123&line_items[0][quantity]=1"
+	       "&allow_promotion_codes=true",
+	       "pairs joined with &, brackets literal");
 	is_int(form_len(&f), strlen(form_str(&f)), "length matches");
 	form_free(&f);
 }
@@ -35,9 +36,10 @@ test_encoding(void)
 
 	form_init(&f);
 	ok(form_add(&f, "success_url",
-	       "https://app.example.test/ok?session_id={CHECKOUT_SESSION_ID}&a=b c") == 0,
-	    "url value");
-	is_str(form_str(&f),
+		    "https://app.example.test/ok?session_id={CHECKOUT_SESSION_ID}&a=b c") == 0,
+	   "url value");
+	is_str(
+	    form_str(&f),
 	    "success_url=https%3A%2F%2Fapp.example.test%2Fok%3Fsession_id%3D%7BCHECKOUT_SESSION_ID"
 	    "%7D%26a%3Db%20c",
 	    "reserved characters, braces and space percent-encoded");
@@ -46,16 +48,17 @@ test_encoding(void)
 	form_init(&f);
 	ok(form_add(&f, "metadata[user id&x=y]", "\xc3\xa9+%\n") == 0, "odd key and value");
 	is_str(form_str(&f), "metadata[user%20id%26x%3Dy]=%C3%A9%2B%25%0A",
-	    "key parts encoded (no injection of pairs), UTF-8 and controls encoded");
+	       "key parts encoded (no injection of pairs), UTF-8 and controls encoded");
 	form_free(&f);
 
 	form_init(&f);
 	ok(form_add(&f, "metadata[userId]", "") == 0, "empty value allowed (Stripe: unset)");
 	is_str(form_str(&f), "metadata[userId]=", "empty value encoded as key=");
 	ok(form_add_long(&f, "n", -42) == 0 && strstr(form_str(&f), "&n=-42") != NULL,
-	    "negative integer");
+	   "negative integer");
 	ok(form_add_long(&f, "big", 9223372036854775807LL) == 0 &&
-	    strstr(form_str(&f), "&big=9223372036854775807") != NULL, "LLONG_MAX");
+	       strstr(form_str(&f), "&big=9223372036854775807") != NULL,
+	   "LLONG_MAX");
 	form_free(&f);
 }
 
@@ -104,8 +107,8 @@ test_cap(void)
 static void
 test_idempotency_keys(void)
 {
-	const char *a[] = { "customer", "42" }, *b[] = { "customer", "4", "2" },
-		   *c[] = { "customer4", "2" };
+	const char *a[] = {"customer", "42"}, *b[] = {"customer", "4", "2"},
+		   *c[] = {"customer4", "2"};
 	char *k1 = stripe_idempotency_key("cus", a, 2), *k2 = stripe_idempotency_key("cus", a, 2),
 	     *k3 = stripe_idempotency_key("cus", b, 3), *k4 = stripe_idempotency_key("cus", c, 2),
 	     *r1 = stripe_random_idempotency_key("cs"), *r2 = stripe_random_idempotency_key("cs");
@@ -123,6 +126,21 @@ test_idempotency_keys(void)
 	free(r2);
 }
 
+static void
+test_url_policy(void)
+{
+	ok(http_url_allowed("https://api.stripe.com/v1/customers"), "https to any host");
+	ok(http_url_allowed("http://127.0.0.1:8080/v1/x"), "http to 127.0.0.1");
+	ok(http_url_allowed("http://localhost:1/v1/x"), "http to localhost");
+	ok(http_url_allowed("http://[::1]:1/v1/x"), "http to [::1]");
+	ok(!http_url_allowed("http://api.stripe.com/v1/x"), "http to a remote host refused");
+	ok(!http_url_allowed("http://127.0.0.1.evil.example/"), "loopback-looking name refused");
+	ok(!http_url_allowed("https://user:pw@api.stripe.com/"), "userinfo refused");
+	ok(!http_url_allowed("ftp://127.0.0.1/"), "other schemes refused");
+	ok(!http_url_allowed("api.stripe.com/v1"), "no scheme refused");
+	ok(!http_url_allowed(NULL), "NULL refused");
+}
+
 int
 main(void)
 {
@@ -131,5 +149,6 @@ main(void)
 	test_rejects();
 	test_cap();
 	test_idempotency_keys();
+	test_url_policy();
 	return done_testing();
 }
