@@ -1,4 +1,114 @@
-/* subscription: placeholder, being written. */
+/*
+ * Applying Stripe events to the database (docs.stripe.com/webhooks,
+ * docs.stripe.com/billing/subscriptions/webhooks).  Stripe delivers
+ * at least once, in no guaranteed order, and retries non-2xx answers,
+ * so every event is applied in ONE transaction that starts with its
+ * billing_events row:
+ *
+ *   INSERT INTO billing_events ... ON CONFLICT (stripe_event_id) DO NOTHING
+ *
+ * No row back = already processed: nothing else is done (200
+ * {"received":true,"duplicate":true}).  A concurrent delivery of the
+ * same event waits on the unique index until the first commits (then
+ * it is a duplicate) or rolls back (then it proceeds).  Work on one
+ * subscription is serialised by pg_advisory_xact_lock(hashtext(<sub id>)).
+ *
+ * Sync modes (STRIPE_SYNC_MODE; default refetch when STRIPE_SECRET_KEY
+ * is set, else event):
+ *
+ * refetch  The event is a trigger (dj-stripe, Pay): under the lock,
+ *          GET /v1/subscriptions/<id> and store that object, whatever
+ *          the event order.  Stripe unreachable (or refusing) → the
+ *          whole transaction, billing_events row included, is rolled
+ *          back and the endpoint answers 503/502 so Stripe redelivers.
+ *          404 → the event's own object, under the event-mode rule.
+ *
+ * event    The event's object is applied under the ordering rule:
+ *          - no row yet: applied;
+ *          - the row is final (canceled, incomplete_expired) and the
+ *            object is not: never applied (no resurrection, whatever
+ *            its created);
+ *          - a customer.subscription.deleted is final: always applied;
+ *          - created > last_event_created: applied;
+ *          - created == last_event_created (same second): applied only
+ *            if the status does not go backwards in the lifecycle rank
+ *              incomplete 0 < trialing 1 < active 2
+ *              < past_due = unpaid = paused 3
+ *              < canceled = incomplete_expired 4
+ *            (an equal rank applies: later delivery wins on a tie);
+ *          - created < last_event_created: ignored (recorded only).
+ *          last_event_created only moves forwards.
+ *
+ * Events:
+ *   customer.subscription.created/updated/deleted/trial_will_end
+ *       upsert the subscription (deleted: status canceled, canceled_at,
+ *       ended_at, cancellation_details.reason); trial_will_end also
+ *       queues a notifications row (kind trial_will_end, deduplicated).
+ *   checkout.session.completed (mode subscription)
+ *       links client_reference_id (else metadata.userId) and the
+ *       customer in customers, links existing subscription rows of that
+ *       customer/subscription that have no user yet, and creates the
+ *       subscription row if absent: status incomplete, tier/interval
+ *       from the session metadata, last_event_created NULL so that any
+ *       subscription event overrides it (refetch mode stores the real
+ *       subscription instead).
+ *   invoice.paid / invoice.payment_failed
+ *       billing event with the amounts; payment_failed moves an active
+ *       or trialing subscription to past_due (ordering rule as above;
+ *       an incomplete first payment stays incomplete: past_due would
+ *       grant the paid tier); refetch mode refetches the subscription.
+ *   anything else: recorded only, {"received":true,"ignored":true}.
+ *
+ * Tier/interval: the configured price (STRIPE_PRICE_*), else
+ * metadata.tier / metadata.interval, else (interval) the price's
+ * recurring.interval, else the existing row's; an unknown tier on a new
+ * row is stored as 'free' with a warning (never grant a paid tier we
+ * cannot identify).  Periods: items.data[0].current_period_* (API
+ * 2025-03-31 and later), else the subscription's own (older APIs).
+ * User: metadata.userId (1..128 bytes, clean UTF-8), else customers by
+ * stripe_customer_id, else NULL until checkout.session.completed links it.
+ */
 #ifndef SUBSCRIPTION_H
 #define SUBSCRIPTION_H
+
+#include <stddef.h>
+
+#include <json-c/json.h>
+
+#include "db.h"
+#include "outcome.h"
+
+/* A parsed, verified event: views into root, which the event owns. */
+struct subscription_event {
+	struct json_object *root;
+	const char *id;		/* evt_... */
+	const char *type;
+	long long created;
+	struct json_object *object;	/* data.object */
+	const char *raw;	/* the verified body, stored as billing_events.payload */
+	size_t raw_len;
+};
+
+/*
+ * Parses the verified body: a JSON object with string id (1..255
+ * bytes, clean), string type, integer created and object data.object.
+ * OUT_OK, or OUT_INVALID_PAYLOAD (body not JSON or not an event).
+ * raw is borrowed and must outlive ev.
+ */
+enum outcome subscription_event_parse(const char *raw, size_t len,
+    struct subscription_event *ev) __attribute__((warn_unused_result));
+
+/* Releases what subscription_event_parse allocated; safe on a zeroed ev. */
+void subscription_event_free(struct subscription_event *ev);
+
+/*
+ * Applies ev in one transaction (retried on serialization failure or
+ * deadlock).  OUT_OK with *reply (caller puts it): {"received":true}
+ * plus "duplicate":true or "ignored":true.  Otherwise nothing was
+ * committed: OUT_UNAVAILABLE (database or Stripe down), OUT_STRIPE_ERROR,
+ * OUT_MISCONFIGURED (bad STRIPE_SYNC_MODE) or OUT_INTERNAL.
+ */
+enum outcome subscription_apply_event(struct db *db, const struct subscription_event *ev,
+    struct json_object **reply) __attribute__((warn_unused_result));
+
 #endif
