@@ -1,11 +1,172 @@
-/* Placeholder, being written. */
+/*
+ * GET|POST /api/usage: a user's usage this month, and recording usage
+ * against the quota of their plan.
+ *
+ *   GET  /api/usage?userId=U
+ *        200 {"userId","tier","status","period":{"start","end"},
+ *             "subscription":{"interval","status","trialEnd","currentPeriodEnd",
+ *                             "cancelAtPeriodEnd"} | null,
+ *             "usage":[{"usageType","used","limit","remaining"} x5]}
+ *        status is the subscription's ("none" without one); subscription is
+ *        null only when the user never had one (a canceled one is shown).
+ *   POST /api/usage  {"userId","usageType","amount"?:1,"metadata"?:{...}}
+ *        Idempotency-Key: <1..255 characters 0x20-0x7e> (optional)
+ *        200 {"userId","usageType","amount","used","limit","remaining","period"}
+ *        402 {"error":{"code":"quota_exceeded",...}, the same members}, nothing counted
+ *        409 conflict: the Idempotency-Key was used with a different request
+ *            (same user, usageType, amount and metadata = same request)
+ *
+ * Callers: the user themselves (REMOTE_USER or a JWT), or an app backend
+ * with `Authorization: Bearer <USAGE_API_KEY>` acting for any user.  userId
+ * is required in both cases.  Checks run in this order: 405, 401, 400/411/
+ * 413/415 (the body), 403 (userId is not the caller), then the database
+ * (503 when it is down).  OPTIONS is answered by cors_handle without it.
+ *
+ * Idempotency (the IETF Idempotency-Key draft, Stripe's semantics): keys
+ * are per user; the first 200 or 402 is stored with the counting, in one
+ * transaction, and a retry gets it back byte for byte with
+ * `Idempotent-Replayed: true`.  Errors before counting (4xx, 5xx) store
+ * nothing, so the retry is a new attempt.  Keys live at least 24 hours:
+ * one POST in 100 calls prune_usage_idempotency() (a cron job running
+ * `SELECT prune_usage_idempotency()` does the same for quiet sites).
+ * metadata is validated (an object, at most 4 KiB, no NUL) and is part of
+ * the idempotency comparison, but is not stored: usage is kept as monthly
+ * counters, not as an event log.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "auth.h"
+#include "buf.h"
+#include "config.h"
+#include "cors.h"
+#include "db.h"
 #include "log.h"
+#include "request.h"
 #include "response.h"
+#include "usage.h"
+
+/* Where a 400 points: the offending field and why (static strings). */
+struct problem {
+	const char *field;
+	const char *why;
+};
+
+/* GET: the userId query parameter. */
+static enum outcome
+read_query(const struct request *req, char **user_id, struct problem *p)
+{
+	p->field = "userId";
+	switch (request_query_param(req, "userId", user_id)) {
+	case 0:
+		p->why = "is required";
+		return OUT_INVALID_FIELD;
+	case 1:
+		if (usage_user_id_valid(*user_id))
+			return OUT_OK;
+		p->why = "must be 1 to 128 characters of text";
+		return OUT_INVALID_FIELD;
+	default:
+		p->why = "is malformed or repeated";
+		return OUT_INVALID_FIELD;
+	}
+}
+
+/* POST: a JSON body validated by the usage field table, and the Idempotency-Key header. */
+static enum outcome
+read_record(struct request *req, struct usage_record *rec, const char **key, struct problem *p)
+{
+	enum outcome rc;
+	size_t cap;
+
+	if ((rc = request_require_json(req)) != OUT_OK || (rc = request_body_cap(&cap)) != OUT_OK ||
+	    (rc = request_read_body(req, cap)) != OUT_OK ||
+	    (rc = usage_parse_record(req->body, req->body_len, rec, &p->field, &p->why)) != OUT_OK)
+		return rc;
+	*key = request_header("Idempotency-Key");
+	if (!usage_idempotency_key_valid(*key)) {
+		p->field = "Idempotency-Key";
+		p->why = "must be 1 to 255 printable ASCII characters";
+		return OUT_INVALID_FIELD;
+	}
+	return OUT_OK;
+}
+
+static void
+respond(const struct usage_answer *a)
+{
+	/* As Stripe does, say when an answer is the stored first one. */
+	if (a->replayed)
+		response_header("Idempotent-Replayed", "true");
+	if (a->outcome == OUT_OK)
+		response_json(200, a->body);
+	else
+		response_error_extra(a->outcome, a->message, a->body);
+}
+
+static void
+respond_problem(enum outcome rc, const struct problem *p)
+{
+	struct buf msg = BUF_INIT(512);
+
+	if (rc == OUT_INVALID_FIELD && p->field &&
+	    buf_printf(&msg, "%s %s.", p->field, p->why) == 0)
+		response_error_field(rc, p->field, buf_str(&msg));
+	else
+		response_error(rc, NULL);
+	buf_free(&msg);
+}
 
 int
 main(void)
 {
+	struct request req;
+	struct auth_caller caller = {0};
+	struct usage_record rec = {0};
+	struct usage_answer answer = {0};
+	struct problem problem = {0};
+	struct db *db = NULL;
+	char *query_user = NULL;
+	const char *user_id, *key = NULL;
+	int is_get;
+	enum outcome rc;
+
 	log_begin("usage");
-	response_error(OUT_INTERNAL, "not implemented yet");
+	request_init(&req);
+	if ((rc = config_load()) != OUT_OK)
+		goto out;
+	if (cors_handle(&req, "GET, POST"))
+		goto out; /* preflight answered, no database */
+	if ((rc = request_check_method(&req, "GET, POST")) != OUT_OK)
+		goto out;
+	if ((rc = auth_identify(1, &caller)) != OUT_OK)
+		goto out;
+
+	is_get = strcmp(req.method, "GET") == 0;
+	rc = is_get ? read_query(&req, &query_user, &problem)
+		    : read_record(&req, &rec, &key, &problem);
+	if (rc != OUT_OK)
+		goto out;
+	user_id = is_get ? query_user : rec.user_id;
+	if ((rc = auth_authorize(&caller, user_id)) != OUT_OK)
+		goto out;
+
+	if ((rc = db_connect(&db)) != OUT_OK)
+		goto out;
+	rc = is_get ? usage_read(db, user_id, &answer) : usage_track(db, &rec, key, &answer);
+	if (rc == OUT_OK) {
+		respond(&answer);
+		if (!is_get)
+			usage_maybe_prune(db); /* 1 POST in 100; an index range delete */
+	}
+out:
+	if (!response_sent())
+		respond_problem(rc, &problem);
+	usage_answer_free(&answer);
+	usage_record_free(&rec);
+	free(query_user);
+	db_close(db);
+	auth_caller_free(&caller);
+	request_free(&req);
 	return 0;
 }
