@@ -137,7 +137,7 @@ main(void)
 		goto out;
 	if (cors_handle(&req, "GET, POST"))
 		goto out; /* preflight answered, no database */
-	if ((rc = request_check_method(&req, "GET, POST")) != OUT_OK)
+	if ((rc = request_check_method(&req, "GET, POST, OPTIONS")) != OUT_OK)
 		goto out;
 	if ((rc = auth_identify(1, &caller)) != OUT_OK)
 		goto out;
