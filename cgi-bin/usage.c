@@ -62,7 +62,7 @@ read_query(const struct request *req, char **user_id, struct problem *p)
 		p->why = "is required";
 		return OUT_INVALID_FIELD;
 	case 1:
-		if (usage_user_id_valid(*user_id))
+		if (auth_user_id_valid(*user_id))
 			return OUT_OK;
 		p->why = "must be 1 to 128 characters of text";
 		return OUT_INVALID_FIELD;

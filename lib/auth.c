@@ -356,8 +356,7 @@ auth_verify_jwt(const char *token, size_t len, time_t now, char **subject)
 	/* sub is a StringOrURI (RFC 7519 4.1.2): a JSON number is refused. */
 	if ((sub = jsonget_str(claims, "sub")) == NULL)
 		REJECT("sub missing or not a string");
-	if (strlen(sub) == 0 || strlen(sub) > LIMIT_USER_ID_LEN ||
-	    !jsonget_clean_utf8(sub, strlen(sub)))
+	if (!auth_user_id_valid(sub))
 		REJECT("sub empty, too long or with control characters");
 	*subject = mem_strdup(sub);
 	o = OUT_OK;
@@ -430,8 +429,7 @@ auth_identify(int allow_api_key, struct auth_caller *caller)
 	caller->user_id = NULL;
 	/* Apache authenticated the request itself (RFC 3875 4.1.11). */
 	if (remote != NULL && *remote != '\0') {
-		if (strlen(remote) > LIMIT_USER_ID_LEN ||
-		    !jsonget_clean_utf8(remote, strlen(remote))) {
+		if (!auth_user_id_valid(remote)) {
 			log_msg("REMOTE_USER unusable as a user id");
 			return OUT_FORBIDDEN;
 		}
@@ -498,4 +496,12 @@ auth_caller_free(struct auth_caller *caller)
 		return;
 	free(caller->user_id);
 	caller->user_id = NULL;
+}
+
+int
+auth_user_id_valid(const char *s)
+{
+	size_t n = s ? strlen(s) : 0;
+
+	return n >= 1 && n <= LIMIT_USER_ID_LEN && jsonget_clean_utf8(s, n);
 }

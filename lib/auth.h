@@ -42,6 +42,13 @@ enum outcome auth_identify(int allow_api_key, struct auth_caller *caller)
 enum outcome auth_authorize(const struct auth_caller *caller, const char *user_id)
     __attribute__((warn_unused_result));
 
+/*
+ * Whether s is usable as an application user id: 1..LIMIT_USER_ID_LEN
+ * bytes of UTF-8 without control characters (within the schema's
+ * CHECK of 1..128 characters).  1 if valid; NULL is invalid.
+ */
+int auth_user_id_valid(const char *s);
+
 /* Frees what caller owns; NULL is fine. */
 void auth_caller_free(struct auth_caller *caller);
 

@@ -3,9 +3,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth.h"
 #include "config.h"
 #include "jsonget.h"
-#include "limits.h"
 #include "log.h"
 #include "mem.h"
 #include "plan.h"
@@ -122,21 +122,6 @@ id_of(struct json_object *obj, const char *name)
 	return valid_stripe_id(s) ? s : NULL;
 }
 
-/* An application user id: 1..128 characters of clean UTF-8 (schema CHECK). */
-static int
-valid_user_id(const char *s)
-{
-	size_t n, chars = 0, i;
-
-	if (s == NULL || (n = strlen(s)) == 0 || n > 4 * LIMIT_USER_ID_LEN ||
-	    !jsonget_clean_utf8(s, n))
-		return 0;
-	for (i = 0; i < n; i++)
-		if (((unsigned char)s[i] & 0xc0) != 0x80)
-			chars++;
-	return chars <= LIMIT_USER_ID_LEN;
-}
-
 /* A user id from path in obj, validated; invalid ones are logged and ignored. */
 static const char *
 user_at(struct json_object *obj, const char *path)
@@ -145,7 +130,7 @@ user_at(struct json_object *obj, const char *path)
 
 	if (s == NULL)
 		return NULL;
-	if (!valid_user_id(s)) {
+	if (!auth_user_id_valid(s)) {
 		log_msg("ignoring invalid user id at %s", path);
 		return NULL;
 	}

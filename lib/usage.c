@@ -81,14 +81,6 @@ static const char sql_store[] =
     "WHERE user_id = $1 AND idempotency_key = $2 RETURNING response::text";
 
 int
-usage_user_id_valid(const char *s)
-{
-	size_t n = s ? strlen(s) : 0;
-
-	return n >= 1 && n <= LIMIT_USER_ID_LEN && jsonget_clean_utf8(s, n);
-}
-
-int
 usage_idempotency_key_valid(const char *key)
 {
 	size_t n;

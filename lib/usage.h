@@ -48,11 +48,6 @@ struct usage_answer {
 	int replayed; /* 1: the stored first answer to this Idempotency-Key */
 };
 
-/*
- * Validates a user id taken from the query string: 1..LIMIT_USER_ID_LEN
- * bytes of UTF-8 without control characters.  1 if valid.
- */
-int usage_user_id_valid(const char *s);
 
 /*
  * Parses and validates a POST body against the field table (userId,

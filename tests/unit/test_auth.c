@@ -514,5 +514,26 @@ main(void)
 	EVP_PKEY_free(ec);
 	EVP_PKEY_free(small);
 	EVP_PKEY_free(ed);
+	{
+		char id[200];
+
+		memset(id, 'a', 128);
+		id[128] = '\0';
+		ok(auth_user_id_valid(id), "user id of 128 bytes");
+		id[128] = 'a';
+		id[129] = '\0';
+		ok(!auth_user_id_valid(id), "user id of 129 bytes refused");
+		id[0] = '\0';
+		for (int k = 0; k < 43; k++)
+			strcat(id, "\xc3\xa9");	/* 86 bytes: fine */
+		ok(auth_user_id_valid(id), "multibyte user id within 128 bytes");
+		for (int k = 0; k < 22; k++)
+			strcat(id, "\xc3\xa9");	/* 130 bytes */
+		ok(!auth_user_id_valid(id), "user id over 128 bytes refused, however few characters");
+		ok(!auth_user_id_valid(""), "empty user id refused");
+		ok(!auth_user_id_valid(NULL), "NULL user id refused");
+		ok(!auth_user_id_valid("a\tb"), "control character refused");
+		ok(!auth_user_id_valid("\xff"), "invalid UTF-8 refused");
+	}
 	return done_testing();
 }
