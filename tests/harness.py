@@ -668,6 +668,20 @@ class Stack:
         except subprocess.TimeoutExpired:
             return False
 
+    def _stop_proc(self, p, *steps):
+        """Ask p to stop, one (signal, whole process group?, seconds to wait)
+        step after another; SIGKILL its process group if it outlives them."""
+        if p is None or p.poll() is not None:
+            return
+        for sig, group, seconds in steps:
+            with contextlib.suppress(ProcessLookupError):
+                (os.killpg if group else os.kill)(p.pid, sig)
+            if self._wait_proc(p, seconds):
+                return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+
     # -- start / stop --------------------------------------------------------
 
     def start(self):
@@ -883,17 +897,7 @@ log_checkpoints = off
     def pg_stop(self):
         """Stop the PostgreSQL server (fast shutdown); data stays."""
         p, self._pg = self._pg, None
-        if p is None or p.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p.pid, signal.SIGINT)
-        if not self._wait_proc(p, 20):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, signal.SIGQUIT)
-            if not self._wait_proc(p, 5):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        self._stop_proc(p, (signal.SIGINT, False, 20), (signal.SIGQUIT, False, 5))
 
     def _pg_create_db(self):
         if not self._db_created:
@@ -978,15 +982,7 @@ log_checkpoints = off
 
     def _fake_stop(self):
         p, self._fake = self._fake, None
-        if p is None:
-            return
-        if p.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
-            if not self._wait_proc(p, 10):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        self._stop_proc(p, (signal.SIGTERM, True, 10))
 
     # -- Apache ------------------------------------------------------------------
 
@@ -1125,13 +1121,7 @@ log_checkpoints = off
         p, self._httpd = self._httpd, None
         if p is None:
             return
-        if p.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, signal.SIGTERM)
-            if not self._wait_proc(p, 15):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        self._stop_proc(p, (signal.SIGTERM, False, 15))
         # prefork children (and CGIs they run) share the process group.
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:

@@ -392,27 +392,26 @@ count_race() { # count_race TAG -> "allowed refused errors"
 	echo "$(cat "$tmp/$tag".*.out | grep -cx t) $(cat "$tmp/$tag".*.out | grep -cx f) $(cat "$tmp/$tag".*.err | grep -c .)"
 }
 
+race_is() { # race_is TAG "allowed refused errors" NAME
+	local got
+	got=$(count_race "$1")
+	if [ "$got" = "$2" ]; then
+		pass "$3"
+	else
+		fail "$3"
+		echo "#   allowed/refused/errors: $got, want $2"; cat "$tmp/$1".*.err | diag
+	fi
+}
+
 run "UPDATE plan_quotas SET monthly_limit = 10 WHERE tier = 'free' AND usage_type = 'export'"
 race u-conc export 30 r1
-got=$(count_race r1)
-if [ "$got" = "10 20 0" ]; then
-	pass "30 concurrent first calls against a limit of 10: exactly 10 allowed"
-else
-	fail "30 concurrent first calls against a limit of 10: exactly 10 allowed"
-	echo "#   allowed/refused/errors: $got"; cat "$tmp"/r1.*.err | diag
-fi
+race_is r1 "10 20 0" "30 concurrent first calls against a limit of 10: exactly 10 allowed"
 is "after the race used == 10 in a single row" \
 	"SELECT count(*) || ' ' || sum(amount) FROM usage_tracking WHERE user_id = 'u-conc' AND usage_type = 'export'" \
 	"1 10"
 run "UPDATE plan_quotas SET monthly_limit = 20 WHERE tier = 'free' AND usage_type = 'export'"
 race u-conc export 30 r2
-got=$(count_race r2)
-if [ "$got" = "10 20 0" ]; then
-	pass "30 concurrent updates of an existing row, 10 left: exactly 10 allowed"
-else
-	fail "30 concurrent updates of an existing row, 10 left: exactly 10 allowed"
-	echo "#   allowed/refused/errors: $got"; cat "$tmp"/r2.*.err | diag
-fi
+race_is r2 "10 20 0" "30 concurrent updates of an existing row, 10 left: exactly 10 allowed"
 is "after the second race used == 20" \
 	"SELECT sum(amount) FROM usage_tracking WHERE user_id = 'u-conc' AND usage_type = 'export'" "20"
 
