@@ -69,10 +69,9 @@ main(void)
 	    (o = checkout_create_session(&order, customer_id, idem, &session_id, &url)) != OUT_OK)
 		goto fail;
 
-	if ((answer = json_object_new_object()) == NULL)
-		response_fatal("out of memory");
-	json_object_object_add(answer, "sessionId", json_object_new_string(session_id));
-	json_object_object_add(answer, "url", json_object_new_string(url));
+	answer = response_object();
+	response_add(answer, "sessionId", json_object_new_string(session_id));
+	response_add(answer, "url", json_object_new_string(url));
 	response_json(200, answer);
 	goto out;
 fail:

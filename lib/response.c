@@ -119,21 +119,34 @@ response_empty(int status)
 	send_response(status, NULL, NULL, 0);
 }
 
+struct json_object *
+response_object(void)
+{
+	struct json_object *o = json_object_new_object();
+
+	if (o == NULL)
+		response_fatal("out of memory");
+	return o;
+}
+
+void
+response_add(struct json_object *o, const char *key, struct json_object *v)
+{
+	if (json_object_object_add(o, key, v) != 0)
+		response_fatal("out of memory");
+}
+
 static struct json_object *
 error_body(enum outcome o, const char *field, const char *message)
 {
-	struct json_object *root, *err;
+	struct json_object *root = response_object(), *err = response_object();
 
-	root = json_object_new_object();
-	err = json_object_new_object();
-	if (root == NULL || err == NULL)
-		response_fatal("out of memory");
-	json_object_object_add(err, "code", json_object_new_string(outcome_code(o)));
-	json_object_object_add(err, "message",
+	response_add(err, "code", json_object_new_string(outcome_code(o)));
+	response_add(err, "message",
 	    json_object_new_string(message ? message : outcome_message(o)));
 	if (field)
-		json_object_object_add(err, "field", json_object_new_string(field));
-	json_object_object_add(root, "error", err);
+		response_add(err, "field", json_object_new_string(field));
+	response_add(root, "error", err);
 	return root;
 }
 
@@ -153,7 +166,7 @@ response_error_extra(enum outcome o, const char *message, struct json_object *ex
 
 	if (extra) {
 		json_object_object_foreach(extra, key, val)
-			json_object_object_add(root, key, json_object_get(val));
+			response_add(root, key, json_object_get(val));
 	}
 	error_headers(o);
 	response_json(outcome_status(o), root);

@@ -16,6 +16,14 @@
 void response_header(const char *name, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/*
+ * Building bodies: an empty object, and adding a member (v is owned by o
+ * afterwards; NULL adds JSON null).  Allocation failure ends the request
+ * with a 500 (response_fatal), so neither returns an error.
+ */
+struct json_object *response_object(void) __attribute__((returns_nonnull));
+void response_add(struct json_object *o, const char *key, struct json_object *v);
+
 /* Writes status, queued headers and body as JSON; body is borrowed. */
 void response_json(int status, struct json_object *body);
 

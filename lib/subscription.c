@@ -761,14 +761,12 @@ subscription_apply_event(struct db *db, const struct subscription_event *ev,
 	}
 	if (r != 0)
 		return db_outcome((enum db_result)r);
-	*reply = json_object_new_object();
-	if (*reply == NULL)
-		response_fatal("out of memory");
-	json_object_object_add(*reply, "received", json_object_new_boolean(1));
+	*reply = response_object();
+	response_add(*reply, "received", json_object_new_boolean(1));
 	if (a.duplicate) {
-		json_object_object_add(*reply, "duplicate", json_object_new_boolean(1));
+		response_add(*reply, "duplicate", json_object_new_boolean(1));
 		log_note("duplicate", "yes");
 	} else if (a.ignored)
-		json_object_object_add(*reply, "ignored", json_object_new_boolean(1));
+		response_add(*reply, "ignored", json_object_new_boolean(1));
 	return OUT_OK;
 }

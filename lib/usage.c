@@ -176,45 +176,28 @@ usage_answer_free(struct usage_answer *answer)
 	answer->body = NULL;
 }
 
-static struct json_object *
-new_object(void)
-{
-	struct json_object *o = json_object_new_object();
-
-	if (o == NULL)
-		response_fatal("out of memory");
-	return o;
-}
-
-static void
-add(struct json_object *o, const char *key, struct json_object *v)
-{
-	if (json_object_object_add(o, key, v) != 0)
-		response_fatal("out of memory");
-}
-
 /* A string member, or null for SQL NULL. */
 static void
 add_text(struct json_object *o, const char *key, const char *s)
 {
-	add(o, key, s ? json_object_new_string(s) : NULL);
+	response_add(o, key, s ? json_object_new_string(s) : NULL);
 }
 
 /* A bigint column as a JSON integer, or null for SQL NULL (unlimited). */
 static void
 add_int(struct json_object *o, const char *key, const char *s)
 {
-	add(o, key, s ? json_object_new_int64(strtoll(s, NULL, 10)) : NULL);
+	response_add(o, key, s ? json_object_new_int64(strtoll(s, NULL, 10)) : NULL);
 }
 
 static void
 add_period(struct json_object *o, const char *start, const char *end)
 {
-	struct json_object *p = new_object();
+	struct json_object *p = response_object();
 
 	add_text(p, "start", start);
 	add_text(p, "end", end);
-	add(o, "period", p);
+	response_add(o, "period", p);
 }
 
 static int
@@ -244,28 +227,28 @@ usage_read(struct db *db, const char *user_id, struct usage_answer *answer)
 	/* Columns: 0 type, 1 used, 2 limit, 3 remaining, 4 tier, 5-6 period,
 	 * 7 has subscription, 8 status, 9 interval, 10 trial end,
 	 * 11 current period end, 12 cancel at period end. */
-	body = new_object();
+	body = response_object();
 	add_text(body, "userId", user_id);
 	add_text(body, "tier", db_rows_get(rows, 0, 4));
 	add_text(body, "status",
 		 is_true(db_rows_get(rows, 0, 7)) ? db_rows_get(rows, 0, 8) : "none");
 	add_period(body, db_rows_get(rows, 0, 5), db_rows_get(rows, 0, 6));
 	if (is_true(db_rows_get(rows, 0, 7))) {
-		sub = new_object();
+		sub = response_object();
 		add_text(sub, "interval", db_rows_get(rows, 0, 9));
 		add_text(sub, "status", db_rows_get(rows, 0, 8));
 		add_text(sub, "trialEnd", db_rows_get(rows, 0, 10));
 		add_text(sub, "currentPeriodEnd", db_rows_get(rows, 0, 11));
-		add(sub, "cancelAtPeriodEnd",
+		response_add(sub, "cancelAtPeriodEnd",
 		    json_object_new_boolean(is_true(db_rows_get(rows, 0, 12))));
-		add(body, "subscription", sub);
+		response_add(body, "subscription", sub);
 	} else
-		add(body, "subscription", NULL);
+		response_add(body, "subscription", NULL);
 	if ((list = json_object_new_array()) == NULL)
 		response_fatal("out of memory");
-	add(body, "usage", list);
+	response_add(body, "usage", list);
 	for (i = 0; i < n; i++) {
-		item = new_object();
+		item = response_object();
 		add_text(item, "usageType", db_rows_get(rows, i, 0));
 		add_int(item, "used", db_rows_get(rows, i, 1));
 		add_int(item, "limit", db_rows_get(rows, i, 2));
@@ -300,10 +283,10 @@ track(struct db *db, const struct usage_record *rec, struct usage_answer *answer
 		db_rows_free(rows);
 		return DB_ERROR;
 	}
-	body = new_object();
+	body = response_object();
 	add_text(body, "userId", rec->user_id);
 	add_text(body, "usageType", rec->usage_type);
-	add(body, "amount", json_object_new_int64(rec->amount));
+	response_add(body, "amount", json_object_new_int64(rec->amount));
 	add_int(body, "used", db_rows_get(rows, 0, 1));
 	add_int(body, "limit", db_rows_get(rows, 0, 2));
 	add_int(body, "remaining", db_rows_get(rows, 0, 3));
