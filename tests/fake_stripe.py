@@ -34,6 +34,7 @@ Control API (no auth, JSON in and out):
   PUT    /_fake/subscriptions/{id}    store a subscription object (body)
   DELETE /_fake/subscriptions/{id}    remove it
   GET    /_fake/objects               customers, checkout sessions, subscriptions
+  GET    /_fake/in-flight             idempotency keys whose first request is executing
 """
 import argparse
 import copy
@@ -893,6 +894,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if path == "/_fake/fail" and method == "GET":
             with STATE.lock:
                 return reply(200, [r.as_json() for r in STATE.rules])
+        if path == "/_fake/in-flight" and method == "GET":
+            with STATE.lock:
+                return reply(200, sorted(STATE.in_flight))
         if path == "/_fake/objects" and method == "GET":
             with STATE.lock:
                 return reply(200, copy.deepcopy({

@@ -417,7 +417,7 @@ def test_retries(st):
     r = post(st, user)
     took = time.monotonic() - start
     expect_error(r, 503, "unavailable", "Stripe slower than the per-try timeout: 503")
-    t.ok(took < 10.5, "answered within the 10 s budget", f"took {took:.2f}s")
+    t.ok(took < 10, "answered in under 10 s", f"took {took:.2f}s")
 
     st.stripe.reset()
     st.stripe.fail(path="/v1/customers", mode="503", count=3)

@@ -353,7 +353,9 @@ def _():
 
 @check("concurrent use of a key -> 409 idempotency_key_in_use")
 def _():
-    fail_rule(path="/v1/customers", method="POST", mode="slow", delay=1.0)
+    # The delay only has to outlast the poll below, which ends as soon as the
+    # fake reports the key in flight.
+    fail_rule(path="/v1/customers", method="POST", mode="slow", delay=3.0)
     out = {}
 
     def first():
@@ -361,7 +363,9 @@ def _():
 
     t = threading.Thread(target=first)
     t.start()
-    time.sleep(0.4)
+    deadline = time.monotonic() + 3.0
+    while "k-conc" not in control("GET", "/_fake/in-flight").json:
+        assert time.monotonic() < deadline, "the first request never got in flight"
     b = api_post("/v1/customers", [("email", "c@example.test")], idem="k-conc")
     t.join()
     eq(out["a"].status, 200, "first")
