@@ -77,6 +77,8 @@ main(void)
 fail:
 	response_error(o, o == OUT_ALREADY_SUBSCRIBED
 			      ? "This user already has an active subscription."
+			  : o == OUT_CONFLICT
+			      ? "This Idempotency-Key was already used with a different request."
 			      : NULL);
 out:
 	json_object_put(answer);

@@ -178,7 +178,17 @@ create_stripe_customer(const char *user_id, const char *email, char **id)
 	if ((email && form_add(&f, "email", email) == -1) ||
 	    form_add(&f, "metadata[userId]", user_id) == -1)
 		goto out;
-	if ((o = stripe_post("/v1/customers", &f, key, &cus)) != OUT_OK)
+	if ((o = stripe_post("/v1/customers", &f, key, &cus)) == OUT_CONFLICT) {
+		/*
+		 * The key is the user's: an earlier checkout created the
+		 * customer with another email and could not store it.  Only
+		 * an operator can pick it up (metadata.userId names the user).
+		 */
+		log_msg("stripe POST /v1/customers: customer created earlier with other details"
+			" and not stored");
+		o = OUT_STRIPE_ERROR;
+	}
+	if (o != OUT_OK)
 		goto out;
 	if ((cid = jsonget_str(cus, "id")) == NULL || strncmp(cid, "cus_", 4) != 0) {
 		log_msg("stripe POST /v1/customers: answer without a customer id");

@@ -108,13 +108,18 @@ retryable(long status, const char *should_retry)
 	return status == 0 || status == 409 || status == 429 || status >= 500;
 }
 
-/* Logs Stripe's error type/code/param: never the message (it can quote the key). */
-static void
+/*
+ * Logs Stripe's error type/code/param, never the message (it can quote
+ * the key), and says whether Stripe refused an Idempotency-Key reused
+ * with other parameters.
+ */
+static int
 log_stripe_error(enum http_method method, const char *path, long status,
 		 const struct http_response *resp)
 {
 	struct json_object *root = NULL;
 	const char *type = NULL, *code = NULL, *param = NULL;
+	int key_reused;
 
 	if (jsonget_parse(buf_str(&resp->body), resp->body.len, &root) == OUT_OK) {
 		type = jsonget_path_str(root, "error.type");
@@ -123,7 +128,9 @@ log_stripe_error(enum http_method method, const char *path, long status,
 	}
 	log_msg("stripe %s %s: HTTP %ld type=%.64s code=%.64s param=%.128s", method_names[method],
 		path, status, type ? type : "-", code ? code : "-", param ? param : "-");
+	key_reused = status == 400 && type != NULL && strcmp(type, "idempotency_error") == 0;
 	json_object_put(root);
+	return key_reused;
 }
 
 static enum outcome
@@ -205,8 +212,9 @@ stripe_call(enum http_method method, const char *path, const struct form *params
 			goto out;
 		}
 		if (got == 0 && !retryable(resp.status, resp.should_retry)) {
-			log_stripe_error(method, path, resp.status, &resp);
-			if (resp.status == 404 && method != HTTP_POST)
+			if (log_stripe_error(method, path, resp.status, &resp))
+				o = OUT_CONFLICT;
+			else if (resp.status == 404 && method != HTTP_POST)
 				o = OUT_NOT_FOUND;
 			else if (resp.status >= 400 && resp.status < 500 && resp.status != 409 &&
 				 resp.status != 429)

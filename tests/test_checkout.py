@@ -148,6 +148,15 @@ def test_customer_reused(st):
     t.eq(st.psql_one(f"SELECT count(*) FROM customers WHERE user_id = '{user}'"), "1",
          "one customers row")
 
+    # A customer created in Stripe but never stored (the database failed
+    # after the call) cannot be created again with other details under
+    # the user's key: a clear 502, and still no second customer.
+    st.psql(f"DELETE FROM customers WHERE user_id = '{user}'")
+    r = post(st, user, order(user, email="other@example.test"))
+    expect_error(r, 502, "stripe_error", "unstored customer, other email: 502 stripe_error")
+    t.eq(len(st.stripe.call("GET", "/_fake/objects")["customers"]), 1,
+         "still one Stripe customer")
+
 
 def test_concurrent_first_checkouts(st):
     st.stripe.reset()
@@ -187,6 +196,13 @@ def test_client_idempotency(st):
          "the client key is scoped to the user")
     r = post(st, user, headers={"Idempotency-Key": "x" * 256})
     expect_error(r, 400, "bad_request", "Idempotency-Key over 255 characters: 400")
+    before = len(st.stripe.call("GET", "/_fake/objects")["checkout_sessions"])
+    r = post(st, user, headers=h, body=order(user, tier="basic"))
+    expect_error(r, 409, "conflict", "same client Idempotency-Key, other order: 409 conflict")
+    t.ok("Idempotency-Key" in ((r.json() or {}).get("error") or {}).get("message", ""),
+         "the 409 says the key was used for another request", r.text)
+    t.eq(len(st.stripe.call("GET", "/_fake/objects")["checkout_sessions"]), before,
+         "the conflicting order created no session")
 
 
 def test_already_subscribed(st):
