@@ -1,0 +1,112 @@
+/*
+ * lib/usage without a database: the POST body's field table and the
+ * Idempotency-Key rule.  Counting against quotas is SQL (track_usage)
+ * and is tested against a real server in tests/test_usage*.py.
+ */
+#include <string.h>
+
+#include "usage.h"
+#include "tap.h"
+
+/* Parses body; the outcome, and on OUT_INVALID_FIELD the field named. */
+static enum outcome
+parse(const char *body, const char **field, struct usage_record *rec)
+{
+	const char *why = NULL;
+	enum outcome o;
+
+	*field = NULL;
+	o = usage_parse_record(body, strlen(body), rec, field, &why);
+	if (o == OUT_INVALID_FIELD && (why == NULL || *why == '\0'))
+		return OUT_INTERNAL; /* every refusal must say why */
+	return o;
+}
+
+/* 1 if body is refused as OUT_INVALID_FIELD naming want. */
+static int
+refused(const char *body, const char *want)
+{
+	struct usage_record rec;
+	const char *field;
+	enum outcome o = parse(body, &field, &rec);
+
+	if (o == OUT_OK)
+		usage_record_free(&rec);
+	return o == OUT_INVALID_FIELD && field != NULL && strcmp(field, want) == 0;
+}
+
+int
+main(void)
+{
+	struct usage_record rec;
+	const char *field;
+	char big[USAGE_METADATA_MAX + 64];
+	char key[USAGE_IDEMPOTENCY_KEY_MAX + 2];
+	size_t n;
+
+	ok(parse("{\"userId\":\"u1\",\"usageType\":\"export\"}", &field, &rec) == OUT_OK &&
+	    strcmp(rec.user_id, "u1") == 0 && strcmp(rec.usage_type, "export") == 0 &&
+	    rec.amount == 1 && rec.metadata == NULL,
+	    "minimal body: amount defaults to 1, no metadata");
+	usage_record_free(&rec);
+	ok(rec.root == NULL, "usage_record_free clears the record");
+	usage_record_free(NULL);
+
+	ok(parse("{\"userId\":\"u1\",\"usageType\":\"storage\",\"amount\":1073741824,"
+		 "\"metadata\":{\"file\":\"a.pdf\",\"tags\":[1,{\"x\":null}]}}",
+		 &field, &rec) == OUT_OK &&
+	    rec.amount == USAGE_AMOUNT_MAX && rec.metadata != NULL,
+	    "largest amount and nested metadata accepted");
+	usage_record_free(&rec);
+
+	ok(parse("{\"userId\":", &field, &rec) == OUT_INVALID_JSON, "truncated JSON");
+	ok(parse("[1]", &field, &rec) != OUT_OK, "an array is not a record");
+	ok(refused("{\"usageType\":\"export\"}", "userId"), "userId required");
+	ok(refused("{\"userId\":\"\",\"usageType\":\"export\"}", "userId"), "empty userId");
+	ok(refused("{\"userId\":7,\"usageType\":\"export\"}", "userId"), "numeric userId");
+	ok(refused("{\"userId\":\"u1\"}", "usageType"), "usageType required");
+	ok(refused("{\"userId\":\"u1\",\"usageType\":\"exports\"}", "usageType"),
+	    "unknown usageType");
+	ok(refused("{\"userId\":\"u1\",\"usageType\":\"Export\"}", "usageType"),
+	    "usage types are exact");
+	ok(refused("{\"userId\":\"u1\",\"usageType\":\"export\",\"amount\":0}", "amount"),
+	    "amount 0");
+	ok(refused("{\"userId\":\"u1\",\"usageType\":\"export\",\"amount\":-1}", "amount"),
+	    "negative amount");
+	ok(refused("{\"userId\":\"u1\",\"usageType\":\"export\",\"amount\":1073741825}", "amount"),
+	    "amount over the maximum");
+	ok(refused("{\"userId\":\"u1\",\"usageType\":\"export\",\"amount\":1.5}", "amount"),
+	    "fractional amount");
+	ok(refused("{\"userId\":\"u1\",\"usageType\":\"export\",\"amount\":\"2\"}", "amount"),
+	    "amount as a string");
+	ok(refused("{\"userId\":\"u1\",\"usageType\":\"export\",\"metadata\":[1]}", "metadata"),
+	    "metadata must be an object");
+	ok(refused("{\"userId\":\"u1\",\"usageType\":\"export\",\"metadata\":{\"a\":\"x\\u0000y\"}}",
+		   "metadata"),
+	    "metadata with a NUL character");
+	ok(refused("{\"userId\":\"u1\",\"usageType\":\"export\","
+		   "\"metadata\":{\"a\":[{\"b\":\"\\u0000\"}]}}",
+		   "metadata"),
+	    "a NUL character deep inside metadata");
+	n = (size_t)snprintf(big, sizeof(big), "{\"userId\":\"u1\",\"usageType\":\"export\","
+					       "\"metadata\":{\"a\":\"");
+	memset(big + n, 'x', USAGE_METADATA_MAX);
+	strcpy(big + n + USAGE_METADATA_MAX - 40, "\"}}");
+	ok(parse(big, &field, &rec) == OUT_OK, "metadata just under 4 KiB accepted");
+	usage_record_free(&rec);
+	memset(big + n, 'x', USAGE_METADATA_MAX);
+	strcpy(big + n + USAGE_METADATA_MAX, "\"}}");
+	ok(refused(big, "metadata"), "metadata over 4 KiB");
+
+	ok(usage_idempotency_key_valid(NULL), "no Idempotency-Key is fine");
+	ok(usage_idempotency_key_valid("entry-8f14e45f"), "ordinary key");
+	ok(!usage_idempotency_key_valid(""), "empty key");
+	ok(!usage_idempotency_key_valid("a\tb"), "control character");
+	ok(!usage_idempotency_key_valid("caf\xc3\xa9"), "non-ASCII");
+	memset(key, 'k', sizeof(key) - 1);
+	key[sizeof(key) - 1] = '\0';
+	ok(!usage_idempotency_key_valid(key), "256 characters");
+	key[USAGE_IDEMPOTENCY_KEY_MAX] = '\0';
+	ok(usage_idempotency_key_valid(key), "255 characters");
+	return done_testing();
+}
