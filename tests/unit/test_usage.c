@@ -35,6 +35,33 @@ refused(const char *body, const char *want)
 	return o == OUT_INVALID_FIELD && field != NULL && strcmp(field, want) == 0;
 }
 
+/* Bodies refused with OUT_INVALID_FIELD, and the field they must name. */
+static const struct {
+	const char *body, *field, *name;
+} refusals[] = {
+	{"{\"usageType\":\"export\"}", "userId", "userId required"},
+	{"{\"userId\":\"\",\"usageType\":\"export\"}", "userId", "empty userId"},
+	{"{\"userId\":7,\"usageType\":\"export\"}", "userId", "numeric userId"},
+	{"{\"userId\":\"u1\"}", "usageType", "usageType required"},
+	{"{\"userId\":\"u1\",\"usageType\":\"exports\"}", "usageType", "unknown usageType"},
+	{"{\"userId\":\"u1\",\"usageType\":\"Export\"}", "usageType", "usage types are exact"},
+	{"{\"userId\":\"u1\",\"usageType\":\"export\",\"amount\":0}", "amount", "amount 0"},
+	{"{\"userId\":\"u1\",\"usageType\":\"export\",\"amount\":-1}", "amount",
+	    "negative amount"},
+	{"{\"userId\":\"u1\",\"usageType\":\"export\",\"amount\":1073741825}", "amount",
+	    "amount over the maximum"},
+	{"{\"userId\":\"u1\",\"usageType\":\"export\",\"amount\":1.5}", "amount",
+	    "fractional amount"},
+	{"{\"userId\":\"u1\",\"usageType\":\"export\",\"amount\":\"2\"}", "amount",
+	    "amount as a string"},
+	{"{\"userId\":\"u1\",\"usageType\":\"export\",\"metadata\":[1]}", "metadata",
+	    "metadata must be an object"},
+	{"{\"userId\":\"u1\",\"usageType\":\"export\",\"metadata\":{\"a\":\"x\\u0000y\"}}",
+	    "metadata", "metadata with a NUL character"},
+	{"{\"userId\":\"u1\",\"usageType\":\"export\",\"metadata\":{\"a\":[{\"b\":\"\\u0000\"}]}}",
+	    "metadata", "a NUL character deep inside metadata"},
+};
+
 int
 main(void)
 {
@@ -42,7 +69,7 @@ main(void)
 	const char *field;
 	char big[USAGE_METADATA_MAX + 64];
 	char key[USAGE_IDEMPOTENCY_KEY_MAX + 2];
-	size_t n;
+	size_t n, i;
 
 	ok(parse("{\"userId\":\"u1\",\"usageType\":\"export\"}", &field, &rec) == OUT_OK &&
 	    strcmp(rec.user_id, "u1") == 0 && strcmp(rec.usage_type, "export") == 0 &&
@@ -61,33 +88,8 @@ main(void)
 
 	ok(parse("{\"userId\":", &field, &rec) == OUT_INVALID_JSON, "truncated JSON");
 	ok(parse("[1]", &field, &rec) != OUT_OK, "an array is not a record");
-	ok(refused("{\"usageType\":\"export\"}", "userId"), "userId required");
-	ok(refused("{\"userId\":\"\",\"usageType\":\"export\"}", "userId"), "empty userId");
-	ok(refused("{\"userId\":7,\"usageType\":\"export\"}", "userId"), "numeric userId");
-	ok(refused("{\"userId\":\"u1\"}", "usageType"), "usageType required");
-	ok(refused("{\"userId\":\"u1\",\"usageType\":\"exports\"}", "usageType"),
-	    "unknown usageType");
-	ok(refused("{\"userId\":\"u1\",\"usageType\":\"Export\"}", "usageType"),
-	    "usage types are exact");
-	ok(refused("{\"userId\":\"u1\",\"usageType\":\"export\",\"amount\":0}", "amount"),
-	    "amount 0");
-	ok(refused("{\"userId\":\"u1\",\"usageType\":\"export\",\"amount\":-1}", "amount"),
-	    "negative amount");
-	ok(refused("{\"userId\":\"u1\",\"usageType\":\"export\",\"amount\":1073741825}", "amount"),
-	    "amount over the maximum");
-	ok(refused("{\"userId\":\"u1\",\"usageType\":\"export\",\"amount\":1.5}", "amount"),
-	    "fractional amount");
-	ok(refused("{\"userId\":\"u1\",\"usageType\":\"export\",\"amount\":\"2\"}", "amount"),
-	    "amount as a string");
-	ok(refused("{\"userId\":\"u1\",\"usageType\":\"export\",\"metadata\":[1]}", "metadata"),
-	    "metadata must be an object");
-	ok(refused("{\"userId\":\"u1\",\"usageType\":\"export\",\"metadata\":{\"a\":\"x\\u0000y\"}}",
-		   "metadata"),
-	    "metadata with a NUL character");
-	ok(refused("{\"userId\":\"u1\",\"usageType\":\"export\","
-		   "\"metadata\":{\"a\":[{\"b\":\"\\u0000\"}]}}",
-		   "metadata"),
-	    "a NUL character deep inside metadata");
+	for (i = 0; i < sizeof(refusals) / sizeof(refusals[0]); i++)
+		ok(refused(refusals[i].body, refusals[i].field), "%s", refusals[i].name);
 	n = (size_t)snprintf(big, sizeof(big), "{\"userId\":\"u1\",\"usageType\":\"export\","
 					       "\"metadata\":{\"a\":\"");
 	memset(big + n, 'x', USAGE_METADATA_MAX);
