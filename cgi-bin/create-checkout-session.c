@@ -75,11 +75,7 @@ main(void)
 	response_json(200, answer);
 	goto out;
 fail:
-	response_error(o, o == OUT_ALREADY_SUBSCRIBED
-			      ? "This user already has an active subscription."
-			  : o == OUT_CONFLICT
-			      ? "This Idempotency-Key was already used with a different request."
-			      : NULL);
+	response_error(o, NULL);
 out:
 	json_object_put(answer);
 	json_object_put(body);

@@ -101,7 +101,7 @@ respond(const struct usage_answer *a)
 	if (a->outcome == OUT_OK)
 		response_json(200, a->body);
 	else
-		response_error_extra(a->outcome, a->message, a->body);
+		response_error_extra(a->outcome, a->body);
 }
 
 static void

@@ -178,7 +178,7 @@ create_stripe_customer(const char *user_id, const char *email, char **id)
 	if ((email && form_add(&f, "email", email) == -1) ||
 	    form_add(&f, "metadata[userId]", user_id) == -1)
 		goto out;
-	if ((o = stripe_post("/v1/customers", &f, key, &cus)) == OUT_CONFLICT) {
+	if ((o = stripe_post("/v1/customers", &f, key, &cus)) == OUT_IDEMPOTENCY_CONFLICT) {
 		/*
 		 * The key is the user's: an earlier checkout created the
 		 * customer with another email and could not store it.  Only

@@ -79,9 +79,9 @@ char *checkout_idempotency_key(const char *user_id, const char *client_key);
 /*
  * Creates the Checkout Session for order and customer_id.  OUT_OK with
  * *session_id and *url (caller frees both); OUT_MISCONFIGURED when the
- * price setting is missing or trial days are invalid; OUT_CONFLICT when
- * the client's Idempotency-Key was first used for another order; the
- * other stripe outcomes.
+ * price setting is missing or trial days are invalid;
+ * OUT_IDEMPOTENCY_CONFLICT when the client's Idempotency-Key was first
+ * used for another order; the other stripe outcomes.
  */
 enum outcome checkout_create_session(const struct checkout_order *order, const char *customer_id,
 				     const char *idempotency_key, char **session_id, char **url)

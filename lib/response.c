@@ -160,9 +160,9 @@ error_headers(enum outcome o)
 }
 
 void
-response_error_extra(enum outcome o, const char *message, struct json_object *extra)
+response_error_extra(enum outcome o, struct json_object *extra)
 {
-	struct json_object *root = error_body(o, NULL, message);
+	struct json_object *root = error_body(o, NULL, NULL);
 
 	if (extra) {
 		json_object_object_foreach(extra, key, val)

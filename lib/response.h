@@ -40,8 +40,11 @@ void response_error(enum outcome o, const char *message);
 /* As response_error, adding "field":<field> inside "error". */
 void response_error_field(enum outcome o, const char *field, const char *message);
 
-/* As response_error, merging the members of extra (borrowed) beside "error". */
-void response_error_extra(enum outcome o, const char *message, struct json_object *extra);
+/*
+ * As response_error with the outcome's own message, merging the members
+ * of extra (borrowed) beside "error".
+ */
+void response_error_extra(enum outcome o, struct json_object *extra);
 
 /* Whether a response has been written. */
 int response_sent(void);

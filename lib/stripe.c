@@ -213,7 +213,7 @@ stripe_call(enum http_method method, const char *path, const struct form *params
 		}
 		if (got == 0 && !retryable(resp.status, resp.should_retry)) {
 			if (log_stripe_error(method, path, resp.status, &resp))
-				o = OUT_CONFLICT;
+				o = OUT_IDEMPOTENCY_CONFLICT;
 			else if (resp.status == 404 && method != HTTP_POST)
 				o = OUT_NOT_FOUND;
 			else if (resp.status >= 400 && resp.status < 500 && resp.status != 409 &&

@@ -25,7 +25,7 @@
  * OUT_STRIPE_ERROR when Stripe refused it (4xx other than 409/429; the
  * error type/code/param are logged, never the key or Stripe's message)
  * or answered 2xx with something that is not a JSON object;
- * OUT_CONFLICT when Stripe refused the Idempotency-Key because it was
+ * OUT_IDEMPOTENCY_CONFLICT when Stripe refused the Idempotency-Key because it was
  * first used with other parameters (idempotency_error);
  * OUT_UNAVAILABLE when no answer after the retries (or a 409/429/5xx
  * Stripe says not to retry); OUT_MISCONFIGURED when the key or base

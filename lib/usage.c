@@ -29,8 +29,6 @@ static const struct jsonget_field record_fields[] = {
 /* Transactions that hit a serialization failure or deadlock are retried this often. */
 #define USAGE_TRIES 3
 
-static const char quota_message[] = "Monthly quota exceeded for this usage type.";
-
 /*
  * The period bounds go out as RFC 3339 UTC text computed in the same
  * transaction (now() is its start), whatever the session TimeZone.
@@ -291,12 +289,7 @@ track(struct db *db, const struct usage_record *rec, struct usage_answer *answer
 	add_int(body, "limit", db_rows_get(rows, 0, 2));
 	add_int(body, "remaining", db_rows_get(rows, 0, 3));
 	add_period(body, db_rows_get(rows, 0, 4), db_rows_get(rows, 0, 5));
-	if (is_true(db_rows_get(rows, 0, 0))) {
-		answer->outcome = OUT_OK;
-	} else {
-		answer->outcome = OUT_QUOTA_EXCEEDED;
-		answer->message = quota_message;
-	}
+	answer->outcome = is_true(db_rows_get(rows, 0, 0)) ? OUT_OK : OUT_QUOTA_EXCEEDED;
 	answer->body = body;
 	db_rows_free(rows);
 	return DB_OK;
@@ -316,10 +309,9 @@ from_stored(const char *status, const char *response, struct usage_answer *answe
 	}
 	if (strcmp(status, "200") == 0)
 		answer->outcome = OUT_OK;
-	else if (strcmp(status, "402") == 0) {
+	else if (strcmp(status, "402") == 0)
 		answer->outcome = OUT_QUOTA_EXCEEDED;
-		answer->message = quota_message;
-	} else {
+	else {
 		json_object_put(body);
 		log_msg("stored idempotent status unexpected");
 		return DB_ERROR;
@@ -374,9 +366,7 @@ track_once_keyed(struct db *db, const struct usage_record *rec, const char *key,
 			goto out;
 		}
 		if (strcmp(db_rows_get(stored, 0, 0), hash) != 0) {
-			answer->outcome = OUT_CONFLICT;
-			answer->message = "This Idempotency-Key was already used with a "
-					  "different request.";
+			answer->outcome = OUT_IDEMPOTENCY_CONFLICT;
 		} else if ((r = from_stored(db_rows_get(stored, 0, 1), db_rows_get(stored, 0, 2),
 					    answer)) != DB_OK)
 			goto out;

@@ -39,12 +39,11 @@ struct usage_record {
 /*
  * What a read or a record answers: outcome OUT_OK with the success body,
  * or another outcome with the members that go beside "error" (may be
- * NULL) and a client-safe message (static, NULL for the generic one).
+ * NULL); the error's message is the outcome's own.
  */
 struct usage_answer {
 	enum outcome outcome;
 	struct json_object *body; /* owned */
-	const char *message;
 	int replayed; /* 1: the stored first answer to this Idempotency-Key */
 };
 
@@ -82,7 +81,7 @@ enum outcome usage_read(struct db *db, const char *user_id, struct usage_answer 
  * changed.  With an idempotency key (NULL = none) the first answer is
  * stored in the same transaction and a retry of the same request gets
  * it back without counting again; the same key with a different request
- * is OUT_CONFLICT.  Returns OUT_OK when *answer is to be sent, or the
+ * is OUT_IDEMPOTENCY_CONFLICT.  Returns OUT_OK when *answer is to be sent, or the
  * database outcome when nothing could be done (nothing changed).
  */
 enum outcome usage_track(struct db *db, const struct usage_record *rec, const char *key,
