@@ -4,9 +4,10 @@
  * {"userId","tier","interval","successUrl","cancelUrl","email"?}
  *   -> 200 {"sessionId":"cs_...","url":"https://checkout.stripe.com/..."}
  *
- * The story: CORS preflight -> method -> who is calling -> read and
- * validate the order -> may the caller buy for that user -> not already
- * subscribed -> the user's Stripe customer -> the Checkout Session.
+ * The story (after serve has read the body, answered CORS preflights and
+ * refused other methods): who is calling -> read and validate the order
+ * -> may the caller buy for that user -> not already subscribed -> the
+ * user's Stripe customer -> the Checkout Session.
  */
 #include <stdlib.h>
 
@@ -14,38 +15,27 @@
 
 #include "auth.h"
 #include "checkout.h"
-#include "config.h"
-#include "cors.h"
 #include "db.h"
 #include "jsonget.h"
 #include "log.h"
 #include "request.h"
 #include "response.h"
+#include "serve.h"
 
-int
-main(void)
+static void
+create_checkout_session(struct serve *srv, struct request *req)
 {
-	struct request req;
 	struct auth_caller caller = {AUTH__MAX, NULL};
 	struct checkout_order order;
 	struct json_object *body = NULL, *answer = NULL;
 	struct db *db = NULL;
 	const char *field = NULL, *why = NULL;
 	char *customer_id = NULL, *idem = NULL, *session_id = NULL, *url = NULL;
-	size_t cap;
 	enum outcome o;
 
-	log_begin("create-checkout-session");
-	request_init(&req);
-	if ((o = config_load()) != OUT_OK)
-		goto fail;
-	if (cors_handle(&req, "POST"))
-		goto out;
-	if ((o = request_check_method(&req, "POST, OPTIONS")) != OUT_OK ||
-	    (o = auth_identify(0, &caller)) != OUT_OK ||
-	    (o = request_require_json(&req)) != OUT_OK || (o = request_body_cap(&cap)) != OUT_OK ||
-	    (o = request_read_body(&req, cap)) != OUT_OK ||
-	    (o = jsonget_parse(req.body, req.body_len, &body)) != OUT_OK)
+	if ((o = auth_identify(0, &caller)) != OUT_OK ||
+	    (o = request_require_json(req)) != OUT_OK || (o = request_body(req)) != OUT_OK ||
+	    (o = jsonget_parse(req->body, req->body_len, &body)) != OUT_OK)
 		goto fail;
 	if ((o = checkout_parse(body, &order, &field, &why)) != OUT_OK) {
 		response_error_field(o, field, why);
@@ -63,7 +53,7 @@ main(void)
 		    "The Idempotency-Key header must be 1 to 255 visible ASCII characters.");
 		goto out;
 	}
-	if ((o = db_connect(&db)) != OUT_OK ||
+	if ((o = serve_db(srv, &db)) != OUT_OK ||
 	    (o = checkout_not_subscribed(db, order.user_id)) != OUT_OK ||
 	    (o = checkout_customer(db, order.user_id, order.email, &customer_id)) != OUT_OK ||
 	    (o = checkout_create_session(&order, customer_id, idem, &session_id, &url)) != OUT_OK)
@@ -79,12 +69,22 @@ fail:
 out:
 	json_object_put(answer);
 	json_object_put(body);
-	db_close(db);
 	auth_caller_free(&caller);
-	request_free(&req);
 	free(customer_id);
 	free(idem);
 	free(session_id);
 	free(url);
-	return 0;
+}
+
+static const struct serve_endpoint endpoint = {
+	.name = "create-checkout-session",
+	.methods = "POST",
+	.cors = 1,
+	.handle = create_checkout_session,
+};
+
+int
+main(void)
+{
+	return serve_main(&endpoint);
 }

@@ -20,7 +20,8 @@
  * with `Authorization: Bearer <USAGE_API_KEY>` acting for any user.  userId
  * is required in both cases.  Checks run in this order: 405, 401, 400/411/
  * 413/415 (the body), 403 (userId is not the caller), then the database
- * (503 when it is down).  OPTIONS is answered by cors_handle without it.
+ * (503 when it is down).  serve answers OPTIONS and 405 and has read the
+ * body before any of them; HEAD is answered as GET without the body.
  *
  * Idempotency (the IETF Idempotency-Key draft, Stripe's semantics): keys
  * are per user; the first 200 or 402 is stored with the counting, in one
@@ -38,12 +39,11 @@
 
 #include "auth.h"
 #include "buf.h"
-#include "config.h"
-#include "cors.h"
 #include "db.h"
 #include "log.h"
 #include "request.h"
 #include "response.h"
+#include "serve.h"
 #include "usage.h"
 
 /* Where a 400 points: the offending field and why (static strings). */
@@ -77,10 +77,8 @@ static enum outcome
 read_record(struct request *req, struct usage_record *rec, const char **key, struct problem *p)
 {
 	enum outcome rc;
-	size_t cap;
 
-	if ((rc = request_require_json(req)) != OUT_OK || (rc = request_body_cap(&cap)) != OUT_OK ||
-	    (rc = request_read_body(req, cap)) != OUT_OK ||
+	if ((rc = request_require_json(req)) != OUT_OK || (rc = request_body(req)) != OUT_OK ||
 	    (rc = usage_parse_record(req->body, req->body_len, rec, &p->field, &p->why)) != OUT_OK)
 		return rc;
 	*key = request_header("Idempotency-Key");
@@ -117,10 +115,9 @@ respond_problem(enum outcome rc, const struct problem *p)
 	buf_free(&msg);
 }
 
-int
-main(void)
+static void
+usage(struct serve *srv, struct request *req)
 {
-	struct request req;
 	struct auth_caller caller = {0};
 	struct usage_record rec = {0};
 	struct usage_answer answer = {0};
@@ -131,27 +128,19 @@ main(void)
 	int is_get;
 	enum outcome rc;
 
-	log_begin("usage");
-	request_init(&req);
-	if ((rc = config_load()) != OUT_OK)
-		goto out;
-	if (cors_handle(&req, "GET, POST"))
-		goto out; /* preflight answered, no database */
-	if ((rc = request_check_method(&req, "GET, POST, OPTIONS")) != OUT_OK)
-		goto out;
 	if ((rc = auth_identify(1, &caller)) != OUT_OK)
 		goto out;
 
-	is_get = strcmp(req.method, "GET") == 0;
-	rc = is_get ? read_query(&req, &query_user, &problem)
-		    : read_record(&req, &rec, &key, &problem);
+	is_get = strcmp(req->method, "GET") == 0;
+	rc = is_get ? read_query(req, &query_user, &problem)
+		    : read_record(req, &rec, &key, &problem);
 	if (rc != OUT_OK)
 		goto out;
 	user_id = is_get ? query_user : rec.user_id;
 	if ((rc = auth_authorize(&caller, user_id)) != OUT_OK)
 		goto out;
 
-	if ((rc = db_connect(&db)) != OUT_OK)
+	if ((rc = serve_db(srv, &db)) != OUT_OK)
 		goto out;
 	rc = is_get ? usage_read(db, user_id, &answer) : usage_track(db, &rec, key, &answer);
 	if (rc == OUT_OK) {
@@ -165,8 +154,18 @@ out:
 	usage_answer_free(&answer);
 	usage_record_free(&rec);
 	free(query_user);
-	db_close(db);
 	auth_caller_free(&caller);
-	request_free(&req);
-	return 0;
+}
+
+static const struct serve_endpoint endpoint = {
+	.name = "usage",
+	.methods = "GET, POST",
+	.cors = 1,
+	.handle = usage,
+};
+
+int
+main(void)
+{
+	return serve_main(&endpoint);
 }

@@ -1,17 +1,26 @@
 /*
  * libFuzzer target: query-string parsing (request_query_param) and the
- * CONTENT_LENGTH parser (through request_read_body with an empty
- * stdin), the two places where request meta-variables are parsed.
+ * CONTENT_LENGTH parser (through request_take_body with an empty body),
+ * the two places where request meta-variables are parsed.
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <fcntl.h>
 
 #include "request.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* A body that has already ended. */
+static ssize_t
+no_body(void *ctx, char *p, size_t n)
+{
+	(void)ctx;
+	(void)p;
+	(void)n;
+	return 0;
+}
 
 /*
  * glibc's setenv() never frees the strings it replaces, so a fuzzer
@@ -37,7 +46,6 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct request r;
 	char *v = NULL;
-	int devnull;
 
 	set_var(query_var, sizeof("QUERY_STRING=") - 1, data, size);
 	request_init(&r);
@@ -46,11 +54,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	/* Length parsing must never read past what it accepted, nor block. */
 	set_var(length_var, sizeof("CONTENT_LENGTH=") - 1, data, size);
-	devnull = open("/dev/null", O_RDONLY);
-	dup2(devnull, STDIN_FILENO);
-	close(devnull);
 	request_init(&r);
-	if (request_read_body(&r, 64) == OUT_OK)
-		request_free(&r);
+	request_take_body(&r, 64, no_body, NULL);
+	request_free(&r);
 	return 0;
 }

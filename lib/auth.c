@@ -418,7 +418,7 @@ bearer_token(const char *h, const char **tok, size_t *len)
 enum outcome
 auth_identify(int allow_api_key, struct auth_caller *caller)
 {
-	const char *remote = getenv("REMOTE_USER"), *h, *tok = NULL;
+	const char *remote = request_env("REMOTE_USER"), *h, *tok = NULL;
 	const char *api_key = allow_api_key ? config_get("USAGE_API_KEY") : NULL;
 	int jwt = config_get("AUTH_JWT_SECRET") || config_get("AUTH_JWT_PUBLIC_KEY_FILE");
 	size_t len = 0;

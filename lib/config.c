@@ -10,15 +10,35 @@
 #include "limits.h"
 #include "log.h"
 #include "mem.h"
+#include "request.h"
 
 struct entry {
 	char *key;
 	char *value;
 };
 
+/*
+ * The settings file, read once per process and kept: a FastCGI process
+ * picks up a changed file when the process manager restarts it.
+ */
 static struct entry entries[LIMIT_CONFIG_ENTRIES];
 static size_t nentries;
 static int loaded;
+static char *loaded_path;	/* the BILLING_CONFIG the entries came from, or NULL */
+
+/*
+ * A setting from the variables the server gives the request (SetEnv
+ * arrives there under CGI and FastCGI alike), else from the process
+ * environment (FcgidInitialEnv).  Clients only control HTTP_* variables
+ * and the request line ones, and no setting is named like those.
+ */
+static const char *
+env_setting(const char *name)
+{
+	const char *v = request_env(name);
+
+	return v != NULL ? v : getenv(name);
+}
 
 void
 config_reset(void)
@@ -31,6 +51,8 @@ config_reset(void)
 	}
 	nentries = 0;
 	loaded = 0;
+	free(loaded_path);
+	loaded_path = NULL;
 }
 
 static int
@@ -107,10 +129,14 @@ config_load(void)
 	const char *p, *end, *nl;
 	enum outcome rc = OUT_MISCONFIGURED;
 
-	if (loaded)
+	path = env_setting("BILLING_CONFIG");
+	if (path != NULL && *path == '\0')
+		path = NULL;
+	if (loaded && (path == NULL ? loaded_path == NULL
+				    : loaded_path != NULL && strcmp(path, loaded_path) == 0))
 		return OUT_OK;
-	path = getenv("BILLING_CONFIG");
-	if (path == NULL || *path == '\0') {
+	config_reset();
+	if (path == NULL) {
 		loaded = 1;
 		return OUT_OK;
 	}
@@ -148,6 +174,7 @@ config_load(void)
 		p = nl + 1;
 	}
 	loaded = 1;
+	loaded_path = mem_strdup(path);
 	rc = OUT_OK;
 out:
 	if (f)
@@ -162,7 +189,7 @@ config_get(const char *name)
 	const char *v;
 	size_t i;
 
-	v = getenv(name);
+	v = env_setting(name);
 	if (v != NULL && *v != '\0')
 		return v;
 	/* Last assignment in the file wins, like a shell sourcing it. */

@@ -1,3 +1,4 @@
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 
 struct db {
 	PGconn *conn;
+	char *url;	/* the DATABASE_URL it was made with (a secret: never logged) */
 };
 
 struct db_rows {
@@ -58,6 +60,7 @@ db_connect(struct db **out)
 	PQsetNoticeProcessor(conn, ignore_notice, NULL);
 	*out = mem_alloc(sizeof(**out));
 	(*out)->conn = conn;
+	(*out)->url = mem_strdup(url);
 	return OUT_OK;
 }
 
@@ -67,7 +70,59 @@ db_close(struct db *db)
 	if (db == NULL)
 		return;
 	PQfinish(db->conn);
+	mem_free_secret(db->url, strlen(db->url));
 	free(db);
+}
+
+/*
+ * Whether an idle connection still works, without a round trip: a server
+ * that went away (restart, pg_terminate_backend) has sent its FATAL and
+ * closed, so the socket reads; consuming that marks the connection bad.
+ */
+static int
+idle_usable(struct db *db)
+{
+	struct pollfd p;
+
+	if (PQstatus(db->conn) != CONNECTION_OK)
+		return 0;
+	p.fd = PQsocket(db->conn);
+	p.events = POLLIN;
+	p.revents = 0;
+	if (p.fd < 0)
+		return 0;
+	if (poll(&p, 1, 0) > 0 && (PQconsumeInput(db->conn) == 0 ||
+	    PQstatus(db->conn) != CONNECTION_OK))
+		return 0;
+	return 1;
+}
+
+enum outcome
+db_reuse(struct db **db)
+{
+	const char *url = config_get("DATABASE_URL");
+
+	if (*db != NULL && (url == NULL || strcmp(url, (*db)->url) != 0 || !idle_usable(*db))) {
+		db_close(*db);
+		*db = NULL;
+	}
+	if (*db != NULL)
+		return OUT_OK;
+	return db_connect(db);
+}
+
+void
+db_release(struct db **db)
+{
+	if (*db == NULL)
+		return;
+	/* A request that failed mid-transaction must not hand it to the next. */
+	db_rollback(*db);
+	if (PQstatus((*db)->conn) != CONNECTION_OK ||
+	    PQtransactionStatus((*db)->conn) != PQTRANS_IDLE) {
+		db_close(*db);
+		*db = NULL;
+	}
 }
 
 static enum db_result

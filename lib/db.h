@@ -33,6 +33,21 @@ enum outcome db_connect(struct db **db) __attribute__((warn_unused_result));
 void db_close(struct db *db);
 
 /*
+ * For a process that serves many requests (serve keeps *db between
+ * them): OUT_OK with *db usable, reusing the kept connection when it is
+ * healthy and made with the current DATABASE_URL, else a new one (as
+ * db_connect; *db is NULL on failure).
+ */
+enum outcome db_reuse(struct db **db) __attribute__((warn_unused_result));
+
+/*
+ * The end of a request's use of *db: rolls back a transaction it left
+ * open; closes and forgets (*db = NULL) a connection that is broken or
+ * still not idle.
+ */
+void db_release(struct db **db);
+
+/*
  * Runs sql with nparams text parameters.  When rows is non-NULL and the
  * statement succeeds, *rows receives the result (free with
  * db_rows_free); on failure *rows is NULL.

@@ -118,17 +118,37 @@ log_failure(enum http_method method, const char *url, const char *what)
 	log_msg("http %s %.*s failed: %s", method_names[method], (int)(n > 200 ? 200 : n), p, what);
 }
 
-static int
-global_init(void)
-{
-	static int done;
+/*
+ * One easy handle per process, reset before each use: it keeps its
+ * connection cache, so a FastCGI process reuses its TLS connection to
+ * Stripe across requests.  Nothing of one exchange survives the reset
+ * but that cache (options, headers and callbacks are set anew).
+ */
+static CURL *handle;
 
-	if (!done) {
-		if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-			return -1;
-		done = 1;
+static void
+handle_release(void)
+{
+	curl_easy_cleanup(handle);
+	handle = NULL;
+	curl_global_cleanup();
+}
+
+static CURL *
+handle_get(void)
+{
+	if (handle != NULL) {
+		curl_easy_reset(handle);
+		return handle;
 	}
-	return 0;
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+		return NULL;
+	if ((handle = curl_easy_init()) == NULL) {
+		curl_global_cleanup();
+		return NULL;
+	}
+	atexit(handle_release);
+	return handle;
 }
 
 int
@@ -149,7 +169,7 @@ http_request(enum http_method method, const char *url, const char *const *header
 		log_failure(method, url, "URL not allowed (https, or http to loopback only)");
 		return -1;
 	}
-	if (global_init() == -1 || (c = curl_easy_init()) == NULL) {
+	if ((c = handle_get()) == NULL) {
 		log_failure(method, url, "cannot initialise libcurl");
 		goto out;
 	}
@@ -210,8 +230,10 @@ http_request(enum http_method method, const char *url, const char *const *header
 	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &resp->status);
 	ret = resp->status > 0 ? 0 : -1;
 out:
+	/* The handle keeps a pointer to the list until the next reset: drop it. */
+	if (c != NULL)
+		curl_easy_setopt(c, CURLOPT_HTTPHEADER, NULL);
 	curl_slist_free_all(list);
-	curl_easy_cleanup(c);
 	return ret;
 }
 

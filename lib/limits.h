@@ -1,7 +1,7 @@
 /*
  * Every size and time limit of billing-cgi, in one place.
- * A CGI process serves exactly one request, so these bound what one
- * request can make us read, allocate, send or wait for.
+ * They bound what one request can make us read, allocate, send or wait
+ * for, whether the process serves one request (CGI) or many (FastCGI).
  */
 #ifndef LIMITS_H
 #define LIMITS_H
@@ -30,8 +30,24 @@
 /* One log line. */
 #define LIMIT_LOG_LINE		2048
 
-/* Generic response bodies we build. */
+/* Generic response bodies we build, and the header block of one answer. */
 #define LIMIT_RESPONSE_BODY	(256 * 1024)
+#define LIMIT_RESPONSE_HEADERS	(16 * 1024)
+
+/*
+ * A body over the cap is still read off the wire before the 413 (an
+ * early answer is lost under mod_cgid otherwise), but only this much of
+ * it; past that the answer goes out regardless.
+ */
+#define LIMIT_DRAIN_BYTES	(64 * 1024 * 1024)
+
+/*
+ * How long a plain CGI may spend reading (or draining) a body.  The server
+ * is normally writing it as fast as we read; a stalled client is Apache's
+ * Timeout to enforce, this only stops a process waiting forever.  Under
+ * FastCGI mod_fcgid has the whole body before it calls us.
+ */
+#define LIMIT_BODY_READ_MS	10000
 
 /*
  * Outgoing HTTP (Stripe): connect and per-try timeouts, response cap, tries.

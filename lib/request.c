@@ -14,10 +14,36 @@
 #include "request.h"
 #include "response.h"
 
+extern char **environ;
+
+/* The current request's variables; NULL means the process environment. */
+static char **bound_vars;
+
+void
+request_bind(char **vars)
+{
+	bound_vars = vars;
+}
+
+const char *
+request_env(const char *name)
+{
+	char **v;
+	size_t n;
+
+	if (bound_vars == NULL)
+		return getenv(name);
+	n = strlen(name);
+	for (v = bound_vars; *v != NULL; v++)
+		if (strncmp(*v, name, n) == 0 && (*v)[n] == '=')
+			return *v + n + 1;
+	return NULL;
+}
+
 static const char *
 env_or_empty(const char *name)
 {
-	const char *v = getenv(name);
+	const char *v = request_env(name);
 
 	return v ? v : "";
 }
@@ -29,6 +55,7 @@ request_init(struct request *r)
 	r->query = env_or_empty("QUERY_STRING");
 	r->body = NULL;
 	r->body_len = 0;
+	r->body_outcome = OUT_LENGTH_REQUIRED;
 }
 
 void
@@ -41,11 +68,11 @@ request_free(struct request *r)
 	r->body_len = 0;
 }
 
-enum outcome
-request_check_method(const struct request *r, const char *allow)
+int
+request_method_in(const char *method, const char *list)
 {
-	const char *p = allow, *e;
-	size_t mlen = strlen(r->method);
+	const char *p = list, *e;
+	size_t mlen = strlen(method);
 
 	while (*p != '\0') {
 		while (*p == ' ' || *p == ',')
@@ -53,10 +80,18 @@ request_check_method(const struct request *r, const char *allow)
 		e = p;
 		while (*e != '\0' && *e != ',' && *e != ' ')
 			e++;
-		if (mlen > 0 && (size_t)(e - p) == mlen && strncmp(p, r->method, mlen) == 0)
-			return OUT_OK;
+		if (mlen > 0 && (size_t)(e - p) == mlen && strncmp(p, method, mlen) == 0)
+			return 1;
 		p = e;
 	}
+	return 0;
+}
+
+enum outcome
+request_check_method(const struct request *r, const char *allow)
+{
+	if (request_method_in(r->method, allow))
+		return OUT_OK;
 	response_header("Allow", "%s", allow);
 	return OUT_METHOD_NOT_ALLOWED;
 }
@@ -64,7 +99,7 @@ request_check_method(const struct request *r, const char *allow)
 enum outcome
 request_require_json(const struct request *r)
 {
-	const char *ct = getenv("CONTENT_TYPE");
+	const char *ct = request_env("CONTENT_TYPE");
 	static const char json[] = "application/json";
 	size_t n = sizeof(json) - 1;
 
@@ -115,42 +150,94 @@ parse_content_length(const char *s, size_t *out)
 	return 0;
 }
 
-enum outcome
-request_read_body(struct request *r, size_t max)
+/*
+ * Reads up to len bytes into dst (NULL: discard them).  Returns how many
+ * arrived before the end of the body, an error or the time budget.
+ */
+static size_t
+read_up_to(request_reader *read, void *ctx, char *dst, size_t len)
 {
-	const char *cl = getenv("CONTENT_LENGTH");
-	size_t len, got = 0;
+	char sink[16384];
+	size_t got = 0, want;
 	ssize_t n;
-	char *body;
 
-	if (cl == NULL)
-		return OUT_LENGTH_REQUIRED;
-	if (parse_content_length(cl, &len) == -1) {
-		log_msg("malformed CONTENT_LENGTH");
-		return OUT_BAD_REQUEST;
-	}
-	if (len > max) {
-		log_msg("body of %zu bytes over the %zu-byte cap", len, max);
-		return OUT_PAYLOAD_TOO_LARGE;
-	}
-	body = mem_alloc(len + 1);
 	while (got < len) {
-		n = read(STDIN_FILENO, body + got, len - got);
-		if (n == -1 && errno == EINTR)
-			continue;
+		want = len - got;
+		if (dst == NULL && want > sizeof(sink))
+			want = sizeof(sink);
+		n = read(ctx, dst ? dst + got : sink, want);
 		if (n <= 0)
 			break;
 		got += (size_t)n;
 	}
+	return got;
+}
+
+/* A chunked body (RFC 9112 7.1, de-chunked by the server): read to its end. */
+static void
+take_chunked(struct request *r, size_t max, request_reader *read, void *ctx)
+{
+	char *body = mem_alloc(max + 1);
+	size_t got = read_up_to(read, ctx, body, max + 1);
+
+	if (got > max) {
+		got += read_up_to(read, ctx, NULL, LIMIT_DRAIN_BYTES);
+		log_msg("chunked body over the %zu-byte cap", max);
+		free(body);
+		r->body_outcome = OUT_PAYLOAD_TOO_LARGE;
+		return;
+	}
+	body[got] = '\0';
+	r->body = body;
+	r->body_len = got;
+	r->body_outcome = OUT_OK;
+}
+
+void
+request_take_body(struct request *r, size_t max, request_reader *read, void *ctx)
+{
+	const char *cl = request_env("CONTENT_LENGTH");
+	size_t len, got;
+	char *body;
+
+	if (cl == NULL) {
+		r->body_outcome = OUT_LENGTH_REQUIRED;
+		if (request_header("Transfer-Encoding") != NULL)
+			take_chunked(r, max, read, ctx);
+		return;
+	}
+	if (parse_content_length(cl, &len) == -1) {
+		/* The server checked it; we cannot know how much follows. */
+		log_msg("malformed CONTENT_LENGTH");
+		r->body_outcome = OUT_BAD_REQUEST;
+		return;
+	}
+	if (len > max) {
+		/* Refuse, but only after taking the body off the wire (see request.h). */
+		got = read_up_to(read, ctx, NULL, len < LIMIT_DRAIN_BYTES ? len : LIMIT_DRAIN_BYTES);
+		log_msg("body of %zu bytes over the %zu-byte cap%s", len, max,
+		    got < len ? "; not all of it could be drained" : "");
+		r->body_outcome = OUT_PAYLOAD_TOO_LARGE;
+		return;
+	}
+	body = mem_alloc(len + 1);
+	got = read_up_to(read, ctx, body, len);
 	if (got < len) {
 		log_msg("short body: %zu of %zu bytes", got, len);
 		free(body);
-		return OUT_BAD_REQUEST;
+		r->body_outcome = OUT_BAD_REQUEST;
+		return;
 	}
 	body[len] = '\0';
 	r->body = body;
 	r->body_len = len;
-	return OUT_OK;
+	r->body_outcome = OUT_OK;
+}
+
+enum outcome
+request_body(const struct request *r)
+{
+	return r->body_outcome;
 }
 
 const char *
@@ -165,7 +252,7 @@ request_header(const char *name)
 	for (i = 0; i < n; i++)
 		var[5 + i] = name[i] == '-' ? '_' : (char)toupper((unsigned char)name[i]);
 	var[5 + n] = '\0';
-	return getenv(var);
+	return request_env(var);
 }
 
 static int

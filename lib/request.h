@@ -1,27 +1,70 @@
 /*
- * The incoming request as CGI presents it (RFC 3875): meta-variables in
- * the environment, the body on stdin.  Nothing here writes a response:
- * each function returns an outcome and the endpoint answers with it.
+ * The incoming request as CGI presents it (RFC 3875): meta-variables and
+ * a body.  In plain CGI the variables are the process environment and the
+ * body is stdin; under FastCGI they are the request's params and FCGI_STDIN
+ * stream.  The runner (serve) binds them at the start of each request and
+ * reads the body before any handler runs, so nothing here knows which.
+ * Nothing here writes a response: each function returns an outcome and
+ * the endpoint answers with it.
  */
 #ifndef REQUEST_H
 #define REQUEST_H
 
 #include <stddef.h>
+#include <sys/types.h>
 
 #include "outcome.h"
 
 struct request {
-	const char *method;	/* REQUEST_METHOD, "" when absent */
+	const char *method;	/* REQUEST_METHOD ("GET" for HEAD), "" when absent */
 	const char *query;	/* QUERY_STRING, "" when absent */
-	char *body;		/* exactly body_len bytes + a NUL; NULL before request_read_body */
+	char *body;		/* body_len bytes + a NUL; NULL unless body_outcome is OUT_OK */
 	size_t body_len;
+	enum outcome body_outcome; /* how reading the body went: see request_body() */
 };
 
-/* Fills r from the environment (RFC 3875 4.1); no allocation. */
+/*
+ * Reads at most n bytes of the request body into p: the count, 0 at its
+ * end, -1 on error or when the reader's time budget ran out.
+ */
+typedef ssize_t request_reader(void *ctx, char *p, size_t n);
+
+/*
+ * Binds the meta-variables of the request about to be served: vars is a
+ * NULL-terminated array of NAME=VALUE strings (FastCGI params), or NULL
+ * for the process environment (plain CGI).  Borrowed until the next call;
+ * serve calls request_bind(NULL) once a request is over.
+ */
+void request_bind(char **vars);
+
+/* A meta-variable of the current request (RFC 3875 4.1), or NULL. */
+const char *request_env(const char *name);
+
+/* Fills r from the bound variables; no allocation. */
 void request_init(struct request *r);
 
 /* Frees the body. */
 void request_free(struct request *r);
+
+/*
+ * Consumes the request body from read, whatever comes next (serve calls it
+ * before the handler: an early answer must not leave a body unread, or
+ * mod_cgid loses the answer while writing the rest into the program).
+ * CONTENT_LENGTH must be plain digits (RFC 3875 4.1.2) and at most max
+ * for the body to be kept; a larger one is read and discarded, within
+ * LIMIT_DRAIN_BYTES and the reader's time budget.  A chunked body (no
+ * CONTENT_LENGTH, Transfer-Encoding present) is read to its end.  Sets
+ * r->body_outcome; see request_body().
+ */
+void request_take_body(struct request *r, size_t max, request_reader *read, void *ctx);
+
+/*
+ * What a handler that needs a body gets: OUT_OK with r->body and
+ * r->body_len; OUT_LENGTH_REQUIRED without CONTENT_LENGTH;
+ * OUT_PAYLOAD_TOO_LARGE over the cap; OUT_BAD_REQUEST for a malformed
+ * CONTENT_LENGTH or a body shorter than announced.
+ */
+enum outcome request_body(const struct request *r) __attribute__((warn_unused_result));
 
 /*
  * OUT_OK when r->method is one of the comma-separated methods in allow
@@ -31,21 +74,14 @@ void request_free(struct request *r);
 enum outcome request_check_method(const struct request *r, const char *allow)
     __attribute__((warn_unused_result));
 
+/* Whether method is one of the comma-separated methods in list. */
+int request_method_in(const char *method, const char *list);
+
 /*
  * OUT_OK when CONTENT_TYPE's media type is application/json (parameters
  * such as charset are allowed), else OUT_UNSUPPORTED_MEDIA.
  */
 enum outcome request_require_json(const struct request *r)
-    __attribute__((warn_unused_result));
-
-/*
- * Reads the body: CONTENT_LENGTH must be plain digits (RFC 3875 4.1.2),
- * at most max bytes (checked before reading anything), and exactly that
- * many bytes must arrive on stdin.  Missing length: OUT_LENGTH_REQUIRED;
- * malformed: OUT_BAD_REQUEST; too big: OUT_PAYLOAD_TOO_LARGE; short
- * read: OUT_BAD_REQUEST.  A zero length gives an empty body.
- */
-enum outcome request_read_body(struct request *r, size_t max)
     __attribute__((warn_unused_result));
 
 /* The body cap in force: BILLING_MAX_BODY or LIMIT_BODY_DEFAULT (OUT_MISCONFIGURED if invalid). */

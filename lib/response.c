@@ -1,3 +1,4 @@
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,8 +11,44 @@
 #include "log.h"
 #include "response.h"
 
-static struct buf headers = BUF_INIT(16 * 1024);
+/*
+ * The answer being built.  A FastCGI process serves many requests, so
+ * response_begin resets all of it at the start of each one.
+ */
+static struct buf headers = BUF_INIT(LIMIT_RESPONSE_HEADERS);
 static int sent;
+static int omit_body;
+static const struct response_sink *out;
+
+/* Plain CGI: stdout (RFC 3875 6); the sink until serve sets another. */
+static int
+stdout_write(void *ctx, const char *p, size_t n)
+{
+	ssize_t w;
+
+	(void)ctx;
+	while (n > 0) {
+		w = write(STDOUT_FILENO, p, n);
+		if (w == -1 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return -1;
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+static const struct response_sink stdout_sink = { stdout_write, NULL, NULL };
+
+void
+response_begin(const struct response_sink *sink, int head)
+{
+	buf_free(&headers);
+	sent = 0;
+	omit_body = head;
+	out = sink ? sink : &stdout_sink;
+}
 
 int
 response_sent(void)
@@ -57,18 +94,13 @@ response_header(const char *name, const char *fmt, ...)
 	buf_free(&value);
 }
 
+/* A client that is gone cannot be told anything: errors are dropped here. */
 static void
 write_all(const char *p, size_t n)
 {
-	ssize_t w;
-
-	while (n > 0) {
-		w = write(STDOUT_FILENO, p, n);
-		if (w <= 0)
-			return;	/* client gone: nothing more we can do */
-		p += w;
-		n -= (size_t)w;
-	}
+	if (out == NULL)
+		out = &stdout_sink;
+	(void)out->write(out->ctx, p, n);
 }
 
 static void
@@ -94,7 +126,8 @@ send_response(int status, const char *content_type, const char *body, size_t len
 		return;
 	}
 	write_all(buf_str(&head), head.len);
-	if (body && len)
+	/* HEAD: the same status and headers as GET, no body (RFC 9110 9.3.2). */
+	if (body && len && !omit_body)
 		write_all(body, len);
 	buf_free(&head);
 	log_finish(status);
@@ -202,5 +235,8 @@ response_fatal(const char *why)
 	}
 	log_msg("fatal: %s", why);
 	log_finish(500);
+	/* Under FastCGI the answer is still buffered: hand it over first. */
+	if (out != NULL && out->finish != NULL)
+		out->finish(out->ctx);
 	exit(1);
 }

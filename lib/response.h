@@ -8,9 +8,27 @@
 #ifndef RESPONSE_H
 #define RESPONSE_H
 
+#include <stddef.h>
+
 #include <json-c/json.h>
 
 #include "outcome.h"
+
+/* Where an answer goes: stdout for plain CGI, FCGI_STDOUT under FastCGI. */
+struct response_sink {
+	/* Writes all n bytes: 0, or -1 when the client is gone. */
+	int (*write)(void *ctx, const char *p, size_t n);
+	/* Hands over what was written before the process exits (response_fatal); may be NULL. */
+	void (*finish)(void *ctx);
+	void *ctx;
+};
+
+/*
+ * Starts a new answer (serve calls it for every request): forgets queued
+ * headers and the sent flag.  sink NULL means stdout; borrowed until the
+ * next call.  head: send status and headers only (RFC 9110 9.3.2).
+ */
+void response_begin(const struct response_sink *sink, int head);
 
 /* Queues a header for the response (name must be a literal/trusted token). */
 void response_header(const char *name, const char *fmt, ...)

@@ -1,4 +1,5 @@
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -186,6 +187,29 @@ any_v1_matches(const struct webhook_sig_header *h, const char *expected)
 	return match;
 }
 
+/*
+ * OpenSSL's HMAC implementation, fetched once per process: the fetch
+ * (provider look-up) costs more than the HMAC itself, and a FastCGI
+ * process verifies many events.  Freed at exit, before OpenSSL's own
+ * atexit clean-up (registered earlier, so run later).
+ */
+static EVP_MAC *hmac;
+
+static void
+hmac_release(void)
+{
+	EVP_MAC_free(hmac);
+	hmac = NULL;
+}
+
+static EVP_MAC *
+hmac_get(void)
+{
+	if (hmac == NULL && (hmac = EVP_MAC_fetch(NULL, "HMAC", NULL)) != NULL)
+		atexit(hmac_release);
+	return hmac;
+}
+
 enum webhook_sig_result
 webhook_sig_verify(const char *header, size_t header_len, const char *body, size_t body_len,
     const struct webhook_sig_secret *secrets, size_t nsecrets, time_t now, long tolerance,
@@ -194,7 +218,7 @@ webhook_sig_verify(const char *header, size_t header_len, const char *body, size
 	struct webhook_sig_header h;
 	enum webhook_sig_result r;
 	char expected[SIG_HEX_LEN];
-	EVP_MAC *mac = NULL;
+	EVP_MAC *mac;
 	uint64_t unow, skew;
 	size_t i;
 	int match = 0;
@@ -205,7 +229,7 @@ webhook_sig_verify(const char *header, size_t header_len, const char *body, size
 	if (r != WHSIG_VALID)
 		return r;
 	r = WHSIG_MISMATCH;
-	if ((mac = EVP_MAC_fetch(NULL, "HMAC", NULL)) == NULL)
+	if ((mac = hmac_get()) == NULL)
 		goto out;
 	for (i = 0; i < nsecrets && !match; i++) {
 		if (sign(mac, &secrets[i], &h, body, body_len, expected) == 0)
@@ -222,7 +246,6 @@ webhook_sig_verify(const char *header, size_t header_len, const char *body, size
 	}
 out:
 	OPENSSL_cleanse(expected, sizeof(expected));
-	EVP_MAC_free(mac);
 	return r;
 }
 

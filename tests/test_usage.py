@@ -418,7 +418,7 @@ def test_validation(st, mode):
     # Methods
     r = call(st, mode, "PUT", body=ok, headers=KEY)
     t.eq((r.status, err(r)[0]), (405, "method_not_allowed"), f"{mode}: PUT -> 405")
-    t.eq(r.headers.get("allow"), "GET, POST, OPTIONS",
+    t.eq(r.headers.get("allow"), "GET, POST, HEAD, OPTIONS",
          f"{mode}: 405 lists every method the resource answers (RFC 9110 15.5.6)")
 
 

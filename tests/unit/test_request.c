@@ -1,26 +1,32 @@
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "config.h"
 #include "log.h"
 #include "request.h"
 #include "tap.h"
 
-/* Puts bytes on stdin (a pipe whose writer is closed), so request_read_body sees EOF after them. */
-static void
-stdin_from(const char *data, size_t len)
-{
-	int fds[2];
+/* A body in memory, handed out at most `step` bytes per read; counts what was taken. */
+struct source {
+	const char *data;
+	size_t len, pos, step;
+};
 
-	if (pipe(fds) == -1)
-		abort();
-	if (len && write(fds[1], data, len) != (ssize_t)len)
-		abort();
-	close(fds[1]);
-	dup2(fds[0], STDIN_FILENO);
-	close(fds[0]);
+static ssize_t
+source_read(void *ctx, char *p, size_t n)
+{
+	struct source *s = ctx;
+
+	if (n > s->step)
+		n = s->step;
+	if (n > s->len - s->pos)
+		n = s->len - s->pos;
+	memcpy(p, s->data + s->pos, n);
+	s->pos += n;
+	return (ssize_t)n;
 }
+
+static struct source src;
 
 static enum outcome
 read_body(const char *cl, const char *data, size_t len, size_t max, struct request *r)
@@ -29,9 +35,13 @@ read_body(const char *cl, const char *data, size_t len, size_t max, struct reque
 		setenv("CONTENT_LENGTH", cl, 1);
 	else
 		unsetenv("CONTENT_LENGTH");
-	stdin_from(data, len);
+	src.data = data;
+	src.len = len;
+	src.pos = 0;
+	src.step = 3;	/* several reads per body */
 	request_init(r);
-	return request_read_body(r, max);
+	request_take_body(r, max, source_read, &src);
+	return request_body(r);
 }
 
 int
@@ -66,7 +76,20 @@ main(void)
 	is_int(read_body("0x10", "x", 1, 10, &r), OUT_BAD_REQUEST, "hex length");
 	is_int(read_body("99999999999999999999999999", "x", 1, 10, &r), OUT_BAD_REQUEST,
 	    "overflowing length");
-	is_int(read_body("11", "x", 1, 10, &r), OUT_PAYLOAD_TOO_LARGE, "over the cap, before reading");
+	is_int(read_body("11", "x", 1, 10, &r), OUT_PAYLOAD_TOO_LARGE, "over the cap");
+	is_int(read_body("12", "0123456789ab", 12, 10, &r), OUT_PAYLOAD_TOO_LARGE,
+	    "over the cap, body present");
+	ok(src.pos == 12 && r.body == NULL, "an over-cap body is drained, not kept");
+	is_int(read_body(NULL, "x", 1, 10, &r), OUT_LENGTH_REQUIRED, "no length, no chunking");
+	ok(src.pos == 0, "without length or chunking nothing is read");
+	setenv("HTTP_TRANSFER_ENCODING", "chunked", 1);
+	is_int(read_body(NULL, "chunky", 6, 10, &r), OUT_OK, "chunked body within the cap");
+	ok(r.body_len == 6 && strcmp(r.body, "chunky") == 0, "chunked body bytes");
+	request_free(&r);
+	is_int(read_body(NULL, "0123456789abcdef", 16, 10, &r), OUT_PAYLOAD_TOO_LARGE,
+	    "chunked body over the cap");
+	ok(src.pos == 16 && r.body == NULL, "an over-cap chunked body is drained");
+	unsetenv("HTTP_TRANSFER_ENCODING");
 	is_int(read_body("10", "0123456789", 10, 10, &r), OUT_OK, "exactly at the cap");
 	request_free(&r);
 	is_int(read_body("8", "abc", 3, 10, &r), OUT_BAD_REQUEST, "short read");
@@ -124,5 +147,27 @@ main(void)
 	setenv("QUERY_STRING", "userId=%0a", 1);
 	request_init(&r);
 	ok(request_query_param(&r, "userId", &v) == -1, "control byte refused");
+
+	/* FastCGI: the request's own params, never the process environment. */
+	{
+		char *params[] = { "REQUEST_METHOD=PUT", "QUERY_STRING=userId=7",
+			"HTTP_ORIGIN=https://a.example", "CONTENT_LENGTH=2", NULL };
+
+		request_bind(params);
+		request_init(&r);
+		is_str(r.method, "PUT", "bound method");
+		ok(request_query_param(&r, "userId", &v) == 1 && strcmp(v, "7") == 0,
+		    "bound query string");
+		free(v);
+		is_str(request_header("Origin"), "https://a.example", "bound header");
+		is_str(request_header("Stripe-Signature"), NULL,
+		    "process environment not seen through bound params");
+		is_str(request_env("CONTENT_TYPE"), NULL, "absent bound variable");
+		is_str(request_env("CONTENT_LENGT"), NULL, "no prefix match");
+		request_bind(NULL);
+		is_str(request_header("Stripe-Signature"), "t=1,v1=ab", "unbound: environment again");
+	}
+	ok(request_method_in("HEAD", "GET, HEAD, POST") && !request_method_in("HEA", "GET, HEAD"),
+	    "method lists");
 	return done_testing();
 }

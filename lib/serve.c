@@ -1,0 +1,238 @@
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <fcgiapp.h>
+
+#include "buf.h"
+#include "config.h"
+#include "cors.h"
+#include "limits.h"
+#include "log.h"
+#include "response.h"
+#include "serve.h"
+
+/* What outlives a request in a FastCGI process, and nothing else. */
+struct serve {
+	const struct serve_endpoint *ep;
+	struct db *db;		/* kept between requests; NULL until first used */
+};
+
+enum outcome
+serve_db(struct serve *srv, struct db **db)
+{
+	enum outcome rc = db_reuse(&srv->db);
+
+	*db = srv->db;
+	return rc;
+}
+
+/* --- plain CGI: the body on fd 0, with a time budget ------------------------------ */
+
+struct cgi_input {
+	struct timespec deadline;
+};
+
+static long
+ms_until(const struct timespec *t)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (long)(t->tv_sec - now.tv_sec) * 1000 + (t->tv_nsec - now.tv_nsec) / 1000000;
+}
+
+static ssize_t
+cgi_read(void *ctx, char *p, size_t n)
+{
+	struct cgi_input *in = ctx;
+	struct pollfd pfd = { STDIN_FILENO, POLLIN, 0 };
+	ssize_t got;
+	long left;
+	int ready;
+
+	for (;;) {
+		if ((left = ms_until(&in->deadline)) <= 0) {
+			log_msg("request body not complete within %d ms", LIMIT_BODY_READ_MS);
+			return -1;
+		}
+		ready = poll(&pfd, 1, left > 1000 ? 1000 : (int)left);
+		if (ready == -1 && errno != EINTR)
+			return -1;
+		if (ready <= 0)
+			continue;
+		got = read(STDIN_FILENO, p, n);
+		if (got == -1 && (errno == EINTR || errno == EAGAIN))
+			continue;
+		return got;
+	}
+}
+
+/* --- FastCGI: FCGI_STDIN and FCGI_STDOUT of the accepted request ------------------- */
+
+static ssize_t
+fcgi_read(void *ctx, char *p, size_t n)
+{
+	FCGX_Request *fr = ctx;
+	int chunk = n > (1 << 20) ? (1 << 20) : (int)n;
+
+	return FCGX_GetStr(p, chunk, fr->in);
+}
+
+static int
+fcgi_write(void *ctx, const char *p, size_t n)
+{
+	FCGX_Request *fr = ctx;
+	int chunk;
+
+	while (n > 0) {
+		chunk = n > (1 << 20) ? (1 << 20) : (int)n;
+		if (FCGX_PutStr(p, chunk, fr->out) != chunk)
+			return -1;
+		p += chunk;
+		n -= (size_t)chunk;
+	}
+	return 0;
+}
+
+static void
+fcgi_finish(void *ctx)
+{
+	FCGX_Finish_r(ctx);
+}
+
+/* --- one request ------------------------------------------------------------------ */
+
+/*
+ * The methods to accept and to list in Allow: the handler's, HEAD
+ * wherever GET goes (RFC 9110 9.3.2), OPTIONS where CORS is on.
+ */
+static void
+allowed_methods(const struct serve_endpoint *ep, struct buf *allow, struct buf *with_options)
+{
+	if (buf_addstr(allow, ep->methods) == -1 ||
+	    (request_method_in("GET", ep->methods) && buf_addstr(allow, ", HEAD") == -1) ||
+	    buf_addstr(with_options, buf_str(allow)) == -1 ||
+	    (ep->cors && buf_addstr(with_options, ", OPTIONS") == -1))
+		response_fatal("method list too long");
+}
+
+static void
+serve_one(struct serve *srv, char **vars, request_reader *read, void *read_ctx,
+    const struct response_sink *sink)
+{
+	const struct serve_endpoint *ep = srv->ep;
+	struct buf allow = BUF_INIT(256), with_options = BUF_INIT(256);
+	struct request req;
+	enum outcome rc, cap_rc;
+	size_t cap = LIMIT_BODY_DEFAULT;
+	int head;
+
+	log_begin(ep->name);
+	request_bind(vars);
+	request_init(&req);
+	allowed_methods(ep, &allow, &with_options);
+	head = strcmp(req.method, "HEAD") == 0 && request_method_in("GET", ep->methods);
+	if (head)
+		req.method = "GET";	/* the handler answers as for GET; response drops the body */
+	response_begin(sink, head);
+
+	/*
+	 * The body comes off the wire first, whatever the answer will be,
+	 * with the default cap when the settings are broken.
+	 */
+	rc = config_load();
+	cap_rc = request_body_cap(&cap);
+	if (cap_rc != OUT_OK)
+		cap = LIMIT_BODY_DEFAULT;
+	request_take_body(&req, cap, read, read_ctx);
+
+	if (rc == OUT_OK)
+		rc = cap_rc;
+	if (rc != OUT_OK)
+		response_error(rc, NULL);
+	else if (ep->cors && cors_handle(&req, buf_str(&allow)))
+		;	/* OPTIONS answered: no database, no Stripe */
+	else if ((rc = request_check_method(&req, buf_str(&with_options))) != OUT_OK)
+		response_error(rc, NULL);
+	else
+		ep->handle(srv, &req);
+	if (!response_sent()) {
+		log_msg("handler gave no answer");
+		response_error(OUT_INTERNAL, NULL);
+	}
+
+	db_release(&srv->db);
+	request_free(&req);
+	request_bind(NULL);
+	buf_free(&allow);
+	buf_free(&with_options);
+}
+
+/* --- the two ways to run ------------------------------------------------------------- */
+
+static volatile sig_atomic_t stopping;
+
+/* mod_fcgid stops a process with SIGTERM: finish the request in hand, then leave. */
+static void
+on_term(int sig)
+{
+	(void)sig;
+	stopping = 1;
+	FCGX_ShutdownPending();
+}
+
+static int
+serve_fastcgi(struct serve *srv)
+{
+	FCGX_Request fr;
+	struct response_sink sink = { fcgi_write, fcgi_finish, &fr };
+	struct sigaction sa;
+
+	if (FCGX_Init() != 0 || FCGX_InitRequest(&fr, 0, 0) != 0) {
+		fprintf(stderr, "billing-cgi %s: cannot start FastCGI\n", srv->ep->name);
+		return 1;
+	}
+	/* No SA_RESTART: a SIGTERM must interrupt accept() to end the loop. */
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_term;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sa.sa_handler = SIG_IGN;
+	sigaction(SIGPIPE, &sa, NULL);	/* a client gone is a write error, not death */
+
+	while (!stopping && FCGX_Accept_r(&fr) >= 0) {
+		serve_one(srv, fr.envp, fcgi_read, &fr, &sink);
+		FCGX_Finish_r(&fr);
+	}
+	FCGX_Free(&fr, 1);
+	return 0;
+}
+
+int
+serve_main(const struct serve_endpoint *ep)
+{
+	struct serve srv = { ep, NULL };
+	struct cgi_input in;
+	int status = 0;
+
+	if (FCGX_IsCGI()) {
+		clock_gettime(CLOCK_MONOTONIC, &in.deadline);
+		in.deadline.tv_sec += LIMIT_BODY_READ_MS / 1000;
+		in.deadline.tv_nsec += (long)(LIMIT_BODY_READ_MS % 1000) * 1000000;
+		if (in.deadline.tv_nsec >= 1000000000) {
+			in.deadline.tv_sec++;
+			in.deadline.tv_nsec -= 1000000000;
+		}
+		serve_one(&srv, NULL, cgi_read, &in, NULL);
+	} else
+		status = serve_fastcgi(&srv);
+	db_close(srv.db);
+	config_reset();
+	return status;
+}
