@@ -47,7 +47,14 @@ parse_cgi_output(bytes), processes_using(path), free_port().
 Environment: BUILDDIR (build tree holding cgi-bin/*.cgi; default: cwd),
 SRCDIR (source tree; default: the directory above this file), KEEP_TMP=1
 (keep the temporary directories), APACHE_BIN / APACHE_MODULES / PG_BINDIR
-(override where the servers are found).
+(override where the servers are found), PGBOUNCER_BIN.
+BILLING_TEST_APACHE chooses how Apache runs the programs (Stack(apache_mode=)
+wins over it): "cgid" (default: event MPM + mod_cgid, Debian's default),
+"cgi" (prefork MPM + mod_cgi) or "fcgid" (event MPM + mod_fcgid with
+apache/billing-fcgid.conf: the programs run as FastCGI processes).
+BILLING_TEST_PGBOUNCER=1 (or Stack(pgbouncer=True)) puts PgBouncer in
+transaction-pooling mode between the programs and PostgreSQL: the programs'
+DATABASE_URL points at it (st.app_database_url), st.psql still goes direct.
 """
 
 import atexit
@@ -102,6 +109,13 @@ ENDPOINTS = {
 }
 
 # Passed through to CGIs (sanitizer builds) when set in our environment.
+# How Apache runs the programs: MPM, CGI module, and the snippet to Include.
+APACHE_MODES = {
+    "cgid": ("mpm_event", "cgid", "billing-cgi.conf"),
+    "cgi": ("mpm_prefork", "cgi", "billing-cgi.conf"),
+    "fcgid": ("mpm_event", "fcgid", "billing-fcgid.conf"),
+}
+
 PASSTHROUGH_ENV = ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "MSAN_OPTIONS",
                    "LD_LIBRARY_PATH", "LD_PRELOAD")
 
@@ -531,8 +545,15 @@ class Stack:
     """
 
     def __init__(self, settings=None, apache=True, stripe=True, htaccess=False, *,
-                 builddir=None, srcdir=None, schema=True):
+                 builddir=None, srcdir=None, schema=True, apache_mode=None, pgbouncer=None):
         self.want_apache = apache
+        self.apache_mode = apache_mode or os.environ.get("BILLING_TEST_APACHE") or "cgid"
+        if self.apache_mode not in APACHE_MODES:
+            raise StackError(f"unknown Apache mode {self.apache_mode!r} (one of {', '.join(APACHE_MODES)})")
+        self.want_pgbouncer = (os.environ.get("BILLING_TEST_PGBOUNCER") == "1"
+                               if pgbouncer is None else pgbouncer)
+        self._pgb = None
+        self.app_database_url = None
         self.want_stripe = stripe
         self.htaccess = htaccess
         self.want_schema = schema
@@ -704,7 +725,12 @@ class Stack:
             s["STRIPE_API_BASE"] = self.stripe_base
         else:
             s["STRIPE_API_BASE"] = "http://127.0.0.1:1"  # nothing listens: calls fail fast
-        s["DATABASE_URL"] = self.database_url
+        self.app_database_url = self.database_url
+        if self.want_pgbouncer:
+            self._pgb_prepare()
+            self.app_database_url = (f"postgresql:///billing?host={urllib.parse.quote(self.pgb_run, safe='/')}"
+                                     f"&port={self.pgb_port}&user=billing")
+        s["DATABASE_URL"] = self.app_database_url
         for k, v in self._given.items():
             if v is None:
                 s.pop(k, None)
@@ -716,6 +742,8 @@ class Stack:
             self._apache_launch()
         self.pg_start()
         self._pg_create_db()
+        if self.want_pgbouncer:
+            self._pgb_start()
         if self.want_apache:
             self._apache_wait()
         self.startup_seconds = time.monotonic() - t0
@@ -732,6 +760,7 @@ class Stack:
         try:
             self._apache_stop()
             self._fake_stop()
+            self._pgb_stop()
             self.pg_stop()
         finally:
             for f in self._logs:
@@ -935,6 +964,61 @@ log_checkpoints = off
         if p.returncode != 0:
             raise PsqlError(f"\\i {path}", p.returncode, p.stderr.decode(errors="replace"))
 
+    # -- PgBouncer ---------------------------------------------------------------
+
+    def _pgb_prepare(self):
+        self.pgb_bin = os.environ.get("PGBOUNCER_BIN") or shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+        if not os.access(self.pgb_bin, os.X_OK):
+            raise StackError("pgbouncer not found: apt-get install pgbouncer")
+        self.pgb_run = self._mkdir("pgbouncer", mode=0o711)
+        self.pgb_port = free_port()
+        conf = os.path.join(self.pgb_run, "pgbouncer.ini")
+        # Transaction pooling, as on a busy CGI host: a server connection
+        # serves any client between transactions, so nothing may rely on
+        # session state, named prepared statements or session locks.
+        self._write(conf, f"""[databases]
+billing = host={self.pg_run} port={self.pg_port} dbname=billing user=billing
+
+[pgbouncer]
+listen_addr =
+unix_socket_dir = {self.pgb_run}
+listen_port = {self.pgb_port}
+auth_type = trust
+auth_file = {self.pgb_run}/users.txt
+pool_mode = transaction
+max_client_conn = 200
+default_pool_size = 10
+server_reset_query =
+# After PostgreSQL comes back, try it again at once (default: 15 s later).
+server_login_retry = 0
+ignore_startup_parameters = extra_float_digits
+logfile = {self.tmp}/logs/pgbouncer.log
+pidfile = {self.pgb_run}/pgbouncer.pid
+""", 0o600)
+        self._write(os.path.join(self.pgb_run, "users.txt"), '"billing" ""\n', 0o600)
+        with open(os.path.join(self.tmp, "logs", "pgbouncer.log"), "a"):
+            pass
+        self._chown(os.path.join(self.tmp, "logs", "pgbouncer.log"))
+        self._pgb_conf = conf
+
+    def _pgb_start(self):
+        log = self._log_open("pgbouncer.out")
+        self._pgb = subprocess.Popen(
+            _pdeathsig_prefix("TERM") + [self.pgb_bin, self._pgb_conf],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.pgb_run,
+            env=self._server_env(), process_group=0, **self._run_as_kw())
+        sock = os.path.join(self.pgb_run, f".s.PGSQL.{self.pgb_port}")
+        deadline = time.monotonic() + 15
+        while not os.path.exists(sock):
+            if self._pgb.poll() is not None or time.monotonic() > deadline:
+                raise StackError("pgbouncer did not start:\n" +
+                                 open(log.name, errors="replace").read()[-2000:])
+            time.sleep(0.02)
+
+    def _pgb_stop(self):
+        p, self._pgb = self._pgb, None
+        self._stop_proc(p, (signal.SIGINT, False, 10))
+
     # -- fake Stripe -----------------------------------------------------------
 
     def _fake_launch(self):
@@ -988,7 +1072,7 @@ log_checkpoints = off
 
     def _apache_layout(self):
         """Returns the config text after the common part."""
-        conf_snippet = os.path.join(self.srcdir, "apache", "billing-cgi.conf")
+        conf_snippet = os.path.join(self.srcdir, "apache", APACHE_MODES[self.apache_mode][2])
         if not self.htaccess:
             cgi_bin = self.cgi_bin
             if not self._reachable(cgi_bin):
@@ -1053,8 +1137,21 @@ log_checkpoints = off
         self.error_log_path = os.path.join(self.apache_dir, "error.log")
         tail = self._apache_layout()
         self._apache_passenv = [k for k in PASSTHROUGH_ENV if os.environ.get(k)]
-        modules = ["mpm_prefork", "unixd", "authz_core", "authz_host", "alias", "cgi", "mime",
+        mpm, cgi_module, _ = APACHE_MODES[self.apache_mode]
+        modules = [mpm, "unixd", "authz_core", "authz_host", "alias", cgi_module, "mime",
                    "env", "setenvif", "headers", "rewrite", "dir", "log_config"]
+        if mpm == "mpm_prefork":
+            mpm_lines = ["StartServers 4", "MinSpareServers 2", "MaxSpareServers 8",
+                         "ServerLimit 32", "MaxRequestWorkers 32", "MaxConnectionsPerChild 0"]
+        else:
+            mpm_lines = ["StartServers 2", "ServerLimit 4", "ThreadsPerChild 25",
+                         "MaxRequestWorkers 100", "MinSpareThreads 25", "MaxSpareThreads 75",
+                         "MaxConnectionsPerChild 0"]
+        if cgi_module == "cgid":
+            mpm_lines.append(f"ScriptSock {_apache_quote(run + '/cgid.sock')}")
+        if cgi_module == "fcgid":
+            mpm_lines += [f"FcgidIPCDir {_apache_quote(run + '/fcgid')}",
+                          f"FcgidProcessTableFile {_apache_quote(run + '/fcgid_shm')}"]
         self._apache_conf_lines = (
             [f"ServerRoot {_apache_quote(self.apache_dir)}",
              f"DefaultRuntimeDir {_apache_quote(run)}",
@@ -1069,9 +1166,8 @@ log_checkpoints = off
              "MaxKeepAliveRequests 1000"]
             + [f"LoadModule {m}_module {_apache_quote(os.path.join(mods, f'mod_{m}.so'))}"
                for m in modules if f"mod_{m}.c" not in builtin]
-            + ["StartServers 4", "MinSpareServers 2", "MaxSpareServers 8",
-               "ServerLimit 32", "MaxRequestWorkers 32", "MaxConnectionsPerChild 0",
-               "TypesConfig /etc/mime.types" if os.path.exists("/etc/mime.types") else "",
+            + mpm_lines
+            + ["TypesConfig /etc/mime.types" if os.path.exists("/etc/mime.types") else "",
                'LogFormat "%h %l %u %t \\"%r\\" %>s %b %D" common',
                f"CustomLog {_apache_quote(self.apache_dir + '/access.log')} common",
                "<Directory />\n    AllowOverride None\n    Require all denied\n</Directory>",
