@@ -22,7 +22,7 @@ Stack(settings={}, apache=True, stripe=True, htaccess=False, *, builddir=None,
       srcdir=None, schema=True), a context manager, starts
   - PostgreSQL (Unix socket in the temp dir only; database billing, user
     billing, trust; sql/schema.sql applied): st.database_url, st.psql(sql) ->
-    rows (lists of str, NULL -> None), st.psql_one(sql), st.pg_stop(), st.pg_start()
+    rows (lists of str, NULL -> None), st.psql_one(sql), st.pg_stop(), st.pg_stop_immediate(), st.pg_start()
   - the fake Stripe (tests/fake_stripe.py): st.stripe_base, st.stripe.reset(),
     .requests(), .fail(**rule), .put_subscription(id, obj), .call(method, path, body)
   - Apache httpd with the real apache/billing-cgi.conf (htaccess=True: a web
@@ -927,6 +927,12 @@ log_checkpoints = off
         """Stop the PostgreSQL server (fast shutdown); data stays."""
         p, self._pg = self._pg, None
         self._stop_proc(p, (signal.SIGINT, False, 20), (signal.SIGQUIT, False, 5))
+
+    def pg_stop_immediate(self):
+        """Kill the PostgreSQL server as a crash would (immediate shutdown:
+        no goodbye to clients, recovery at the next start); data stays."""
+        p, self._pg = self._pg, None
+        self._stop_proc(p, (signal.SIGQUIT, False, 10))
 
     def _pg_create_db(self):
         if not self._db_created:

@@ -1,0 +1,316 @@
+#!/usr/bin/env python3
+"""One FastCGI process serving many requests (issue 8).
+
+The programs are started as mod_fcgid starts them (a listening socket on
+fd 0) and driven by tests/fcgi_client.py, so one process serves every
+request of a test:
+  - soak: 10,000 mixed requests to usage.cgi (valid, invalid, other users,
+    every early refusal, PostgreSQL stopped and started in the middle) and
+    3,000 to webhook.cgi; every answer is checked for anything that belongs
+    to another request (request id, user, CORS/auth/Allow headers, replay);
+    resident memory after the first 1,000 requests and at the end (the
+    growth is printed; plain build: at most 1 MiB), and under the ASan
+    build LeakSanitizer at exit;
+  - PostgreSQL killed while the process is idle, then started again: the
+    next request gets 503 or succeeds, the one after succeeds.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import DEFAULT_SETTINGS, PASSTHROUGH_ENV, Stack, Tap, make_jwt, stripe_signature  # noqa: E402
+from fcgi_client import FcgiProcess  # noqa: E402
+
+API_KEY = DEFAULT_SETTINGS["USAGE_API_KEY"]
+SECRET = DEFAULT_SETTINGS["STRIPE_WEBHOOK_SECRET"]
+ORIGIN = "https://app.example.test"
+CAP = 4096
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def asan_build(program):
+    out = subprocess.run(["ldd", program], capture_output=True, text=True).stdout
+    return "libasan" in out
+
+
+def process_env(st, program):
+    """What mod_fcgid would give the process: settings via FcgidInitialEnv."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    for k in PASSTHROUGH_ENV:
+        if os.environ.get(k):
+            env[k] = os.environ[k]
+    if asan_build(program):
+        # Leaks are what this test is about: report them at exit.
+        env["ASAN_OPTIONS"] = "detect_leaks=1:abort_on_error=0:exitcode=23"
+    env.update(st.settings)
+    env["BILLING_MAX_BODY"] = str(CAP)
+    return env
+
+
+def params(st, name, method, query="", headers=None, body=b""):
+    """The request's FastCGI params: the CGI meta-variables without settings."""
+    e = st.cgi_env(name, method, body, None, headers, query)
+    for k in st.settings:
+        e.pop(k, None)
+    e.pop("PATH", None)
+    for k in PASSTHROUGH_ENV:
+        e.pop(k, None)
+    return e
+
+
+class Checker:
+    """Collects per-answer findings so thousands of requests make a few TAP lines."""
+
+    def __init__(self):
+        self.problems = []
+        self.request_ids = set()
+        self.count = 0
+
+    def check(self, i, kind, r, want_status, want_origin=False, user=None):
+        self.count += 1
+        p = []
+        if r.status not in (want_status if isinstance(want_status, tuple) else (want_status,)):
+            p.append(f"status {r.status}, want {want_status}")
+        rid = r.headers.get("x-request-id")
+        if not rid or rid in self.request_ids:
+            p.append(f"request id {rid!r} missing or seen before")
+        self.request_ids.add(rid)
+        if ("access-control-allow-origin" in r.headers) != want_origin:
+            p.append("CORS header " + ("missing" if want_origin else "from another request"))
+        if "www-authenticate" in r.headers and r.status != 401:
+            p.append("WWW-Authenticate on a non-401")
+        if "allow" in r.headers and r.status not in (405, 204):
+            p.append("Allow on a " + str(r.status))
+        if "idempotent-replayed" in r.headers:
+            p.append("Idempotent-Replayed on a fresh key")
+        if len([h for h, _ in r.header_list if h == "status"]) > 1:
+            p.append("two Status lines")
+        if user is not None and r.status in (200, 402):
+            try:
+                got = json.loads(r.body).get("userId")
+            except ValueError:
+                got = None
+            if got != user:
+                p.append(f"answer for user {got!r}, asked for {user!r}")
+        if p:
+            self.problems.append(f"#{i} {kind}: " + "; ".join(p))
+
+
+def usage_request(st, proc, i, users, ck, expect_db=True):
+    """The i-th request of the usage mix; returns the answer."""
+    kind = i % 10
+    user = users[(i // 10) % len(users)]
+    key = {"Authorization": "Bearer " + API_KEY}
+    db_ok = 200 if expect_db else 503
+    if kind == 0:
+        r = proc.request(params(st, "usage", "GET", "userId=" + user, key))
+        ck.check(i, "GET", r, db_ok, user=user if expect_db else None)
+    elif kind == 1:
+        body = json.dumps({"userId": user, "usageType": "pain_entry"}).encode()
+        h = dict(key, **{"Idempotency-Key": f"soak-{i}", "Content-Type": "application/json"})
+        r = proc.request(params(st, "usage", "POST", headers=h, body=body), body)
+        ck.check(i, "POST", r, (200, 402) if expect_db else 503, user=user if expect_db else None)
+    elif kind == 2:
+        body = b'{"userId": "' + user.encode() + b'", nope}'
+        h = dict(key, **{"Content-Type": "application/json"})
+        r = proc.request(params(st, "usage", "POST", headers=h, body=body), body)
+        ck.check(i, "bad JSON", r, 400)
+    elif kind == 3:
+        r = proc.request(params(st, "usage", "GET", "userId=" + user))
+        ck.check(i, "no credentials", r, 401)
+    elif kind == 4:
+        body = b"{}"
+        r = proc.request(params(st, "usage", "PUT", headers={"Content-Type": "application/json"},
+                                body=body), body)
+        ck.check(i, "PUT", r, 405)
+    elif kind == 5:
+        h = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST"}
+        r = proc.request(params(st, "usage", "OPTIONS", headers=h))
+        ck.check(i, "preflight", r, 204, want_origin=True)
+    elif kind == 6:
+        r = proc.request(params(st, "usage", "HEAD", "userId=" + user, key))
+        ck.check(i, "HEAD", r, db_ok)
+        if r.body:
+            ck.problems.append(f"#{i} HEAD: a body of {len(r.body)} bytes")
+    elif kind == 7:
+        other = users[(i // 10 + 1) % len(users)]
+        h = {"Authorization": "Bearer " + make_jwt({"sub": user, "exp": int(time.time()) + 600})}
+        r = proc.request(params(st, "usage", "GET", "userId=" + other, h))
+        ck.check(i, "another user's usage", r, 403)
+    elif kind == 8:
+        body = b'{"userId":"' + b"x" * (CAP + 100) + b'"}'
+        h = dict(key, **{"Content-Type": "application/json"})
+        r = proc.request(params(st, "usage", "POST", headers=h, body=body), body)
+        ck.check(i, "over the cap", r, 413)
+    else:
+        r = proc.request(params(st, "usage", "GET", "userId=" + user, dict(key, Origin=ORIGIN)))
+        ck.check(i, "GET with Origin", r, db_ok, want_origin=True,
+                 user=user if expect_db else None)
+    return r
+
+
+def finish(t, proc, label, rss_start, rss_end, asan):
+    status = proc.stop()
+    err = proc.stderr()
+    if asan:
+        t.ok("LeakSanitizer" not in err and status == 0,
+             f"{label}: LeakSanitizer finds nothing at exit",
+             "\n".join(err.splitlines()[-40:]))
+        t.skip(f"{label}: resident memory flat", "ASan build (its allocator keeps freed memory)")
+    else:
+        t.skip(f"{label}: LeakSanitizer finds nothing at exit", "plain build (ASan build runs it)")
+        t.ok(status == 0, f"{label}: the process exits cleanly on SIGTERM", f"exit {status}")
+        growth = rss_end - rss_start
+        t.diag(f"{label}: VmRSS {rss_start} KiB after 1,000 requests, {rss_end} KiB at the end "
+               f"(growth {growth} KiB)")
+        t.ok(growth <= 1024, f"{label}: resident memory flat (grew {growth} KiB, at most 1024)")
+
+
+def soak_usage(t, st):
+    prog = os.path.join(st.cgi_bin, "usage.cgi")
+    asan = asan_build(prog)
+    proc = FcgiProcess(prog, process_env(st, prog))
+    ck = Checker()
+    users = [f"soak_user_{n}" for n in range(50)]
+    total, restart_at = 10000, 5000
+    rss_start = rss_end = None
+    try:
+        i = 0
+        while i < total:
+            if i == 1000:
+                rss_start = proc.rss_kib()
+            if i == restart_at:
+                # PostgreSQL goes away mid-run: requests that need it get
+                # 503, the others are answered as ever.
+                st.pg_stop()
+                for j in range(20):
+                    usage_request(st, proc, i + j, users, ck, expect_db=False)
+                st.pg_start()
+                r = proc.request(params(st, "usage", "GET", "userId=" + users[0],
+                                        {"Authorization": "Bearer " + API_KEY}))
+                t.ok(r.status in (200, 503), "usage: first request after the restart: 503 or 200",
+                     f"got {r.status}")
+                r = proc.request(params(st, "usage", "GET", "userId=" + users[0],
+                                        {"Authorization": "Bearer " + API_KEY}))
+                t.eq(r.status, 200, "usage: the request after that succeeds")
+                i += 20
+                continue
+            usage_request(st, proc, i, users, ck)
+            i += 1
+        rss_end = proc.rss_kib()
+        t.ok(proc.alive(), "usage: one process served every request")
+    finally:
+        t.ok(ck.count >= 10000, f"usage: {ck.count} requests served by one FastCGI process")
+        t.ok(not ck.problems, "usage: every answer is its own request's (status, id, user, headers)",
+             "\n".join(ck.problems[:20]))
+        t.eq(len(ck.request_ids), ck.count, "usage: every answer has its own request id")
+        used = st.psql_one("SELECT coalesce(sum(amount), 0) FROM usage_tracking")
+        posted = sum(1 for i in range(total) if i % 10 == 1 and not restart_at <= i < restart_at + 20)
+        t.ok(int(used) <= posted and int(used) > 0,
+             f"usage: counted {used} of {posted} POSTs (the rest over quota), never more")
+        finish(t, proc, "usage", rss_start or 0, rss_end or 0, asan)
+        proc.cleanup()
+
+
+def signed_event(n):
+    with open(os.path.join(HERE, "data", "events", "customer.subscription.created.json")) as f:
+        ev = json.load(f)
+    ev["id"] = f"evt_soak_{n}"
+    ev["data"]["object"]["id"] = f"sub_soak_{n}"
+    ev["data"]["object"]["customer"] = f"cus_soak_{n}"
+    ev["data"]["object"]["metadata"] = {"userId": f"soak_hook_{n}"}
+    return json.dumps(ev).encode()
+
+
+def hook(st, proc, body, sig=True, method="POST"):
+    h = {"Content-Type": "application/json"}
+    if sig:
+        h["Stripe-Signature"] = stripe_signature(SECRET, body)
+    return proc.request(params(st, "webhook", method, headers=h, body=body), body)
+
+
+def soak_webhook(t, st):
+    prog = os.path.join(st.cgi_bin, "webhook.cgi")
+    asan = asan_build(prog)
+    proc = FcgiProcess(prog, process_env(st, prog))
+    ck = Checker()
+    total = 3000
+    rss_start = rss_end = None
+    applied = 0
+    try:
+        for i in range(total):
+            if i == 1000:
+                rss_start = proc.rss_kib()
+            kind = i % 5
+            if kind == 0:
+                r = hook(st, proc, signed_event(i))
+                ck.check(i, "new event", r, 200)
+                applied += 1
+                if r.status == 200 and json.loads(r.body).get("duplicate"):
+                    ck.problems.append(f"#{i} new event answered as a duplicate")
+            elif kind == 1:
+                r = hook(st, proc, signed_event(i - 1))
+                ck.check(i, "duplicate", r, 200)
+                if r.status == 200 and not json.loads(r.body).get("duplicate"):
+                    ck.problems.append(f"#{i} redelivery not answered as a duplicate")
+            elif kind == 2:
+                r = hook(st, proc, signed_event(i), sig=False)
+                ck.check(i, "no signature", r, 400)
+            elif kind == 3:
+                body = signed_event(i)
+                h = {"Content-Type": "application/json",
+                     "Stripe-Signature": stripe_signature("whsec_wrong", body)}
+                r = proc.request(params(st, "webhook", "POST", headers=h, body=body), body)
+                ck.check(i, "wrong secret", r, 400)
+            else:
+                r = proc.request(params(st, "webhook", "GET"))
+                ck.check(i, "GET", r, 405)
+        rss_end = proc.rss_kib()
+    finally:
+        t.ok(not ck.problems, f"webhook: {ck.count} answers, each its own request's",
+             "\n".join(ck.problems[:20]))
+        t.eq(int(st.psql_one("SELECT count(*) FROM billing_events WHERE stripe_event_id LIKE 'evt_soak_%'")),
+             applied, "webhook: each new event recorded once, no rejected one recorded")
+        finish(t, proc, "webhook", rss_start or 0, rss_end or 0, asan)
+        proc.cleanup()
+
+
+def killed_while_idle(t, st):
+    prog = os.path.join(st.cgi_bin, "webhook.cgi")
+    proc = FcgiProcess(prog, process_env(st, prog))
+    try:
+        t.eq(hook(st, proc, signed_event(900001)).status, 200, "idle test: first event applied")
+        # Immediate shutdown: the server dies without a goodbye to clients.
+        st.pg_stop_immediate()
+        st.pg_start()
+        r = hook(st, proc, signed_event(900002))
+        t.ok(r.status in (200, 503), "after PostgreSQL was killed and restarted: 503 or 200",
+             f"got {r.status} {r.body[:200]!r}")
+        r2 = hook(st, proc, signed_event(900003))
+        t.eq(r2.status, 200, "the request after that succeeds")
+        if r.status == 503:
+            r = hook(st, proc, signed_event(900002))
+            t.eq(r.status, 200, "the 503'd event succeeds when redelivered")
+        t.ok(proc.alive(), "the process survived the database going away")
+    finally:
+        proc.cleanup()
+
+
+def main():
+    t = Tap()
+    with Stack({"STRIPE_SYNC_MODE": "event"}, apache=False) as st:
+        with t.guard("soak usage.cgi"):
+            soak_usage(t, st)
+        with t.guard("soak webhook.cgi"):
+            soak_webhook(t, st)
+        with t.guard("PostgreSQL killed while idle"):
+            killed_while_idle(t, st)
+    return t.done()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
