@@ -2,7 +2,10 @@
 #include <string.h>
 #include <strings.h>
 
+/* We call libcurl through the pointers below, not the type-checking macros. */
+#define CURL_DISABLE_TYPECHECK
 #include <curl/curl.h>
+#include <dlfcn.h>
 
 #include "http.h"
 #include "limits.h"
@@ -15,6 +18,73 @@ static const char *const method_names[HTTP__MAX] = {
     [HTTP_POST] = "POST",
     [HTTP_DELETE] = "DELETE",
 };
+
+/*
+ * libcurl is loaded when the first exchange needs it, not at exec time:
+ * its dependency tree (nghttp2, ssh2, rtmp, psl, brotli, zstd...) cost a
+ * plain CGI about 1 ms of dynamic linking on every request, and most
+ * requests (usage, the webhook in event mode) never call Stripe.  The
+ * SONAME has been libcurl.so.4 since libcurl 7.16 (2006).
+ */
+#define CURL_SONAME "libcurl.so.4"
+
+static struct {
+	int loaded;	/* 1 loaded, -1 failed for good */
+	CURLcode (*global_init)(long);
+	void (*global_cleanup)(void);
+	CURL *(*easy_init)(void);
+	void (*easy_reset)(CURL *);
+	void (*easy_cleanup)(CURL *);
+	CURLcode (*easy_setopt)(CURL *, CURLoption, ...);
+	CURLcode (*easy_perform)(CURL *);
+	CURLcode (*easy_getinfo)(CURL *, CURLINFO, ...);
+	const char *(*easy_strerror)(CURLcode);
+	struct curl_slist *(*slist_append)(struct curl_slist *, const char *);
+	void (*slist_free_all)(struct curl_slist *);
+	CURLU *(*url)(void);
+	void (*url_cleanup)(CURLU *);
+	CURLUcode (*url_set)(CURLU *, CURLUPart, const char *, unsigned int);
+	CURLUcode (*url_get)(const CURLU *, CURLUPart, char **, unsigned int);
+	void (*free)(void *);
+} lc;
+
+/* 0 when libcurl is usable; -1 (logged once per process) when it is not installed. */
+static int
+curl_load(void)
+{
+	void *h;
+
+	if (lc.loaded)
+		return lc.loaded == 1 ? 0 : -1;
+	lc.loaded = -1;
+	if ((h = dlopen(CURL_SONAME, RTLD_NOW | RTLD_LOCAL)) == NULL) {
+		log_msg("cannot load %s", CURL_SONAME);
+		return -1;
+	}
+#define SYM(field, name) if ((*(void **)&lc.field = dlsym(h, name)) == NULL) goto missing
+	SYM(global_init, "curl_global_init");
+	SYM(global_cleanup, "curl_global_cleanup");
+	SYM(easy_init, "curl_easy_init");
+	SYM(easy_reset, "curl_easy_reset");
+	SYM(easy_cleanup, "curl_easy_cleanup");
+	SYM(easy_setopt, "curl_easy_setopt");
+	SYM(easy_perform, "curl_easy_perform");
+	SYM(easy_getinfo, "curl_easy_getinfo");
+	SYM(easy_strerror, "curl_easy_strerror");
+	SYM(slist_append, "curl_slist_append");
+	SYM(slist_free_all, "curl_slist_free_all");
+	SYM(url, "curl_url");
+	SYM(url_cleanup, "curl_url_cleanup");
+	SYM(url_set, "curl_url_set");
+	SYM(url_get, "curl_url_get");
+	SYM(free, "curl_free");
+#undef SYM
+	lc.loaded = 1;
+	return 0;
+missing:
+	log_msg("%s lacks a function we need (libcurl >= 7.62 required)", CURL_SONAME);
+	return -1;
+}
 
 /* Hosts for which plain http:// is accepted: the local fake Stripe only. */
 static int
@@ -31,25 +101,27 @@ http_url_allowed(const char *url)
 	char *scheme = NULL, *host = NULL, *user = NULL;
 	int allowed = 0;
 
-	if (url == NULL || (u = curl_url()) == NULL)
+	if (url == NULL || curl_load() == -1)
+		return 0;
+	if ((u = lc.url()) == NULL)
 		goto out;
 	/* Parse exactly as libcurl will connect: no guessing of a scheme. */
-	if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
-	    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
-	    curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
+	if (lc.url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+	    lc.url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+	    lc.url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
 		goto out;
 	/* Credentials in the URL would end up in logs and proxies: never. */
-	if (curl_url_get(u, CURLUPART_USER, &user, 0) == CURLUE_OK)
+	if (lc.url_get(u, CURLUPART_USER, &user, 0) == CURLUE_OK)
 		goto out;
 	if (strcasecmp(scheme, "https") == 0)
 		allowed = host[0] != '\0';
 	else if (strcasecmp(scheme, "http") == 0)
 		allowed = is_loopback_host(host);
 out:
-	curl_free(scheme);
-	curl_free(host);
-	curl_free(user);
-	curl_url_cleanup(u);
+	lc.free(scheme);
+	lc.free(host);
+	lc.free(user);
+	lc.url_cleanup(u);
 	return allowed;
 }
 
@@ -129,22 +201,24 @@ static CURL *handle;
 static void
 handle_release(void)
 {
-	curl_easy_cleanup(handle);
+	lc.easy_cleanup(handle);
 	handle = NULL;
-	curl_global_cleanup();
+	lc.global_cleanup();
 }
 
 static CURL *
 handle_get(void)
 {
 	if (handle != NULL) {
-		curl_easy_reset(handle);
+		lc.easy_reset(handle);
 		return handle;
 	}
-	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+	if (curl_load() == -1)
 		return NULL;
-	if ((handle = curl_easy_init()) == NULL) {
-		curl_global_cleanup();
+	if (lc.global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+		return NULL;
+	if ((handle = lc.easy_init()) == NULL) {
+		lc.global_cleanup();
 		return NULL;
 	}
 	atexit(handle_release);
@@ -175,65 +249,65 @@ http_request(enum http_method method, const char *url, const char *const *header
 	}
 	/* Out of memory ends the request (mem.h): a list append only fails that way. */
 	for (i = 0; headers && headers[i]; i++) {
-		if ((tmp = curl_slist_append(list, headers[i])) == NULL)
+		if ((tmp = lc.slist_append(list, headers[i])) == NULL)
 			response_fatal("out of memory");
 		list = tmp;
 	}
 	/* Small bodies: no "Expect: 100-continue" round trip. */
-	if ((tmp = curl_slist_append(list, "Expect:")) == NULL)
+	if ((tmp = lc.slist_append(list, "Expect:")) == NULL)
 		response_fatal("out of memory");
 	list = tmp;
 
-	curl_easy_setopt(c, CURLOPT_URL, url);
-	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
-	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
-	curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
-	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS,
+	lc.easy_setopt(c, CURLOPT_URL, url);
+	lc.easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+	lc.easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+	lc.easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	lc.easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+	lc.easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+	lc.easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS,
 			 timeout_ms < LIMIT_HTTP_CONNECT_MS ? timeout_ms
 							    : (long)LIMIT_HTTP_CONNECT_MS);
-	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
-	curl_easy_setopt(c, CURLOPT_MAXFILESIZE, (long)LIMIT_HTTP_RESPONSE);
-	curl_easy_setopt(c, CURLOPT_HTTPHEADER, list);
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-	curl_easy_setopt(c, CURLOPT_WRITEDATA, resp);
-	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
-	curl_easy_setopt(c, CURLOPT_HEADERDATA, resp);
+	lc.easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
+	lc.easy_setopt(c, CURLOPT_MAXFILESIZE, (long)LIMIT_HTTP_RESPONSE);
+	lc.easy_setopt(c, CURLOPT_HTTPHEADER, list);
+	lc.easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+	lc.easy_setopt(c, CURLOPT_WRITEDATA, resp);
+	lc.easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+	lc.easy_setopt(c, CURLOPT_HEADERDATA, resp);
 	switch (method) {
 	case HTTP_POST:
-		curl_easy_setopt(c, CURLOPT_POST, 1L);
-		curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
-		curl_easy_setopt(c, CURLOPT_POSTFIELDS, body ? body : "");
+		lc.easy_setopt(c, CURLOPT_POST, 1L);
+		lc.easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+		lc.easy_setopt(c, CURLOPT_POSTFIELDS, body ? body : "");
 		break;
 	case HTTP_DELETE:
-		curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, "DELETE");
+		lc.easy_setopt(c, CURLOPT_CUSTOMREQUEST, "DELETE");
 		if (body && len) {
-			curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
-			curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+			lc.easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+			lc.easy_setopt(c, CURLOPT_POSTFIELDS, body);
 		}
 		break;
 	default:
-		curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
+		lc.easy_setopt(c, CURLOPT_HTTPGET, 1L);
 		break;
 	}
 
-	rc = curl_easy_perform(c);
+	rc = lc.easy_perform(c);
 	if (rc != CURLE_OK) {
 		log_failure(method, url,
 			    rc == CURLE_WRITE_ERROR || rc == CURLE_FILESIZE_EXCEEDED
 				? "response too large"
-				: curl_easy_strerror(rc));
+				: lc.easy_strerror(rc));
 		resp->status = 0;
 		goto out;
 	}
-	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &resp->status);
+	lc.easy_getinfo(c, CURLINFO_RESPONSE_CODE, &resp->status);
 	ret = resp->status > 0 ? 0 : -1;
 out:
 	/* The handle keeps a pointer to the list until the next reset: drop it. */
 	if (c != NULL)
-		curl_easy_setopt(c, CURLOPT_HTTPHEADER, NULL);
-	curl_slist_free_all(list);
+		lc.easy_setopt(c, CURLOPT_HTTPHEADER, NULL);
+	lc.slist_free_all(list);
 	return ret;
 }
 

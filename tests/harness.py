@@ -545,7 +545,9 @@ class Stack:
     """
 
     def __init__(self, settings=None, apache=True, stripe=True, htaccess=False, *,
-                 builddir=None, srcdir=None, schema=True, apache_mode=None, pgbouncer=None):
+                 builddir=None, srcdir=None, schema=True, apache_mode=None, pgbouncer=None,
+                 extra_apache_conf=""):
+        self.extra_apache_conf = extra_apache_conf
         self.want_apache = apache
         self.apache_mode = apache_mode or os.environ.get("BILLING_TEST_APACHE") or "cgid"
         if self.apache_mode not in APACHE_MODES:
@@ -983,7 +985,7 @@ log_checkpoints = off
         # serves any client between transactions, so nothing may rely on
         # session state, named prepared statements or session locks.
         self._write(conf, f"""[databases]
-billing = host={self.pg_run} port={self.pg_port} dbname=billing user=billing
+* = host={self.pg_run} port={self.pg_port} user=billing
 
 [pgbouncer]
 listen_addr =
@@ -1179,7 +1181,7 @@ pidfile = {self.pgb_run}/pgbouncer.pid
                "<Directory />\n    AllowOverride None\n    Require all denied\n</Directory>",
                '<Files ".ht*">\n    Require all denied\n</Files>']
             + [f"PassEnv {k}" for k in self._apache_passenv]
-            + [tail])
+            + [tail, self.extra_apache_conf])
 
     def _apache_launch(self):
         """Start httpd on a fresh free port (does not wait)."""
