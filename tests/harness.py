@@ -24,7 +24,11 @@ Stack(settings={}, apache=True, stripe=True, htaccess=False, *, builddir=None,
     billing, trust; sql/schema.sql applied): st.database_url, st.psql(sql) ->
     rows (lists of str, NULL -> None), st.psql_one(sql), st.pg_stop(), st.pg_stop_immediate(), st.pg_start()
   - the fake Stripe (tests/fake_stripe.py): st.stripe_base, st.stripe.reset(),
-    .requests(), .fail(**rule), .put_subscription(id, obj), .call(method, path, body)
+    .requests(), .fail(**rule) (mode, path, method, at, count, retry_after, ...),
+    .put_subscription(id, obj), .create_subscriptions(specs or **spec) -> [subs],
+    .put_customer(id, **fields), .put_price(id, **fields), .add_events(events),
+    .decline(customer, code), .undecline(customer), .objects(), .events(),
+    .call(method, path, body); the control API is documented in fake_stripe.py
   - Apache httpd with the real apache/billing-cgi.conf (htaccess=True: a web
     root with apache/htaccess + cgi-bin/ with apache/cgi-bin.htaccess, the
     settings in a BILLING_CONFIG file): st.url(path), st.http(method, path,
@@ -521,6 +525,37 @@ class _Stripe:
 
     def put_subscription(self, sub_id, obj):
         return self._call("PUT", "/_fake/subscriptions/" + urllib.parse.quote(sub_id, safe=""), obj)
+
+    def create_subscriptions(self, specs=None, **spec):
+        """Stripe-shaped subscriptions from specs (a list) or one spec given as
+        keywords (customer, price, status, created, count, events, ...)."""
+        return self._call("POST", "/_fake/subscriptions", specs if specs is not None else spec)["data"]
+
+    def put_customer(self, cus_id, **fields):
+        return self._call("PUT", "/_fake/customers/" + urllib.parse.quote(cus_id, safe=""), fields)
+
+    def put_price(self, price_id, **fields):
+        return self._call("PUT", "/_fake/prices/" + urllib.parse.quote(price_id, safe=""), fields)
+
+    def add_events(self, events):
+        """Store events (a list, oldest first) for GET /v1/events; returns their ids."""
+        return self._call("POST", "/_fake/events", events)["ids"]
+
+    def decline(self, customer, decline_code="generic_decline"):
+        """Make every payment of customer fail until undecline()."""
+        return self._call("POST", "/_fake/decline", {"customer": customer, "decline_code": decline_code})
+
+    def undecline(self, customer):
+        return self._call("DELETE", "/_fake/decline/" + urllib.parse.quote(customer, safe=""))
+
+    def objects(self):
+        """Everything the fake holds: customers, subscriptions, billing_portal_sessions,
+        invoices, invoice_previews, pending_invoice_items, prices, declines, events."""
+        return self._call("GET", "/_fake/objects")
+
+    def events(self, etype=None):
+        """Events the fake recorded or was given, oldest first (optionally one type)."""
+        return [e for e in self.objects()["events"] if etype is None or e["type"] == etype]
 
     def call(self, method, path, body=None):
         """Any other request to the fake (JSON in, JSON out)."""

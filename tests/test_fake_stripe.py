@@ -12,12 +12,18 @@ import sys
 import threading
 import time
 import urllib.parse
+from fractions import Fraction
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FAKE = os.path.join(HERE, "fake_stripe.py")
-PARAMS = os.path.join(HERE, "data", "stripe_params.json")
+DATA = os.path.join(HERE, "data")
+PARAMS = os.path.join(DATA, "stripe_params.json")
 KEY = "sk_test_51FakeKeyForTestsOnly0000000000abcd"
 VERSION = "2026-07-29.dahlia"
+PRO_MONTH = "price_1S0lRLkdIwHu7ix8acRYSi4M"    # 15.00 USD / month (data/events)
+TEAM_MONTH = "price_1SDF8LkdIwHu7ixkWCBX1Kpe"   # 49.00 USD / month
+TEAM_YEAR = "price_1SZUaLkdIwHu7ixLJ4d8jOCs"    # 490.00 USD / year
+DAY = 86400
 
 # Exactly the parameters the C client (cgi-bin/create-checkout-session.c) sends.
 CLIENT_CHECKOUT = [
@@ -293,17 +299,137 @@ def _():
     eq(r.status, 200, "empty metadata value")
 
 
-@check("POST /v1/billing_portal/sessions -> url; customer required")
+def new_sub(**spec):
+    """A subscription made by the control API (customer created if unknown)."""
+    r = control("POST", "/_fake/subscriptions", spec)
+    assert r.status == 200, (r.status, r.raw[:300])
+    return r.json["data"][0]
+
+
+def new_customer():
+    r = api_post("/v1/customers", [("email", "portal@example.test")])
+    eq(r.status, 200, "customer")
+    return r.json["id"]
+
+
+def objects():
+    r = control("GET", "/_fake/objects")
+    eq(r.status, 200, "objects")
+    return r.json
+
+
+def events_of(obj_id, etype=None):
+    """Events the fake recorded about an object, oldest first."""
+    return [e for e in objects()["events"] if e["data"]["object"].get("id") == obj_id
+            and (etype is None or e["type"] == etype)]
+
+
+def err4(r):
+    return (r.status, r.err("type"), r.err("code"), r.err("param"))
+
+
+@check("POST /v1/billing_portal/sessions -> stored session with a portal url")
 def _():
-    r = api_post("/v1/billing_portal/sessions", [("customer", "cus_TQd8Kf2LmW7xYz"),
-                                                 ("return_url", "https://app.example.test/")])
-    eq(r.status, 200, "status")
-    eq(r.json["object"], "billing_portal.session", "object")
-    eq(r.json["customer"], "cus_TQd8Kf2LmW7xYz", "customer")
-    eq(r.json["return_url"], "https://app.example.test/", "return_url")
-    assert r.json["url"].startswith("https://billing.stripe.com/"), r.json["url"]
+    cus = new_customer()
+    r = api_post("/v1/billing_portal/sessions", [("customer", cus),
+                                                 ("return_url", "https://app.example.test/"),
+                                                 ("locale", "de")], idem="portal-1")
+    eq(r.status, 200, "status: %s" % r.raw[:300])
+    s = r.json
+    eq((s["object"], s["customer"], s["return_url"], s["locale"], s["flow"]),
+       ("billing_portal.session", cus, "https://app.example.test/", "de", None), "fields")
+    assert re.match(r"^https://billing\.stripe\.com/p/session/test_[A-Za-z0-9]+$", s["url"]), \
+        s["url"]
+    assert re.match(r"^bps_[A-Za-z0-9]+$", s["id"]), s["id"]
+    with open(os.path.join(DATA, "objects", "billing_portal.session.json"),
+              encoding="utf-8") as f:
+        eq(sorted(s), sorted(json.load(f)), "key set of Stripe's fixture")
+    eq(objects()["billing_portal_sessions"][s["id"]], s, "stored for inspection")
+    again = api_post("/v1/billing_portal/sessions", [("customer", cus),
+                                                     ("return_url", "https://app.example.test/"),
+                                                     ("locale", "de")], idem="portal-1")
+    eq((again.json, again.headers.get("idempotent-replayed")), (s, "true"), "replay")
+    eq(len(events_of(s["id"], "billing_portal.session.created")), 1, "one event")
     r = api_post("/v1/billing_portal/sessions", [("return_url", "https://a.test/")])
-    eq((r.status, r.err("code"), r.err("param")), (400, "parameter_missing", "customer"), "")
+    eq(err4(r), (400, "invalid_request_error", "parameter_missing", "customer"), "no customer")
+    r = api_post("/v1/billing_portal/sessions", [("customer", "cus_nope")])
+    eq(err4(r), (400, "invalid_request_error", "resource_missing", "customer"), "unknown")
+    eq(r.err("message"), "No such customer: 'cus_nope'", "message")
+    r = api_post("/v1/billing_portal/sessions", [("customer", cus), ("locale", "xx")])
+    eq(err4(r)[:2] + (r.err("param"),), (400, "invalid_request_error", "locale"), "locale")
+
+
+@check("billing portal flow_data: flows, after_completion, validated like Stripe")
+def _():
+    cus = new_customer()
+    sub = new_sub(customer=cus)
+    other = new_sub()
+    gone = new_sub(customer=cus, status="canceled")
+    base = [("customer", cus), ("return_url", "https://app.example.test/account")]
+    r = api_post("/v1/billing_portal/sessions", base + [
+        ("flow_data[type]", "subscription_cancel"),
+        ("flow_data[subscription_cancel][subscription]", sub["id"]),
+        ("flow_data[after_completion][type]", "redirect"),
+        ("flow_data[after_completion][redirect][return_url]", "https://app.example.test/bye")])
+    eq(r.status, 200, "cancel flow: %s" % r.raw[:300])
+    f = r.json["flow"]
+    eq((f["type"], f["subscription_cancel"], f["subscription_update"]),
+       ("subscription_cancel", {"retention": None, "subscription": sub["id"]}, None), "flow")
+    eq(f["after_completion"], {"hosted_confirmation": None, "type": "redirect",
+                               "redirect": {"return_url": "https://app.example.test/bye"}},
+       "after_completion")
+    r = api_post("/v1/billing_portal/sessions", base + [
+        ("flow_data[type]", "subscription_update"),
+        ("flow_data[subscription_update][subscription]", sub["id"])])
+    eq((r.status, r.json["flow"]["subscription_update"], r.json["flow"]["after_completion"]
+        ["type"]), (200, {"subscription": sub["id"]}, "portal_homepage"), "update flow")
+    r = api_post("/v1/billing_portal/sessions", base + [
+        ("flow_data[type]", "payment_method_update")])
+    eq((r.status, r.json["flow"]["type"]), (200, "payment_method_update"), "pm flow")
+    r = api_post("/v1/billing_portal/sessions", base + [
+        ("flow_data[type]", "subscription_update_confirm"),
+        ("flow_data[subscription_update_confirm][subscription]", sub["id"]),
+        ("flow_data[subscription_update_confirm][items][0][id]", sub["items"]["data"][0]["id"]),
+        ("flow_data[subscription_update_confirm][items][0][price]", TEAM_MONTH)])
+    eq((r.status, r.json["flow"]["subscription_update_confirm"]["items"]),
+       (200, [{"id": sub["items"]["data"][0]["id"], "price": TEAM_MONTH, "quantity": None}]),
+       "update_confirm flow")
+    cases = [
+        ([("flow_data[type]", "subscription_cancel")],
+         ("parameter_missing", "flow_data[subscription_cancel]")),
+        ([("flow_data[type]", "subscription_cancel"),
+          ("flow_data[subscription_cancel][subscription]", other["id"])],
+         (None, "flow_data[subscription_cancel][subscription]")),
+        ([("flow_data[type]", "subscription_update"),
+          ("flow_data[subscription_update][subscription]", "sub_nope")],
+         ("resource_missing", "flow_data[subscription_update][subscription]")),
+        ([("flow_data[type]", "subscription_cancel"),
+          ("flow_data[subscription_cancel][subscription]", gone["id"])],
+         (None, "flow_data[subscription_cancel][subscription]")),
+        ([("flow_data[type]", "subscription_cancel"),
+          ("flow_data[subscription_update][subscription]", sub["id"])],
+         (None, "flow_data[subscription_update]")),
+        ([("flow_data[type]", "cancel")], (None, "flow_data[type]")),
+        ([("flow_data[subscription_cancel][subscription]", sub["id"])],
+         ("parameter_missing", "flow_data[type]")),
+        ([("flow_data[type]", "payment_method_update"),
+          ("flow_data[after_completion][type]", "redirect")],
+         ("parameter_missing", "flow_data[after_completion][redirect]")),
+        ([("flow_data[type]", "payment_method_update"),
+          ("flow_data[after_completion][type]", "redirect"),
+          ("flow_data[after_completion][redirect][url]", "https://a.test/")],
+         ("parameter_unknown", "flow_data[after_completion][redirect][url]")),
+        ([("flow_data[type]", "payment_method_update"),
+          ("flow_data[after_completion][type]", "somewhere")],
+         (None, "flow_data[after_completion][type]")),
+        ([("flow_data[type]", "subscription_update_confirm"),
+          ("flow_data[subscription_update_confirm][subscription]", sub["id"]),
+          ("flow_data[subscription_update_confirm][items][0][id]", "si_nope")],
+         ("resource_missing", "flow_data[subscription_update_confirm][items][0][id]")),
+    ]
+    for extra, want in cases:
+        r = api_post("/v1/billing_portal/sessions", base + extra)
+        eq(err4(r), (400, "invalid_request_error") + want, str(extra))
 
 
 @check("unrecognized URL -> 404 invalid_request_error")
@@ -536,6 +662,596 @@ def _():
     eq((o["customers"], o["subscriptions"]), ({}, {}), "objects")
     r = api_post("/v1/customers", [("email", "other@example.test")], idem="k-reset-all")
     eq((r.status, r.headers.get("idempotent-replayed")), (200, None), "key forgotten")
+
+
+def rounded(num, den):
+    """num/den rounded to the nearest integer, halves away from zero."""
+    q = Fraction(num, den)
+    return int(q + Fraction(1, 2)) if q >= 0 else -int(-q + Fraction(1, 2))
+
+
+def expected_proration(old_amount, new_amount, sub, when):
+    """(credit, charge) by Stripe's formula, computed here independently."""
+    it = sub["items"]["data"][0]
+    start, end = it["current_period_start"], it["current_period_end"]
+    return (-rounded(old_amount * (end - when), end - start),
+            rounded(new_amount * (end - when), end - start))
+
+
+def active_sub(**kw):
+    """Pro monthly, period started 10 days ago (so now is inside it)."""
+    kw.setdefault("current_period_start", int(time.time()) - 10 * DAY)
+    return new_sub(**kw)
+
+
+def sub_post(sub_id, pairs, **kw):
+    return api_post("/v1/subscriptions/" + sub_id, pairs, **kw)
+
+
+@check("POST /v1/subscriptions/{id}: price change answers the updated subscription")
+def _():
+    sub = active_sub(metadata={"userId": "42", "tier": "pro"})
+    si = sub["items"]["data"][0]["id"]
+    r = sub_post(sub["id"], [("items[0][id]", si), ("items[0][price]", TEAM_MONTH),
+                             ("proration_behavior", "none"), ("metadata[tier]", "team"),
+                             ("payment_behavior", "allow_incomplete")], idem="upd-1")
+    eq(r.status, 200, "status: %s" % r.raw[:300])
+    s = r.json
+    it = s["items"]["data"][0]
+    eq((it["id"], it["price"]["id"], it["price"]["recurring"]["interval"], it["price"]
+        ["unit_amount"]), (si, TEAM_MONTH, "month", 4900), "item keeps its id, new price")
+    eq((it["plan"]["id"], it["plan"]["amount"], it["plan"]["interval"], it["quantity"]),
+       (TEAM_MONTH, 4900, "month", 1), "plan")
+    eq((s["status"], s["cancel_at_period_end"], s["cancel_at"], s["canceled_at"]),
+       ("active", False, None, None), "status and cancellation unchanged")
+    eq(s["metadata"], {"userId": "42", "tier": "team"}, "metadata merged")
+    eq(api_get("/v1/subscriptions/" + sub["id"]).json, s, "stored")
+    evs = events_of(sub["id"], "customer.subscription.updated")
+    eq(len(evs), 1, "one event")
+    ev = evs[0]
+    eq(ev["data"]["previous_attributes"]["items"], sub["items"], "previous items")
+    eq(ev["data"]["previous_attributes"]["metadata"], {"tier": "pro"}, "previous metadata")
+    eq((ev["request"]["id"], ev["request"]["idempotency_key"], ev["data"]["object"]),
+       (r.headers["request-id"], "upd-1", s), "event request and object")
+    with open(os.path.join(DATA, "events", "customer.subscription.updated.price_change.json"),
+              encoding="utf-8") as f:
+        ref = json.load(f)
+    eq(sorted(ev), sorted(ref), "event envelope keys")
+    eq(sorted(s), sorted(ref["data"]["object"]), "subscription keys")
+    eq(sorted(it), sorted(ref["data"]["object"]["items"]["data"][0]), "item keys")
+    again = sub_post(sub["id"], [("items[0][id]", si), ("items[0][price]", TEAM_MONTH),
+                                 ("proration_behavior", "none"), ("metadata[tier]", "team"),
+                                 ("payment_behavior", "allow_incomplete")], idem="upd-1")
+    eq((again.json, again.headers.get("idempotent-replayed")), (s, "true"), "replay")
+    eq(len(events_of(sub["id"])), 1, "a replay records nothing")
+    bad = sub_post(sub["id"], [("items[0][id]", si), ("items[0][price]", PRO_MONTH)],
+                   idem="upd-1")
+    eq((bad.status, bad.err("type")), (400, "idempotency_error"), "other params, same key")
+    r = sub_post(sub["id"], [("metadata[tier]", ""), ("metadata[new]", "1")])
+    eq(r.json["metadata"], {"userId": "42", "new": "1"}, "metadata unset and added")
+    eq(events_of(sub["id"])[-1]["data"]["previous_attributes"],
+       {"metadata": {"tier": "team", "new": None}}, "previous metadata keys")
+    n = len(events_of(sub["id"]))
+    eq(sub_post(sub["id"], [("metadata[new]", "1")]).status, 200, "no-op")
+    eq(len(events_of(sub["id"])), n, "a change that changes nothing records no event")
+
+
+@check("POST /v1/subscriptions/{id}: cancel_at_period_end on and off")
+def _():
+    sub = active_sub()
+    end = sub["items"]["data"][0]["current_period_end"]
+    t0 = int(time.time())
+    r = sub_post(sub["id"], [("cancel_at_period_end", "true"),
+                             ("cancellation_details[feedback]", "too_expensive")])
+    s = r.json
+    eq((r.status, s["cancel_at_period_end"], s["cancel_at"], s["status"], s["ended_at"]),
+       (200, True, end, "active", None), "scheduled")
+    assert t0 <= s["canceled_at"] <= t0 + 5, s["canceled_at"]
+    eq(s["cancellation_details"], {"comment": None, "feedback": "too_expensive",
+                                   "reason": "cancellation_requested"}, "details")
+    with open(os.path.join(DATA, "events",
+                           "customer.subscription.updated.cancel_at_period_end.json"),
+              encoding="utf-8") as f:
+        ref = json.load(f)["data"]["previous_attributes"]
+    prev = events_of(sub["id"])[-1]["data"]["previous_attributes"]
+    ref["cancellation_details"]["feedback"] = None  # this request also set a feedback
+    eq(prev, ref, "previous_attributes like Stripe's event")
+    r = sub_post(sub["id"], [("cancel_at_period_end", "false")])
+    eq((r.json["cancel_at_period_end"], r.json["cancel_at"], r.json["canceled_at"],
+        r.json["cancellation_details"]["reason"]), (False, None, None, None), "undone")
+    r = sub_post(sub["id"], [("cancel_at_period_end", "maybe")])
+    eq(err4(r)[0::3], (400, "cancel_at_period_end"), "boolean")
+    r = sub_post(sub["id"], [("cancel_at_period_end", "true"), ("cancel_at", str(end))])
+    eq(err4(r)[0::2], (400, "parameters_exclusive"), "cancel_at with cancel_at_period_end")
+
+
+@check("POST /v1/subscriptions/{id}: refusals like Stripe")
+def _():
+    sub = active_sub()
+    other = active_sub()
+    si = sub["items"]["data"][0]["id"]
+    cases = [
+        ([("items[0][id]", other["items"]["data"][0]["id"]), ("items[0][price]", TEAM_MONTH)],
+         (None, "items[0][id]")),
+        ([("items[0][id]", "si_nope"), ("items[0][price]", TEAM_MONTH)],
+         ("resource_missing", "items[0][id]")),
+        ([("items[0][id]", si), ("items[0][price]", "price_nope")],
+         ("resource_missing", "items[0][price]")),
+        ([("items[0][id]", si), ("items[0][quantity]", "two")],
+         ("parameter_invalid_integer", "items[0][quantity]")),
+        ([("items[0][id]", si), ("items[0][bogus]", "1")],
+         ("parameter_unknown", "items[0][bogus]")),
+        ([("proration_behavior", "always")], (None, "proration_behavior")),
+        ([("payment_behavior", "whatever")], (None, "payment_behavior")),
+        ([("proration_date", "1")], (None, "proration_date")),
+        ([("payment_behavior", "pending_if_incomplete"), ("metadata[a]", "b")],
+         (None, "metadata")),
+        ([("plan", "x")], ("parameter_unknown", "plan")),
+    ]
+    for pairs, want in cases:
+        r = sub_post(sub["id"], pairs)
+        eq(err4(r), (400, "invalid_request_error") + want, str(pairs))
+    eq(sub_post(sub["id"], []).json, api_get("/v1/subscriptions/" + sub["id"]).json,
+       "nothing changed")
+    r = sub_post("sub_nope", [("metadata[a]", "b")])
+    eq((r.status, r.err("code"), r.err("message")),
+       (404, "resource_missing", "No such subscription: 'sub_nope'"), "unknown")
+    gone = new_sub(status="canceled")
+    r = sub_post(gone["id"], [("items[0][id]", gone["items"]["data"][0]["id"]),
+                              ("items[0][price]", TEAM_MONTH)])
+    eq((r.status, r.err("type"), r.err("message")),
+       (400, "invalid_request_error",
+        "A canceled subscription can only update its cancellation_details and metadata."),
+       "canceled")
+    eq(sub_post(gone["id"], [("cancel_at_period_end", "false")]).status, 400, "canceled 2")
+    r = sub_post(gone["id"], [("metadata[note]", "x"),
+                              ("cancellation_details[comment]", "moved")])
+    eq((r.status, r.json["metadata"], r.json["cancellation_details"]["comment"],
+        r.json["status"]), (200, {"note": "x"}, "moved", "canceled"), "metadata still allowed")
+
+
+@check("DELETE /v1/subscriptions/{id}: canceled now, prorate + invoice_now credit")
+def _():
+    sub = active_sub()
+    t0 = int(time.time())
+    r = request("DELETE", "/v1/subscriptions/%s?prorate=true&invoice_now=true" % sub["id"])
+    eq(r.status, 200, "status: %s" % r.raw[:300])
+    s = r.json
+    eq((s["status"], s["cancel_at_period_end"], s["cancellation_details"]["reason"]),
+       ("canceled", False, "cancellation_requested"), "canceled")
+    assert t0 <= s["canceled_at"] == s["ended_at"] <= t0 + 5, (s["canceled_at"], s["ended_at"])
+    ev = events_of(sub["id"], "customer.subscription.deleted")
+    eq((len(ev), "previous_attributes" in ev[0]["data"], ev[0]["data"]["object"]),
+       (1, False, s), "deleted event")
+    inv = objects()["invoices"][s["latest_invoice"]]
+    (line,) = inv["lines"]["data"]
+    credit, _ = expected_proration(1500, 0, sub, s["canceled_at"])
+    eq((line["amount"], line["parent"]["subscription_item_details"]["proration"]),
+       (credit, True), "credit for the unused time")
+    assert credit < 0
+    eq((inv["total"], inv["amount_due"], inv["ending_balance"], inv["status"]),
+       (credit, 0, credit, "paid"), "a credit invoice")
+    cus = api_get("/v1/customers/" + s["customer"]).json
+    eq(cus["balance"], credit, "credit goes to the customer balance")
+    r = request("DELETE", "/v1/subscriptions/" + sub["id"])
+    eq((r.status, r.err("code")), (404, "resource_missing"), "already canceled")
+    plain = active_sub()
+    r = request("DELETE", "/v1/subscriptions/" + plain["id"], body=form([("prorate", "false")]),
+                headers={"Content-Type": "application/x-www-form-urlencoded"})
+    eq((r.status, r.json["status"], r.json["latest_invoice"]), (200, "canceled", None),
+       "params in the body, no invoice")
+    r = request("DELETE", "/v1/subscriptions/%s?at_period_end=true" % active_sub()["id"])
+    eq(err4(r), (400, "invalid_request_error", "parameter_unknown", "at_period_end"),
+       "unknown parameter")
+
+
+@check("create_preview: proration lines with Stripe's arithmetic, both invoices")
+def _():
+    sub = active_sub(customer=new_customer())
+    it = sub["items"]["data"][0]
+    start, end = it["current_period_start"], it["current_period_end"]
+    when = start + 11 * DAY + 3 * 3600 + 17  # any second inside the period
+    credit, charge = expected_proration(1500, 4900, sub, when)
+    eq((credit, charge), (-rounded(1500 * (end - when), end - start),
+                          rounded(4900 * (end - when), end - start)), "formula")
+    base = [("subscription", sub["id"]), ("subscription_details[items][0][id]", it["id"]),
+            ("subscription_details[items][0][price]", TEAM_MONTH),
+            ("subscription_details[proration_date]", str(when))]
+
+    def preview(behavior):
+        r = api_post("/v1/invoices/create_preview",
+                     base + [("subscription_details[proration_behavior]", behavior)])
+        eq(r.status, 200, "%s: %s" % (behavior, r.raw[:300]))
+        return r.json
+
+    def summary(inv):
+        return [(ln["amount"], ln["parent"]["subscription_item_details"]["proration"],
+                 ln["pricing"]["price_details"]["price"], ln["period"]["start"],
+                 ln["period"]["end"]) for ln in inv["lines"]["data"]]
+
+    now_inv = preview("always_invoice")
+    eq(summary(now_inv), [(credit, True, PRO_MONTH, when, end),
+                          (charge, True, TEAM_MONTH, when, end)], "immediate invoice lines")
+    eq((now_inv["amount_due"], now_inv["total"]), (credit + charge, credit + charge), "due now")
+    eq((now_inv["object"], now_inv["status"], now_inv["billing_reason"], now_inv["customer"]),
+       ("invoice", "draft", "upcoming", sub["customer"]), "fields")
+    assert now_inv["id"].startswith("upcoming_in_"), now_inv["id"]
+    assert all(ln["id"].startswith("il_tmp_") for ln in now_inv["lines"]["data"])
+    eq(now_inv["parent"]["subscription_details"]["subscription"], sub["id"], "parent")
+    eq(api_get("/v1/invoices/" + now_inv["id"]).json, now_inv, "retrievable")
+    with open(os.path.join(DATA, "events", "invoice.upcoming.json"), encoding="utf-8") as f:
+        ref = json.load(f)["data"]["object"]
+    eq(sorted(now_inv), sorted(list(ref) + ["id"]), "invoice keys: the upcoming one's plus id")
+    eq(sorted(now_inv["lines"]["data"][0]), sorted(ref["lines"]["data"][0]), "line keys")
+
+    later = preview("create_prorations")
+    renewal = later["lines"]["data"][2]
+    eq(summary(later)[:2], summary(now_inv), "same prorations")
+    eq((renewal["amount"], renewal["period"]["start"], renewal["pricing"]["price_details"]
+        ["price"], renewal["description"]), (4900, end, TEAM_MONTH,
+                                             "1 × Team (at $49.00 / month)"), "next period")
+    assert renewal["period"]["end"] > end + 27 * DAY, renewal["period"]
+    eq(later["amount_due"], credit + charge + 4900, "next invoice: prorations + full period")
+    eq((later["period_start"], later["period_end"], later["created"]), (start, end, end),
+       "the renewal invoice's period and date")
+    only = preview("none")
+    eq([x[:3] for x in summary(only)], [(4900, False, TEAM_MONTH)], "none: no prorations")
+
+    upd = sub_post(sub["id"], [("items[0][id]", it["id"]), ("items[0][price]", TEAM_MONTH),
+                               ("proration_behavior", "always_invoice"),
+                               ("proration_date", str(when))])
+    eq((upd.status, upd.json["status"]), (200, "active"), "update: %s" % upd.raw[:300])
+    inv = api_get("/v1/invoices/" + upd.json["latest_invoice"]).json
+    eq(summary(inv), summary(now_inv), "the update invoices exactly what was previewed")
+    eq((inv["status"], inv["amount_paid"], inv["billing_reason"]),
+       ("paid", credit + charge, "subscription_update"), "paid at once")
+    types = [e["type"] for e in objects()["events"]
+             if e["data"]["object"].get("id") in (sub["id"], inv["id"])]
+    eq(types, ["customer.subscription.updated", "invoice.created", "invoice.finalized",
+               "invoice.paid"], "events in order")
+
+
+@check("create_prorations: lines wait for the renewal invoice; interval change bills now")
+def _():
+    sub = active_sub()
+    it = sub["items"]["data"][0]
+    end = it["current_period_end"]
+    when = it["current_period_start"] + 5 * DAY
+    r = sub_post(sub["id"], [("items[0][id]", it["id"]), ("items[0][price]", TEAM_MONTH),
+                             ("proration_date", str(when))])
+    eq((r.status, r.json["latest_invoice"]), (200, None), "no invoice now")
+    credit, charge = expected_proration(1500, 4900, sub, when)
+    pend = [x["line"]["amount"] for x in objects()["pending_invoice_items"]
+            if x["subscription"] == sub["id"]]
+    eq(pend, [credit, charge], "pending proration items")
+    nxt = api_post("/v1/invoices/create_preview", [("subscription", sub["id"])]).json
+    eq([ln["amount"] for ln in nxt["lines"]["data"]], [credit, charge, 4900], "renewal")
+    eq(nxt["amount_due"], credit + charge + 4900, "amount_due")
+    ending = api_post("/v1/invoices/create_preview", [
+        ("subscription", sub["id"]), ("subscription_details[cancel_at_period_end]", "true")])
+    eq([ln["amount"] for ln in ending.json["lines"]["data"]], [credit, charge],
+       "ending at the period end: no next period")
+    # month -> year: the cycle restarts now, the year is billed at once with a credit
+    r = sub_post(sub["id"], [("items[0][id]", it["id"]), ("items[0][price]", TEAM_YEAR),
+                             ("proration_date", str(when + DAY))])
+    s = r.json
+    eq(r.status, 200, "status: %s" % r.raw[:300])
+    new_it = s["items"]["data"][0]
+    eq((new_it["price"]["recurring"]["interval"], new_it["plan"]["interval"],
+        new_it["current_period_start"], s["billing_cycle_anchor"]),
+       ("year", "year", when + DAY, when + DAY), "new cycle")
+    assert 365 * DAY <= new_it["current_period_end"] - (when + DAY) <= 366 * DAY
+    inv = api_get("/v1/invoices/" + s["latest_invoice"]).json
+    credit2 = -rounded(4900 * (end - when - DAY), end - it["current_period_start"])
+    eq([ln["amount"] for ln in inv["lines"]["data"]], [credit, charge, credit2, 49000],
+       "pending lines, credit for the unused month, the whole year")
+    eq(objects()["pending_invoice_items"], [], "pending items invoiced")
+
+
+@check("create_preview refusals")
+def _():
+    sub = active_sub()
+    it = sub["items"]["data"][0]
+    other = active_sub()
+    cases = [
+        ([], (None, "subscription")),
+        ([("subscription", "sub_nope")], ("resource_missing", "subscription")),
+        ([("customer", "cus_nope"), ("subscription", sub["id"])],
+         ("resource_missing", "customer")),
+        ([("customer", other["customer"]), ("subscription", sub["id"])],
+         (None, "subscription")),
+        ([("subscription", sub["id"]),
+          ("subscription_details[items][0][id]", other["items"]["data"][0]["id"]),
+          ("subscription_details[items][0][price]", TEAM_MONTH)],
+         (None, "subscription_details[items][0][id]")),
+        ([("subscription", sub["id"]), ("subscription_details[items][0][id]", it["id"]),
+          ("subscription_details[items][0][price]", "price_nope")],
+         ("resource_missing", "subscription_details[items][0][price]")),
+        ([("subscription", sub["id"]), ("subscription_details[proration_date]", "100")],
+         (None, "subscription_details[proration_date]")),
+        ([("subscription", sub["id"]),
+          ("subscription_details[proration_behavior]", "later")],
+         (None, "subscription_details[proration_behavior]")),
+        ([("subscription", sub["id"]), ("subscription_details[bogus]", "1")],
+         ("parameter_unknown", "subscription_details[bogus]")),
+        ([("subscription_proration_date", "1")],
+         ("parameter_unknown", "subscription_proration_date")),
+    ]
+    for pairs, want in cases:
+        r = api_post("/v1/invoices/create_preview", pairs)
+        eq(err4(r), (400, "invalid_request_error") + want, str(pairs))
+    gone = new_sub(status="canceled")
+    r = api_post("/v1/invoices/create_preview", [("subscription", gone["id"])])
+    eq(err4(r)[:3], (400, "invalid_request_error", "invoice_upcoming_none"), "canceled")
+    r = api_post("/v1/invoices/create_preview", [
+        ("customer", sub["customer"]), ("subscription_details[items][0][price]", TEAM_YEAR)])
+    eq((r.status, r.json and r.json["amount_due"]), (200, 49000), "a new subscription")
+
+
+@check("payment_behavior with a declined card; default_incomplete")
+def _():
+    def fresh():
+        sub = active_sub()
+        eq(control("POST", "/_fake/decline", {"customer": sub["customer"],
+                                              "decline_code": "insufficient_funds"}).status,
+           200, "decline")
+        return sub, sub["items"]["data"][0]
+
+    def upgrade(sub, it, behavior):
+        return sub_post(sub["id"], [("items[0][id]", it["id"]), ("items[0][price]", TEAM_MONTH),
+                                    ("proration_behavior", "always_invoice"),
+                                    ("payment_behavior", behavior)])
+
+    sub, it = fresh()
+    r = upgrade(sub, it, "error_if_incomplete")
+    eq((r.status, r.err("type"), r.err("code"), r.json["error"].get("decline_code")),
+       (402, "card_error", "card_declined", "insufficient_funds"), "402")
+    eq(api_get("/v1/subscriptions/" + sub["id"]).json, sub, "nothing changed")
+    eq(events_of(sub["id"]), [], "no events")
+    r = upgrade(sub, it, "allow_incomplete")
+    eq((r.status, r.json["status"], r.json["items"]["data"][0]["price"]["id"]),
+       (200, "past_due", TEAM_MONTH), "allow_incomplete: applied, past_due")
+    inv = api_get("/v1/invoices/" + r.json["latest_invoice"]).json
+    eq((inv["status"], inv["attempted"], inv["amount_paid"]), ("open", True, 0), "open invoice")
+    eq([e["type"] for e in events_of(inv["id"])],
+       ["invoice.created", "invoice.finalized", "invoice.payment_failed"], "invoice events")
+    sub, it = fresh()
+    r = upgrade(sub, it, "pending_if_incomplete")
+    s = r.json
+    eq((r.status, s["status"], s["items"]["data"][0]["price"]["id"]),
+       (200, "active", PRO_MONTH), "pending_if_incomplete: old items kept")
+    eq(s["pending_update"]["subscription_items"][0]["price"]["id"], TEAM_MONTH, "pending")
+    eq(control("DELETE", "/_fake/decline/" + sub["customer"]).status, 200, "undecline")
+    sub = active_sub()
+    r = upgrade(sub, sub["items"]["data"][0], "default_incomplete")
+    inv = api_get("/v1/invoices/" + r.json["latest_invoice"]).json
+    eq((r.json["status"], inv["status"], inv["attempted"]), ("past_due", "open", False),
+       "default_incomplete waits for confirmation")
+
+
+def ref_list(name):
+    with open(os.path.join(DATA, "lists", name), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def walk(path, **params):
+    """Every page of a list, following has_more with starting_after."""
+    pages = []
+    while True:
+        r = api_get(path + "?" + urllib.parse.urlencode(params))
+        eq(r.status, 200, "%s %s: %s" % (path, params, r.raw[:300]))
+        pages.append(r.json)
+        if not r.json["has_more"]:
+            return pages
+        params["starting_after"] = r.json["data"][-1]["id"]
+
+
+@check("GET /v1/subscriptions answers exactly the reference pages")
+def _():
+    eq(control("POST", "/_fake/reset").status, 200, "reset")
+    p1, p2 = ref_list("subscriptions.page-1.json"), ref_list("subscriptions.page-2.json")
+    for s in reversed(p1["data"] + p2["data"]):  # stored oldest first
+        eq(control("PUT", "/_fake/subscriptions/" + s["id"], s).status, 200, "PUT")
+    r = api_get("/v1/subscriptions?status=all&limit=2")
+    eq(r.json, p1, "page 1")
+    r = api_get("/v1/subscriptions?status=all&limit=2&starting_after=" + p1["data"][-1]["id"])
+    eq(r.json, p2, "page 2")
+    r = api_get("/v1/subscriptions?status=all&limit=2&ending_before=" + p2["data"][0]["id"])
+    eq((r.json["data"], r.json["has_more"]), (p1["data"], False),
+       "back to page 1 with ending_before; nothing newer")
+    r = api_get("/v1/subscriptions")
+    eq(([s["id"] for s in r.json["data"]], r.json["has_more"], r.json["url"]),
+       ([s["id"] for s in p1["data"]], False, "/v1/subscriptions"), "default hides canceled")
+    r = api_get("/v1/subscriptions?status=canceled")
+    eq([s["id"] for s in r.json["data"]], [p2["data"][0]["id"]], "status=canceled")
+    r = api_get("/v1/subscriptions?status=ended")
+    eq([s["id"] for s in r.json["data"]], [p2["data"][0]["id"]], "status=ended")
+    cus = p1["data"][1]["customer"]
+    r = api_get("/v1/subscriptions?status=all&customer=" + cus)
+    eq([s["customer"] for s in r.json["data"]], [cus], "customer filter")
+    r = api_get("/v1/subscriptions?price=price_1SZUaLkdIwHu7ixLJ4d8jOCs")
+    eq([s["id"] for s in r.json["data"]], [p1["data"][1]["id"]], "price filter")
+    r = api_get("/v1/subscriptions?status=all&created[gte]=%d&created[lt]=%d"
+                % (p1["data"][1]["created"], p1["data"][0]["created"]))
+    eq([s["id"] for s in r.json["data"]], [p1["data"][1]["id"]], "created range")
+    r = api_get("/v1/subscriptions?limit=1&expand[]=data.customer")
+    eq(r.json["data"][0]["customer"]["object"], "customer", "expand data.customer")
+
+
+@check("GET /v1/subscriptions: 250 subscriptions, limit 1..100, cursors both ways")
+def _():
+    eq(control("POST", "/_fake/reset").status, 200, "reset")
+    t = int(time.time())
+    specs = [{"created": t - 1000 + i // 3} for i in range(240)]  # equal created times too
+    r = control("POST", "/_fake/subscriptions", specs + [{"count": 10, "status": "canceled"}])
+    eq((r.status, len(r.json["data"])), (200, 250), "bulk")
+    made = [s["id"] for s in r.json["data"]]
+    order = sorted(enumerate(r.json["data"]), key=lambda x: (x[1]["created"], x[0]),
+                   reverse=True)
+    newest_first = [s["id"] for _, s in order]
+    pages = walk("/v1/subscriptions", status="all", limit=100)
+    eq([(len(p["data"]), p["has_more"]) for p in pages], [(100, True), (100, True),
+                                                         (50, False)], "pages")
+    got = [s["id"] for p in pages for s in p["data"]]
+    eq(got, newest_first, "newest first, then the later-added first")
+    eq(sorted(got), sorted(made), "each once")
+    back = api_get("/v1/subscriptions?status=all&limit=100&ending_before=" + got[200]).json
+    eq(([s["id"] for s in back["data"]], back["has_more"]), (got[100:200], True),
+       "ending_before: the page before, newest first")
+    eq(len(walk("/v1/subscriptions", limit=100)[-1]["data"]), 40, "default hides canceled")
+    eq(len(api_get("/v1/subscriptions").json["data"]), 10, "default limit 10")
+    for q, want in [("limit=0", (None, "limit")), ("limit=101", (None, "limit")),
+                    ("limit=x", ("parameter_invalid_integer", "limit")),
+                    ("starting_after=%s&ending_before=%s" % (got[1], got[0]),
+                     ("parameters_exclusive", "starting_after")),
+                    ("starting_after=sub_nope", ("resource_missing", "starting_after")),
+                    ("status=gone", (None, "status")),
+                    ("created[after]=1", ("parameter_unknown", "created[after]")),
+                    ("bogus=1", ("parameter_unknown", "bogus"))]:
+        r = api_get("/v1/subscriptions?" + q)
+        eq(err4(r), (400, "invalid_request_error") + want, q)
+
+
+@check("GET /v1/events: the reference page, filters, recorded changes")
+def _():
+    eq(control("POST", "/_fake/reset").status, 200, "reset")
+    evs = []
+    for name in sorted(os.listdir(os.path.join(DATA, "events"))):
+        if name != "index.json":
+            with open(os.path.join(DATA, "events", name), encoding="utf-8") as f:
+                evs.append(json.load(f))
+    evs.sort(key=lambda e: e["created"])
+    r = control("POST", "/_fake/events", evs)
+    eq((r.status, r.json["ids"]), (200, [e["id"] for e in evs]), "bulk add")
+    ref = ref_list("events.json")
+    r = api_get("/v1/events?types[]=customer.deleted&types[]=customer.subscription.deleted"
+                "&types[]=customer.updated&created[gte]=1797000000&limit=10")
+    eq(r.json, ref, "reference page")
+    r = api_get("/v1/events?type=customer.subscription.*&limit=100")
+    want = [e["id"] for e in reversed(evs) if e["type"].startswith("customer.subscription.")]
+    eq([e["id"] for e in r.json["data"]], want, "type wildcard, newest first")
+    r = api_get("/v1/events?type=invoice.paid")
+    eq([e["type"] for e in r.json["data"]], ["invoice.paid"], "type")
+    eq(evs[1]["created"], evs[2]["created"], "two events of the same second")
+    r = api_get("/v1/events?created[lt]=%d&limit=100" % evs[3]["created"])
+    eq([e["id"] for e in r.json["data"]], [evs[2]["id"], evs[1]["id"], evs[0]["id"]],
+       "created[lt]; equal times: the later-added first")
+    pages = walk("/v1/events", limit=5)
+    eq([e["id"] for p in pages for e in p["data"]], [e["id"] for e in reversed(evs)],
+       "paged walk")
+    eq(api_get("/v1/events/" + evs[3]["id"]).json, evs[3], "GET one")
+    eq(api_get("/v1/events/evt_nope").err("code"), "resource_missing", "GET unknown")
+    r = api_get("/v1/events?type=a&types[]=b")
+    eq(err4(r)[0::2], (400, "parameters_exclusive"), "type and types")
+    eq(control("POST", "/_fake/events", {"type": "x"}).status, 400, "event without object")
+    eq(control("POST", "/_fake/events", evs[0]).status, 400, "duplicate id")
+    # events the fake records itself
+    sub = active_sub()
+    sub_post(sub["id"], [("cancel_at_period_end", "true")], idem="evt-cape")
+    r = api_get("/v1/events?limit=1&type=customer.subscription.updated")
+    e = r.json["data"][0]
+    eq((e["type"], e["data"]["object"]["id"], e["request"]["idempotency_key"],
+        e["api_version"], e["livemode"]),
+       ("customer.subscription.updated", sub["id"], "evt-cape", VERSION, False), "recorded")
+    assert re.match(r"^evt_[A-Za-z0-9]{24}$", e["id"]), e["id"]
+
+
+@check("fail rules fire at the Nth matching call, for count calls")
+def _():
+    eq(control("POST", "/_fake/reset").status, 200, "reset")
+    fail_rule(path="/v1/customers", method="POST", mode="503", at=3, count=2)
+    got = []
+    for _ in range(6):
+        api_get("/v1/customers/cus_x")  # other method: not counted
+        got.append(api_post("/v1/customers", [("email", "n@example.test")]).status)
+    eq(got, [200, 200, 503, 503, 200, 200], "statuses")
+    fail_rule(path="/v1/subscriptions", mode="429", at=2, retry_after=7)
+    eq(control("GET", "/_fake/fail").json[0]["seen"], 0, "seen")
+    a, b, c = (api_get("/v1/subscriptions") for _ in range(3))
+    eq((a.status, b.status, b.headers.get("retry-after"), b.err("code"), c.status),
+       (200, 429, "7", "rate_limit", 200), "429 with Retry-After at call 2")
+    for mode in ("500", "502", "504"):
+        fail_rule(path="/v1/events", mode=mode)
+        r = api_get("/v1/events")
+        eq((r.status, r.err("type")), (int(mode), "api_error"), mode)
+    eq(control("POST", "/_fake/fail", {"mode": "500", "at": 0}).status, 400, "bad at")
+
+
+@check("fail modes reset and close at the Nth call, reset_after stores the result")
+def _():
+    fail_rule(path="/v1/customers", method="POST", mode="reset", at=2)
+    eq(api_post("/v1/customers", [("email", "r1@example.test")]).status, 200, "call 1")
+    try:
+        api_post("/v1/customers", [("email", "r2@example.test")])
+        raise AssertionError("call 2 was answered")
+    except ConnectionResetError:
+        pass
+    fail_rule(path="/v1/customers", method="POST", mode="close")
+    try:
+        api_post("/v1/customers", [("email", "r3@example.test")])
+        raise AssertionError("answered despite close")
+    except http.client.RemoteDisconnected:
+        pass
+    eq([e["fault"] for e in logged()[-2:]], ["reset", "close"], "logged")
+    fail_rule(path="/v1/customers", method="POST", mode="reset_after")
+    try:
+        api_post("/v1/customers", [("email", "after@example.test")], idem="k-after")
+        raise AssertionError("answered despite reset_after")
+    except ConnectionResetError:
+        pass
+    r = api_post("/v1/customers", [("email", "after@example.test")], idem="k-after")
+    eq((r.status, r.headers.get("idempotent-replayed")), (200, "true"),
+       "the retry gets the stored answer")
+    made = [c for c in objects()["customers"].values() if c["email"] == "after@example.test"]
+    eq(len(made), 1, "created once")
+
+
+@check("PUT /_fake/prices: a custom price; a second of proration is visible")
+def _():
+    big = control("PUT", "/_fake/prices/price_big", {
+        "unit_amount": 99999999, "currency": "usd", "nickname": "Huge",
+        "recurring": {"interval": "month"}})
+    eq((big.status, big.json["unit_amount_decimal"], big.json["recurring"]["interval_count"]),
+       (200, "99999999", 1), "stored")
+    eq(control("PUT", "/_fake/prices/price_bad", {"unit_amount": 5}).status, 400, "bad price")
+    sub = active_sub()
+    it = sub["items"]["data"][0]
+    when = it["current_period_start"] + 7 * DAY + 1
+    r = api_post("/v1/invoices/create_preview", [
+        ("subscription", sub["id"]), ("subscription_details[items][0][id]", it["id"]),
+        ("subscription_details[items][0][price]", "price_big"),
+        ("subscription_details[items][0][quantity]", "3"),
+        ("subscription_details[proration_date]", str(when)),
+        ("subscription_details[proration_behavior]", "always_invoice")])
+    eq(r.status, 200, "status: %s" % r.raw[:300])
+    credit, charge = expected_proration(1500, 3 * 99999999, sub, when)
+    lines = r.json["lines"]["data"]
+    eq([(ln["amount"], ln["quantity"]) for ln in lines], [(credit, 1), (charge, 3)], "amounts")
+    eq(lines[1]["description"], "Remaining time on 3 × Huge after %s"
+       % time.strftime("%d %b %Y", time.gmtime(when)), "description")
+
+
+@check("harness _Stripe helper drives the control API")
+def _():
+    sys.path.insert(0, HERE)
+    from harness import _Stripe
+    fs = _Stripe("http://127.0.0.1:%d" % PORT)
+    fs.reset()
+    fs.put_customer("cus_helper", email="helper@example.test")
+    eq(api_get("/v1/customers/cus_helper").json["email"], "helper@example.test", "customer")
+    subs = fs.create_subscriptions(customer="cus_helper", count=3, events=True)
+    eq([s["customer"] for s in subs], ["cus_helper"] * 3, "subscriptions")
+    eq(len(fs.events("customer.subscription.created")), 3, "events on request")
+    eq(len(fs.create_subscriptions([{"price": TEAM_YEAR}, {"status": "trialing"}])), 2, "list")
+    eq(fs.put_price("price_h", unit_amount=700, currency="eur",
+                    recurring={"interval": "week"})["recurring"]["interval"], "week", "price")
+    eq(len(fs.add_events([{"type": "x.y", "data": {"object": {"id": "x_1"}}}])), 1, "event")
+    fs.decline("cus_helper", "expired_card")
+    eq(fs.objects()["declines"], {"cus_helper": "expired_card"}, "decline")
+    fs.undecline("cus_helper")
+    eq(fs.objects()["declines"], {}, "undecline")
+    fs.fail(path="/v1/events", mode="504", at=2)
+    eq([api_get("/v1/events").status for _ in range(3)], [200, 504, 200], "fail at")
 
 
 # ---------------------------------------------------------------------------

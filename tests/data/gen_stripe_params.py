@@ -34,10 +34,20 @@ DEFAULT_OUT = os.path.join(HERE, "stripe_params.json")
 OPERATIONS = [
     ("post", "/v1/customers"),
     ("get", "/v1/customers/search"),
+    ("get", "/v1/customers/{customer}"),
     ("post", "/v1/checkout/sessions"),
     ("get", "/v1/checkout/sessions/{session}"),
     ("post", "/v1/billing_portal/sessions"),
+    ("get", "/v1/subscriptions"),
     ("get", "/v1/subscriptions/{subscription_exposed_id}"),
+    ("post", "/v1/subscriptions/{subscription_exposed_id}"),
+    ("delete", "/v1/subscriptions/{subscription_exposed_id}"),
+    ("get", "/v1/invoices/{invoice}"),
+    ("get", "/v1/events"),
+    ("get", "/v1/events/{id}"),
+    # the subset took this one from the 2026-07-29.dahlia spec (its README,
+    # "Operations added 2026-11-24"); the rest are 2023-08-16
+    ("post", "/v1/invoices/create_preview"),
 ]
 
 KINDS = {"string": "s", "integer": "i", "number": "n", "boolean": "b"}
