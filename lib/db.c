@@ -14,6 +14,7 @@
 struct db {
 	PGconn *conn;
 	char *url;	/* the DATABASE_URL it was made with (a secret: never logged) */
+	int begin_pending; /* db_begin called; BEGIN goes out with the next statement */
 };
 
 struct db_rows {
@@ -58,7 +59,7 @@ db_connect(struct db **out)
 		return OUT_UNAVAILABLE;
 	}
 	PQsetNoticeProcessor(conn, ignore_notice, NULL);
-	*out = mem_alloc(sizeof(**out));
+	*out = mem_calloc(1, sizeof(**out));
 	(*out)->conn = conn;
 	(*out)->url = mem_strdup(url);
 	return OUT_OK;
@@ -148,6 +149,50 @@ classify(PGconn *conn, const PGresult *res)
 	return DB_ERROR;
 }
 
+/*
+ * BEGIN and the transaction's first statement in one round trip (libpq
+ * pipeline mode, PostgreSQL protocol 3 "pipelining"): the statement's
+ * result, or a failed BEGIN's.  NULL when the connection failed.
+ */
+static PGresult *
+exec_after_begin(struct db *db, const char *sql, int nparams, const char *const *params)
+{
+	PGresult *res, *got[2] = { NULL, NULL };
+	int i;
+
+	if (PQenterPipelineMode(db->conn) != 1)
+		return NULL;
+	if (PQsendQueryParams(db->conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1 &&
+	    PQsendQueryParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0) == 1 &&
+	    PQpipelineSync(db->conn) == 1) {
+		/* Each query's results, then a NULL; then the sync's own result. */
+		for (i = 0; i < 2; i++) {
+			while ((res = PQgetResult(db->conn)) != NULL) {
+				if (got[i] == NULL)
+					got[i] = res;
+				else
+					PQclear(res);
+			}
+		}
+		PQclear(PQgetResult(db->conn));
+	}
+	if (PQexitPipelineMode(db->conn) != 1) {
+		/* Results we cannot account for: this connection is done for. */
+		log_msg("database pipeline left in an unknown state");
+		PQclear(got[0]);
+		PQclear(got[1]);
+		PQreset(db->conn);
+		return NULL;
+	}
+	/* A failed BEGIN aborts the pipeline: its result is the one to report. */
+	if (got[0] != NULL && PQresultStatus(got[0]) != PGRES_COMMAND_OK) {
+		PQclear(got[1]);
+		return got[0];
+	}
+	PQclear(got[0]);
+	return got[1];
+}
+
 enum db_result
 db_exec(struct db *db, struct db_rows **rows, const char *sql, int nparams,
     const char *const *params)
@@ -159,7 +204,11 @@ db_exec(struct db *db, struct db_rows **rows, const char *sql, int nparams,
 
 	if (rows)
 		*rows = NULL;
-	res = PQexecParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+	if (db->begin_pending) {
+		db->begin_pending = 0;
+		res = exec_after_begin(db, sql, nparams, params);
+	} else
+		res = PQexecParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0);
 	st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
 	if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
 		if (rows) {
@@ -181,12 +230,18 @@ db_exec(struct db *db, struct db_rows **rows, const char *sql, int nparams,
 enum db_result
 db_begin(struct db *db)
 {
-	return db_exec(db, NULL, "BEGIN", 0, NULL);
+	/* Sent with the first statement: one round trip less per transaction. */
+	db->begin_pending = 1;
+	return DB_OK;
 }
 
 enum db_result
 db_commit(struct db *db)
 {
+	if (db->begin_pending) {
+		db->begin_pending = 0;	/* nothing was run: nothing to commit */
+		return DB_OK;
+	}
 	return db_exec(db, NULL, "COMMIT", 0, NULL);
 }
 
@@ -195,6 +250,8 @@ db_rollback(struct db *db)
 {
 	PGresult *res;
 
+	if (db != NULL)
+		db->begin_pending = 0;
 	if (db == NULL || PQstatus(db->conn) != CONNECTION_OK ||
 	    PQtransactionStatus(db->conn) == PQTRANS_IDLE)
 		return;

@@ -61,7 +61,11 @@ enum db_result db_exec(struct db *db, struct db_rows **rows, const char *sql,
 	    (int)(sizeof((const char *[]){ __VA_ARGS__ }) / sizeof(const char *)), \
 	    (const char *const[]){ __VA_ARGS__ })
 
-/* BEGIN (READ COMMITTED), COMMIT and ROLLBACK. */
+/*
+ * BEGIN (READ COMMITTED), COMMIT and ROLLBACK.  db_begin sends nothing:
+ * BEGIN goes out in one pipeline with the transaction's first statement,
+ * whose db_exec then reports a failure of either.
+ */
 enum db_result db_begin(struct db *db) __attribute__((warn_unused_result));
 enum db_result db_commit(struct db *db) __attribute__((warn_unused_result));
 /* Best effort; safe to call when no transaction is open. */

@@ -1034,6 +1034,9 @@ default_pool_size = 10
 server_reset_query =
 # After PostgreSQL comes back, try it again at once (default: 15 s later).
 server_login_retry = 0
+# With PostgreSQL down a query waits for a server connection this long,
+# then fails (default 120 s, longer than any request may take).
+query_wait_timeout = 5
 ignore_startup_parameters = extra_float_digits
 logfile = {self.tmp}/logs/pgbouncer.log
 pidfile = {self.pgb_run}/pgbouncer.pid

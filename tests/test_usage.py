@@ -475,6 +475,10 @@ def test_database_down(st):
     finally:
         st.pg_start()
     r = st.http("GET", "/api/usage?userId=down", headers=KEY)
+    if st.want_pgbouncer and r.status == 503:
+        # PgBouncer may hand out one server connection that died with the
+        # restart before it notices; the request after that must succeed.
+        r = st.http("GET", "/api/usage?userId=down", headers=KEY)
     t.eq(r.status, 200, "http: back to 200 once the database is up")
 
 
