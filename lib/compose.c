@@ -112,20 +112,6 @@ compose_date(const char *iso, char *out, size_t n)
 	return w < 0 || (size_t)w >= n ? -1 : 0;
 }
 
-static int
-web_url(const char *s)
-{
-	const char *p;
-
-	if (s == NULL || (strncmp(s, "https://", 8) != 0 && strncmp(s, "http://", 7) != 0) ||
-	    strlen(s) > LIMIT_MAIL_VALUE)
-		return 0;
-	for (p = s; *p; p++)
-		if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f || strchr("\"'<>\\", *p))
-			return 0;
-	return 1;
-}
-
 /* Loads one kind's two files; logs and counts problems. */
 static int
 load_kind(struct compose *c, const char *dir, enum notify_kind k)
@@ -201,7 +187,7 @@ compose_load(const char *default_dir, struct compose **out)
 		problems++;
 	}
 	c->account_url = config_get("MAIL_ACCOUNT_URL");
-	if (c->account_url && !web_url(c->account_url)) {
+	if (c->account_url && !template_url_ok(c->account_url, 0)) {
 		log_msg("setting MAIL_ACCOUNT_URL must be an http(s) URL");
 		problems++;
 	}
@@ -263,8 +249,7 @@ values_of(const struct compose *c, const struct compose_input *in, struct json_o
 	if (compose_date(jsonget_str(p, "ended_at"), store[P_ENDED_AT], LIMIT_MAIL_VALUE) == 0)
 		values[P_ENDED_AT] = store[P_ENDED_AT];
 	/* Re-checked here: the row may have been written by hand or by an older version. */
-	if ((s = jsonget_str(p, "hosted_invoice_url")) != NULL && strncmp(s, "https://", 8) == 0 &&
-	    web_url(s))
+	if (template_url_ok((s = jsonget_str(p, "hosted_invoice_url")), 1))
 		values[P_INVOICE_URL] = s;
 	if ((s = jsonget_str(p, "invoice_number")) != NULL && strlen(s) < LIMIT_MAIL_VALUE)
 		values[P_INVOICE_NUMBER] = s;

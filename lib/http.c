@@ -16,9 +16,8 @@ static const char *const method_names[HTTP__MAX] = {
     [HTTP_DELETE] = "DELETE",
 };
 
-/* Hosts for which plain http:// is accepted: the local fake Stripe only. */
-static int
-is_loopback_host(const char *host)
+int
+http_loopback_host(const char *host)
 {
 	return strcasecmp(host, "localhost") == 0 || strcmp(host, "127.0.0.1") == 0 ||
 	       strcmp(host, "[::1]") == 0 || strcmp(host, "::1") == 0;
@@ -44,7 +43,7 @@ http_url_allowed(const char *url)
 	if (strcasecmp(scheme, "https") == 0)
 		allowed = host[0] != '\0';
 	else if (strcasecmp(scheme, "http") == 0)
-		allowed = is_loopback_host(host);
+		allowed = http_loopback_host(host);
 out:
 	curl_free(scheme);
 	curl_free(host);
@@ -118,8 +117,8 @@ log_failure(enum http_method method, const char *url, const char *what)
 	log_msg("http %s %.*s failed: %s", method_names[method], (int)(n > 200 ? 200 : n), p, what);
 }
 
-static int
-global_init(void)
+int
+http_curl_init(void)
 {
 	static int done;
 
@@ -149,7 +148,7 @@ http_request(enum http_method method, const char *url, const char *const *header
 		log_failure(method, url, "URL not allowed (https, or http to loopback only)");
 		return -1;
 	}
-	if (global_init() == -1 || (c = curl_easy_init()) == NULL) {
+	if (http_curl_init() == -1 || (c = curl_easy_init()) == NULL) {
 		log_failure(method, url, "cannot initialise libcurl");
 		goto out;
 	}

@@ -9,9 +9,8 @@
 #include "notify.h"
 #include "outbox.h"
 #include "response.h"
+#include "template.h"
 
-/* Stripe's invoice URLs are a few hundred bytes; anything much longer is not one. */
-#define URL_MAX 2048
 #define SHORT_MAX 64
 
 static const char *const kind_names[NOTIFY__MAX] = {
@@ -132,21 +131,14 @@ add_short(struct json_object *o, const char *key, struct json_object *obj, const
 		add(o, key, json_object_new_string(s));
 }
 
-/*
- * The invoice's page at Stripe, where the customer pays or confirms:
- * https only, no blanks, quotes or angle brackets (it goes into href).
- */
+/* The invoice's page at Stripe, where the customer pays or confirms: it goes into an href. */
 static void
 add_url(struct json_object *o, const char *key, struct json_object *obj, const char *path)
 {
-	const char *s = jsonget_path_str(obj, path), *p;
+	const char *s = jsonget_path_str(obj, path);
 
-	if (s == NULL || strncmp(s, "https://", 8) != 0 || strlen(s) > URL_MAX)
-		return;
-	for (p = s; *p; p++)
-		if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f || strchr("\"'<>\\", *p))
-			return;
-	add(o, key, json_object_new_string(s));
+	if (template_url_ok(s, 1))
+		add(o, key, json_object_new_string(s));
 }
 
 /* The event's own values for kind (see notify.h). */

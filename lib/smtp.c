@@ -7,6 +7,7 @@
 #include <curl/curl.h>
 
 #include "config.h"
+#include "http.h"
 #include "log.h"
 #include "mem.h"
 #include "response.h"
@@ -42,13 +43,6 @@ struct smtp {
 	char errbuf[CURL_ERROR_SIZE];
 };
 
-static int
-is_loopback_host(const char *host)
-{
-	return strcasecmp(host, "localhost") == 0 || strcmp(host, "127.0.0.1") == 0 ||
-	    strcmp(host, "[::1]") == 0 || strcmp(host, "::1") == 0;
-}
-
 int
 smtp_url_allowed(const char *url, int *starttls)
 {
@@ -72,7 +66,7 @@ smtp_url_allowed(const char *url, int *starttls)
 		allowed = 1;
 	else if (strcasecmp(scheme, "smtp") == 0) {
 		allowed = 1;
-		*starttls = !is_loopback_host(host);
+		*starttls = !http_loopback_host(host);
 	}
 out:
 	curl_free(scheme);
@@ -145,19 +139,6 @@ on_debug(CURL *c, curl_infotype type, char *data, size_t n, void *arg)
 	return 0;
 }
 
-static int
-global_init(void)
-{
-	static int done;
-
-	if (!done) {
-		if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-			return -1;
-		done = 1;
-	}
-	return 0;
-}
-
 enum outcome
 smtp_open(struct smtp **out)
 {
@@ -187,7 +168,7 @@ smtp_open(struct smtp **out)
 		return OUT_MISCONFIGURED;
 	}
 	s = mem_calloc(1, sizeof(*s));
-	if (global_init() == -1 || (s->curl = curl_easy_init()) == NULL) {
+	if (http_curl_init() == -1 || (s->curl = curl_easy_init()) == NULL) {
 		log_msg("smtp: cannot initialise libcurl");
 		free(s);
 		return OUT_INTERNAL;

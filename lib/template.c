@@ -179,6 +179,20 @@ template_uses(const struct template *t, size_t i)
 }
 
 int
+template_url_ok(const char *s, int https_only)
+{
+	const char *p;
+
+	if (s == NULL || strlen(s) > LIMIT_MAIL_VALUE || (strncmp(s, "https://", 8) != 0 &&
+	    (https_only || strncmp(s, "http://", 7) != 0)))
+		return 0;
+	for (p = s; *p; p++)
+		if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f || strchr("\"'<>\\", *p))
+			return 0;
+	return 1;
+}
+
+int
 template_html_escape(struct buf *out, const char *s)
 {
 	const char *rep;

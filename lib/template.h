@@ -51,6 +51,13 @@ int template_render(const struct template *t, const char *const *values,
     enum template_escape esc, struct buf *out, const char **missing)
     __attribute__((warn_unused_result));
 
+/*
+ * Whether s can go into an href as it is: an https:// URL (or http://
+ * unless https_only) of at most LIMIT_MAIL_VALUE bytes without blanks,
+ * control or non-ASCII bytes, quotes, angle brackets or backslashes.
+ */
+int template_url_ok(const char *s, int https_only);
+
 /* Appends s with & < > " ' replaced by character references (HTML 5 13.1.2.6). */
 int template_html_escape(struct buf *out, const char *s) __attribute__((warn_unused_result));
 

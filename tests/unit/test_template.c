@@ -158,9 +158,40 @@ test_load(void)
 	    strstr(err, "cannot be opened") != NULL, "a missing file: %s", err);
 }
 
+static void
+test_urls(void)
+{
+	static const struct {
+		const char *url;
+		int https, http;
+	} cases[] = {
+		{ "https://invoice.stripe.com/i/acct_1/test_x?s=ap&l=en", 1, 1 },
+		{ "http://localhost:3000/account", 0, 1 },
+		{ "javascript:alert(1)", 0, 0 },
+		{ "https://x.example/\"onmouseover=\"x", 0, 0 },
+		{ "https://x.example/<b>", 0, 0 },
+		{ "https://x.example/a b", 0, 0 },
+		{ "https://x.example/\xc3\xa9", 0, 0 },
+		{ "HTTPS://x.example/", 0, 0 },
+		{ "", 0, 0 },
+	};
+	char longurl[LIMIT_MAIL_VALUE + 2];
+	size_t i;
+
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		ok(template_url_ok(cases[i].url, 1) == cases[i].https &&
+		    template_url_ok(cases[i].url, 0) == cases[i].http, "href-safe URL: case %zu", i);
+	ok(!template_url_ok(NULL, 0), "NULL is no URL");
+	memcpy(longurl, "https://", 8);
+	memset(longurl + 8, 'a', sizeof(longurl) - 9);
+	longurl[sizeof(longurl) - 1] = '\0';
+	ok(!template_url_ok(longurl, 1), "a URL over LIMIT_MAIL_VALUE is refused");
+}
+
 int
 main(void)
 {
+	test_urls();
 	test_refusals();
 	test_render();
 	test_load();
