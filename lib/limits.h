@@ -64,4 +64,19 @@
 /* Database connect timeout (libpq's connect_timeout, seconds). */
 #define LIMIT_DB_CONNECT_S	5
 
+/*
+ * Mail (billing-mailer).  A template file, one rendered message, one
+ * value put into a template, an address (RFC 5321 4.5.3.1.3: a path is
+ * at most 256 octets with its angle brackets) and a failure reason as
+ * stored in notifications.last_error.
+ */
+#define LIMIT_MAIL_TEMPLATE	(64 * 1024)
+#define LIMIT_MAIL_MESSAGE	(1024 * 1024)
+#define LIMIT_MAIL_VALUE	2048
+#define LIMIT_MAIL_ADDRESS	254
+#define LIMIT_MAIL_REASON	300
+/* SMTP: connecting (TCP and TLS), and the default for one whole message (SMTP_TIMEOUT). */
+#define LIMIT_SMTP_CONNECT_MS	10000
+#define LIMIT_SMTP_TIMEOUT_S	30
+
 #endif

@@ -7,7 +7,9 @@
 #include "config.h"
 #include "jsonget.h"
 #include "log.h"
+#include "mail.h"
 #include "mem.h"
+#include "notify.h"
 #include "plan.h"
 #include "response.h"
 #include "stripe.h"
@@ -242,6 +244,13 @@ is_subscription_event(const struct subscription_event *ev)
 	    is_type(ev, "customer.subscription.trial_will_end");
 }
 
+static int
+is_invoice_event(const struct subscription_event *ev)
+{
+	return is_type(ev, "invoice.paid") || is_type(ev, "invoice.payment_failed") ||
+	    is_type(ev, "invoice.payment_action_required");
+}
+
 /* The subscription an invoice belongs to: basil's parent, else the pre-2025 field. */
 static const char *
 invoice_subscription(struct json_object *inv)
@@ -278,17 +287,21 @@ record_event(struct apply *a)
 		user = user_at(o, "client_reference_id");
 		if (user == NULL)
 			user = user_at(o, "metadata.userId");
-	} else if (is_type(ev, "invoice.paid") || is_type(ev, "invoice.payment_failed")) {
+	} else if (is_invoice_event(ev)) {
 		int paid = is_type(ev, "invoice.paid");
 
 		sub = invoice_subscription(o);
-		status = paid ? "paid" : "failed";
+		status = paid ? "paid" : is_type(ev, "invoice.payment_failed") ? "failed" :
+		    "action_required";
 		amount = int_at(o, paid ? "amount_paid" : "amount_due", amount_buf,
 		    sizeof(amount_buf));
 		attempts = int_at(o, "attempt_count", attempts_buf, sizeof(attempts_buf));
 		user = user_at(o, "parent.subscription_details.metadata.userId");
 		if (user == NULL)
 			user = user_at(o, "metadata.userId");
+	} else if (is_type(ev, "customer.updated")) {
+		customer = id_of(o, "id");
+		user = user_at(o, "metadata.userId");
 	}
 	if (currency && strlen(currency) > 16)
 		currency = NULL;
@@ -546,20 +559,6 @@ refetch(struct apply *a, const char *sub, const char *known_user, int *stored,
 	return r;
 }
 
-/* trial_will_end: a message for the mailer, once per event. */
-static int
-queue_trial_notice(struct apply *a, const char *sub)
-{
-	char te[24];
-
-	return Q(a, NULL,
-	    "INSERT INTO notifications (user_id, kind, payload, dedupe_key)"
-	    " VALUES ($1, 'trial_will_end', jsonb_build_object('stripe_subscription_id', $2::text,"
-	    " 'trial_end', billing_iso_utc(to_timestamp($3::bigint)), 'stripe_event_id', $4::text),"
-	    " $4 || ':trial_will_end') ON CONFLICT (dedupe_key) DO NOTHING",
-	    a->user_id, sub, int_at(a->ev->object, "trial_end", te, sizeof(te)), a->ev->id);
-}
-
 static int
 apply_subscription_event(struct apply *a, enum outcome *fatal)
 {
@@ -578,16 +577,6 @@ apply_subscription_event(struct apply *a, enum outcome *fatal)
 		return r;
 	if (!stored && (r = store_subscription(a, a->ev->object, 0, deletion, NULL)) != 0)
 		return r;
-	if (is_type(a->ev, "customer.subscription.trial_will_end")) {
-		if (a->user_id == NULL) {
-			char *u = NULL;
-
-			if ((r = customer_user(a, id_of(a->ev->object, "customer"), &u)) != 0)
-				return r;
-			a->user_id = u;
-		}
-		return queue_trial_notice(a, sub);
-	}
 	return 0;
 }
 
@@ -702,6 +691,77 @@ apply_invoice(struct apply *a, enum outcome *fatal)
 	return r;
 }
 
+/*
+ * customers.email from checkout.session.completed (customer_details.email)
+ * and customer.updated (email; null clears it), unless an event created
+ * later set it already.  An address the mailer could not use is stored
+ * as none: the row's notifications are then marked no_email, not sent.
+ */
+static int
+keep_email(struct apply *a)
+{
+	struct json_object *o = a->ev->object;
+	const char *customer, *email;
+	char created[24];
+
+	if (is_type(a->ev, "checkout.session.completed")) {
+		customer = id_of(o, "customer");
+		if ((email = jsonget_path_str(o, "customer_details.email")) == NULL)
+			return 0;
+	} else if (is_type(a->ev, "customer.updated")) {
+		customer = id_of(o, "id");
+		email = jsonget_str(o, "email");
+	} else
+		return 0;
+	if (customer == NULL)
+		return 0;
+	if (email && !mail_address_valid(email)) {
+		log_msg("customer email is not an address we can send to: stored as none");
+		email = NULL;
+	}
+	snprintf(created, sizeof(created), "%lld", a->ev->created);
+	return Q(a, NULL,
+	    "UPDATE customers SET email = $2, email_event_created = to_timestamp($3::bigint)"
+	    " WHERE stripe_customer_id = $1 AND (email_event_created IS NULL"
+	    " OR email_event_created <= to_timestamp($3::bigint))", customer, email, created);
+}
+
+/* The lifecycle notification an applied event queues for billing-mailer (notify.h). */
+static int
+queue_notice(struct apply *a)
+{
+	static const struct {
+		const char *type;
+		enum notify_kind kind;
+	} kinds[] = {
+		{ "customer.subscription.trial_will_end", NOTIFY_TRIAL_WILL_END },
+		{ "customer.subscription.deleted", NOTIFY_SUBSCRIPTION_CANCELED },
+		{ "invoice.payment_failed", NOTIFY_PAYMENT_FAILED },
+		{ "invoice.payment_action_required", NOTIFY_PAYMENT_ACTION_REQUIRED },
+		{ "checkout.session.completed", NOTIFY_WELCOME },
+	};
+	struct json_object *o = a->ev->object;
+	struct notify_event n = { a->ev->id, a->ev->created, o, a->user_id,
+		id_of(o, "customer"), NULL };
+	size_t i;
+
+	for (i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
+		if (is_type(a->ev, kinds[i].type))
+			break;
+	if (i == sizeof(kinds) / sizeof(kinds[0]))
+		return 0;
+	if (is_subscription_event(a->ev))
+		n.subscription_id = id_of(o, "id");
+	else if (is_invoice_event(a->ev))
+		n.subscription_id = invoice_subscription(o);
+	else
+		n.subscription_id = id_of(o, "subscription");
+	/* Every mail is about a subscription; a one-off invoice has none to tell of. */
+	if (n.subscription_id == NULL)
+		return 0;
+	return fail(a, notify_queue(a->db, kinds[i].kind, &n));
+}
+
 /* One transaction; 0 or a db_result, with *fatal set for non-database failures. */
 static int
 apply_once(struct apply *a, enum outcome *fatal)
@@ -717,10 +777,14 @@ apply_once(struct apply *a, enum outcome *fatal)
 		r = apply_subscription_event(a, fatal);
 	else if (is_type(ev, "checkout.session.completed"))
 		r = apply_checkout(a, fatal);
-	else if (is_type(ev, "invoice.paid") || is_type(ev, "invoice.payment_failed"))
+	else if (is_invoice_event(ev))
 		r = apply_invoice(a, fatal);
-	else
+	else if (!is_type(ev, "customer.updated"))	/* its email is all we keep */
 		a->ignored = 1;
+	if (r == 0 && *fatal == OUT_OK && !a->ignored)
+		r = keep_email(a);
+	if (r == 0 && *fatal == OUT_OK && !a->ignored)
+		r = queue_notice(a);
 	if (r == 0 && a->user_id)
 		r = Q(a, NULL, "UPDATE billing_events SET user_id = $2 WHERE id = $1::bigint"
 		    " AND user_id IS NULL", a->event_row, a->user_id);
@@ -739,10 +803,11 @@ subscription_apply_event(struct db *db, const struct subscription_event *ev,
 	struct apply a;
 	enum sync_mode mode;
 	enum outcome rc, fatal;
+	unsigned kinds;
 	int r = DB_ERROR, tries;
 
 	*reply = NULL;
-	if ((rc = sync_mode(&mode)) != OUT_OK)
+	if ((rc = sync_mode(&mode)) != OUT_OK || (rc = notify_kinds(&kinds)) != OUT_OK)
 		return rc;
 	for (tries = 0; tries < APPLY_TRIES; tries++) {
 		memset(&a, 0, sizeof(a));

@@ -42,8 +42,7 @@
  * Events:
  *   customer.subscription.created/updated/deleted/trial_will_end
  *       upsert the subscription (deleted: status canceled, canceled_at,
- *       ended_at, cancellation_details.reason); trial_will_end also
- *       queues a notifications row (kind trial_will_end, deduplicated).
+ *       ended_at, cancellation_details.reason).
  *   checkout.session.completed (mode subscription)
  *       links client_reference_id (else metadata.userId) and the
  *       customer in customers, links existing subscription rows of that
@@ -52,12 +51,23 @@
  *       from the session metadata, last_event_created NULL so that any
  *       subscription event overrides it (refetch mode stores the real
  *       subscription instead).
- *   invoice.paid / invoice.payment_failed
+ *   invoice.paid / invoice.payment_failed / invoice.payment_action_required
  *       billing event with the amounts; payment_failed moves an active
  *       or trialing subscription to past_due (ordering rule as above;
  *       an incomplete first payment stays incomplete: past_due would
  *       grant the paid tier); refetch mode refetches the subscription.
+ *   customer.updated
+ *       only customers.email (below).
  *   anything else: recorded only, {"received":true,"ignored":true}.
+ *
+ * Mail, in the same transaction (notify.h): trial_will_end,
+ * customer.subscription.deleted, invoice.payment_failed,
+ * invoice.payment_action_required and checkout.session.completed queue
+ * one notifications row each (kinds trial_will_end,
+ * subscription_canceled, payment_failed, payment_action_required,
+ * welcome) as NOTIFY_KINDS allows.  customers.email follows
+ * checkout.session.completed's customer_details.email and
+ * customer.updated's email, never an older event's.
  *
  * Tier/interval: the configured price (STRIPE_PRICE_*), else
  * metadata.tier / metadata.interval, else (interval) the price's

@@ -113,6 +113,10 @@ CREATE TABLE IF NOT EXISTS customers (
 	created_at		timestamptz	NOT NULL DEFAULT now(),
 	updated_at		timestamptz	NOT NULL DEFAULT now()
 );
+-- The `created` of the Stripe event that set email (checkout.session.completed
+-- or customer.updated): an older event never overwrites a newer address.
+-- NULL when the address came from create-checkout-session.
+ALTER TABLE customers ADD COLUMN IF NOT EXISTS email_event_created timestamptz;
 CALL pg_temp.ensure_constraint('customers', 'customers_user_id_length',
 	$c$CHECK (length(user_id) BETWEEN 1 AND 128)$c$);
 CALL pg_temp.ensure_constraint('customers', 'customers_stripe_customer_id_key',
@@ -279,9 +283,16 @@ CREATE INDEX IF NOT EXISTS billing_events_user_id_idx ON billing_events (user_id
 CREATE INDEX IF NOT EXISTS billing_events_stripe_subscription_id_idx ON billing_events (stripe_subscription_id);
 
 ------------------------------------------------------------------------------
--- notifications: outbox of messages to send (e-mail etc.).  dedupe_key (e.g.
--- the Stripe event id plus kind) is unique when set, so a redelivered event
--- cannot queue the same message twice: INSERT ... ON CONFLICT DO NOTHING.
+-- notifications: the outbox of lifecycle mails, written by webhook.cgi in the
+-- event's transaction and sent by billing-mailer (lib/outbox.h).  dedupe_key
+-- ("<event id>:<kind>") is unique when set, so a redelivered event cannot
+-- queue the same message twice: INSERT ... ON CONFLICT DO NOTHING.
+--
+-- status: pending (sent by the first run after next_attempt_at), sent
+-- (sent_at, message_id, recipient), failed (last_error says why; never
+-- retried unless an operator sets it back to pending) or no_email (the user
+-- had no customers.email when its turn came).  attempts counts SMTP
+-- attempts; a temporary failure moves next_attempt_at back exponentially.
 ------------------------------------------------------------------------------
 CREATE TABLE IF NOT EXISTS notifications (
 	id			bigserial	PRIMARY KEY,
@@ -292,11 +303,34 @@ CREATE TABLE IF NOT EXISTS notifications (
 	created_at		timestamptz	NOT NULL DEFAULT now(),
 	sent_at			timestamptz
 );
+ALTER TABLE notifications ADD COLUMN IF NOT EXISTS status text NOT NULL DEFAULT 'pending';
+ALTER TABLE notifications ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 0;
+ALTER TABLE notifications ADD COLUMN IF NOT EXISTS next_attempt_at timestamptz NOT NULL DEFAULT now();
+ALTER TABLE notifications ADD COLUMN IF NOT EXISTS last_error text;
+ALTER TABLE notifications ADD COLUMN IF NOT EXISTS message_id text;
+ALTER TABLE notifications ADD COLUMN IF NOT EXISTS recipient text;
+ALTER TABLE notifications ADD COLUMN IF NOT EXISTS updated_at timestamptz NOT NULL DEFAULT now();
+-- Rows from before the status column: the ones with sent_at were sent.
+UPDATE notifications SET status = 'sent' WHERE sent_at IS NOT NULL AND status = 'pending';
 CALL pg_temp.ensure_constraint('notifications', 'notifications_user_id_length',
 	$c$CHECK (length(user_id) BETWEEN 1 AND 128)$c$);
 CALL pg_temp.ensure_constraint('notifications', 'notifications_dedupe_key_key',
 	$c$UNIQUE (dedupe_key)$c$);
-CREATE INDEX IF NOT EXISTS notifications_unsent_idx ON notifications (created_at) WHERE sent_at IS NULL;
+CALL pg_temp.ensure_constraint('notifications', 'notifications_kind_check',
+	$c$CHECK (kind IN ('trial_will_end', 'payment_failed', 'payment_action_required',
+			   'subscription_canceled', 'welcome'))$c$);
+CALL pg_temp.ensure_constraint('notifications', 'notifications_status_check',
+	$c$CHECK (status IN ('pending', 'sent', 'failed', 'no_email'))$c$);
+CALL pg_temp.ensure_constraint('notifications', 'notifications_sent_at_check',
+	$c$CHECK ((status = 'sent') = (sent_at IS NOT NULL))$c$);
+CALL pg_temp.ensure_constraint('notifications', 'notifications_attempts_check',
+	$c$CHECK (attempts >= 0)$c$);
+-- billing-mailer walks the pending rows in id order.
+DROP INDEX IF EXISTS notifications_unsent_idx;
+CREATE INDEX IF NOT EXISTS notifications_pending_idx ON notifications (id) WHERE status = 'pending';
+CREATE OR REPLACE TRIGGER notifications_touch_updated_at
+	BEFORE UPDATE ON notifications
+	FOR EACH ROW EXECUTE FUNCTION billing_touch_updated_at();
 
 ------------------------------------------------------------------------------
 -- usage_idempotency: usage.cgi's Idempotency-Key store.  Keys are kept at

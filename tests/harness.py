@@ -44,6 +44,11 @@ When run as root the servers run as an unprivileged user (postgres, else
 nobody).  A PostgreSQL template cluster is cached per machine in
 $TMPDIR/billing-harness-pg-<uid>-<key> (PG_TEMPLATE_CACHE=0: plain initdb).
 
+SmtpServer(directory, *options), a context manager: tests/smtp_server.py (aiosmtpd)
+  on loopback with that script's options: .host, .port, .accepted() and
+  .refused() -> [(message bytes, envelope dict)], .stop(); smtp_python() is
+  the interpreter that runs it.
+
 Module helpers: stripe_signature(secret, payload, t=None), make_jwt(claims,
 secret=None, alg="HS256", key_file=None, header=None), gen_keys(dir),
 parse_cgi_output(bytes), processes_using(path), free_port().
@@ -88,7 +93,8 @@ import traceback
 import urllib.parse
 
 __all__ = ["Tap", "Stack", "Resp", "PsqlError", "StackError", "stripe_signature",
-           "make_jwt", "gen_keys", "processes_using", "DEFAULT_SETTINGS"]
+           "make_jwt", "gen_keys", "processes_using", "DEFAULT_SETTINGS", "SmtpServer",
+           "smtp_python"]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -484,6 +490,93 @@ def _apache_quote(value):
     if any(c in value for c in "\r\n\0") or "${" in value or value.endswith("\\"):
         raise ValueError(f"value cannot be written to httpd.conf: {value!r}")
     return '"' + value.replace('"', '\\"') + '"'
+
+
+# ---------------------------------------------------------------------------
+# SMTP server (aiosmtpd)
+
+
+def smtp_python():
+    """An interpreter that can import aiosmtpd: Debian's python3-aiosmtpd is in
+    /usr/lib/python3/dist-packages, which a pyenv or venv python does not see.
+    Ours if it can, else /usr/bin/python3; StackError (with the fix) if none."""
+    for py in (sys.executable, "/usr/bin/python3"):
+        if py and os.access(py, os.X_OK) and subprocess.run(
+                [py, "-c", "import aiosmtpd"], capture_output=True).returncode == 0:
+            return py
+    raise StackError("no Python with aiosmtpd: apt-get install python3-aiosmtpd (tools/deps)")
+
+
+class SmtpServer:
+    """tests/smtp_server.py on loopback; options are that script's (see its doc)."""
+
+    def __init__(self, directory, *options, host="127.0.0.1"):
+        self.dir = directory
+        self.host = host
+        script = os.path.join(HERE, "smtp_server.py")
+        os.makedirs(directory, exist_ok=True)
+        self._log = open(os.path.join(directory, "server.log"), "ab")
+        self._p = subprocess.Popen(
+            _pdeathsig_prefix("TERM") + [smtp_python(), script, "--dir", directory,
+                                          "--host", host, *options],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log,
+            process_group=0)
+        line = b""
+        deadline = time.monotonic() + 15
+        fd = self._p.stdout.fileno()
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            r, _, _ = select.select([fd], [], [], max(left, 0))
+            chunk = os.read(fd, 256) if r else b""
+            if not chunk:
+                self.stop()
+                raise StackError("SMTP server did not start:\n" + open(
+                    self._log.name, errors="replace").read()[-2000:])
+            line += chunk
+        m = re.fullmatch(rb"listening on [^ ]+:(\d+)\s*", line)
+        if not m:
+            self.stop()
+            raise StackError(f"SMTP server said {line!r}")
+        self.port = int(m.group(1))
+
+    def _messages(self, where):
+        d = os.path.join(self.dir, where)
+        if not os.path.isdir(d):
+            return []
+        out = []
+        for name in sorted(f for f in os.listdir(d) if f.endswith(".eml")):
+            with open(os.path.join(d, name), "rb") as f:
+                raw = f.read()
+            with open(os.path.join(d, name[:-4] + ".json")) as f:
+                out.append((raw, json.load(f)))
+        return out
+
+    def accepted(self):
+        return self._messages("accepted")
+
+    def refused(self):
+        return self._messages("refused")
+
+    def stop(self):
+        p, self._p = self._p, None
+        if p is not None and p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        if p is not None:
+            p.stdout.close()
+        self._log.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
 
 
 # ---------------------------------------------------------------------------

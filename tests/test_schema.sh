@@ -174,13 +174,13 @@ is "indexes for every endpoint lookup" \
 		  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum) = w.c)" \
 	""
 
-is "unique: stripe ids, event id, dedupe key; partial index on unsent notifications" \
+is "unique: stripe ids, event id, dedupe key; partial index on pending notifications" \
 	"SELECT string_agg(c.relname, ',' ORDER BY c.relname) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
 	 WHERE (i.indisunique AND c.relname IN ('customers_stripe_customer_id_key',
 		'subscriptions_stripe_subscription_id_key', 'billing_events_stripe_event_id_key',
 		'notifications_dedupe_key_key', 'usage_tracking_user_type_period_key'))
-	    OR (c.relname = 'notifications_unsent_idx' AND i.indpred IS NOT NULL)" \
-	"billing_events_stripe_event_id_key,customers_stripe_customer_id_key,notifications_dedupe_key_key,notifications_unsent_idx,subscriptions_stripe_subscription_id_key,usage_tracking_user_type_period_key"
+	    OR (c.relname = 'notifications_pending_idx' AND i.indpred IS NOT NULL)" \
+	"billing_events_stripe_event_id_key,customers_stripe_customer_id_key,notifications_dedupe_key_key,notifications_pending_idx,subscriptions_stripe_subscription_id_key,usage_tracking_user_type_period_key"
 
 is "usage periods are UTC calendar months whatever the session time zone" \
 	"SELECT current_setting('TimeZone') || ' ' || usage_period_start('2026-01-31 23:30:00+00') || ' '
@@ -261,6 +261,31 @@ else
 	fail "re-apply adds a missing constraint and index"
 	diag <"$tmp/apply.log"
 fi
+
+# Upgrade path: a notifications outbox from before billing-mailer (no status
+# columns): rows with sent_at become sent, the others pending and due now.
+DB=postgres run "CREATE DATABASE billing_outbox"
+DB=billing_outbox run "CREATE TABLE notifications (id bigserial PRIMARY KEY, user_id text,
+	kind text NOT NULL, payload jsonb NOT NULL DEFAULT '{}'::jsonb, dedupe_key text,
+	created_at timestamptz NOT NULL DEFAULT now(), sent_at timestamptz);
+     CREATE INDEX notifications_unsent_idx ON notifications (created_at) WHERE sent_at IS NULL;
+     INSERT INTO notifications (user_id, kind, dedupe_key, sent_at) VALUES
+	('u1', 'trial_will_end', 'evt_a:trial_will_end', now()),
+	('u2', 'trial_will_end', 'evt_b:trial_will_end', NULL)"
+if apply "$SCHEMA_SQL" billing_outbox; then
+	DB=billing_outbox is "an old outbox upgrades: sent rows sent, others pending and due, old index gone" \
+		"SELECT string_agg(user_id || '=' || status || '/' || attempts || '/' || (next_attempt_at <= now()), ' '
+			ORDER BY id) || ' ' || (to_regclass('notifications_unsent_idx') IS NULL)
+		 FROM notifications" \
+		"u1=sent/0/true u2=pending/0/true true"
+else
+	fail "an old outbox upgrades"
+	diag <"$tmp/apply.log"
+fi
+rejects "a notification of an unknown kind is refused" \
+	"INSERT INTO notifications (kind) VALUES ('newsletter')" "notifications_kind_check"
+rejects "sent and sent_at go together" \
+	"INSERT INTO notifications (kind, status) VALUES ('welcome', 'sent')" "notifications_sent_at_check"
 
 # A failed apply must change nothing (one transaction).
 DB=postgres run "CREATE DATABASE billing_fail"
@@ -537,9 +562,10 @@ is "notifications: a redelivered event cannot queue twice; NULL dedupe keys are 
 	"WITH a AS (INSERT INTO notifications (user_id, kind, dedupe_key) VALUES ('u-keep', 'welcome', 'evt_1:welcome')
 		    ON CONFLICT (dedupe_key) DO NOTHING RETURNING 1)
 	 SELECT (SELECT count(*) FROM a)" "0"
-run "INSERT INTO notifications (user_id, kind) VALUES ('u-keep', 'a'), ('u-keep', 'b')"
-is "notifications: unsent rows are those with sent_at NULL" \
-	"SELECT count(*) FROM notifications WHERE sent_at IS NULL AND user_id = 'u-keep'" "3"
+run "INSERT INTO notifications (user_id, kind) VALUES ('u-keep', 'trial_will_end'), ('u-keep', 'payment_failed')"
+is "notifications: new rows are pending, due now, unsent" \
+	"SELECT count(*) FROM notifications WHERE sent_at IS NULL AND status = 'pending' AND attempts = 0
+	   AND next_attempt_at <= now() AND user_id = 'u-keep'" "3"
 
 # ---------------------------------------------------------------- misc
 run "INSERT INTO usage_idempotency (user_id, idempotency_key, request_hash, created_at) VALUES
