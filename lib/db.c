@@ -1,3 +1,4 @@
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,20 @@
 
 struct db {
 	PGconn *conn;
+	/* set_config values for each transaction: milliseconds as text. */
+	char statement_ms[16], lock_ms[16], idle_ms[16];
+};
+
+/* The timeout settings, their defaults, and where db_connect puts them. */
+static const struct {
+	const char *setting;
+	long def;
+	size_t field;
+} timeouts[] = {
+	{ "DB_STATEMENT_TIMEOUT_MS", LIMIT_DB_STATEMENT_MS, offsetof(struct db, statement_ms) },
+	{ "DB_LOCK_TIMEOUT_MS", LIMIT_DB_LOCK_MS, offsetof(struct db, lock_ms) },
+	{ "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", LIMIT_DB_IDLE_IN_TRANSACTION_MS,
+	  offsetof(struct db, idle_ms) },
 };
 
 struct db_rows {
@@ -34,11 +49,18 @@ db_connect(struct db **out)
 	const char *keys[] = { "dbname", "connect_timeout", "application_name", NULL };
 	const char *vals[4];
 	PGconn *conn = NULL;
+	struct db *db;
 	enum outcome rc;
+	long ms[sizeof(timeouts) / sizeof(timeouts[0])];
+	size_t i;
 
 	*out = NULL;
 	if ((rc = config_require("DATABASE_URL", &url)) != OUT_OK)
 		return rc;
+	for (i = 0; i < sizeof(timeouts) / sizeof(timeouts[0]); i++)
+		if ((rc = config_get_long(timeouts[i].setting, timeouts[i].def, 1,
+		    LIMIT_DB_TIMEOUT_MAX_MS, &ms[i])) != OUT_OK)
+			return rc;
 	snprintf(timeout, sizeof(timeout), "%d", LIMIT_DB_CONNECT_S);
 	vals[0] = url;
 	vals[1] = timeout;
@@ -56,8 +78,11 @@ db_connect(struct db **out)
 		return OUT_UNAVAILABLE;
 	}
 	PQsetNoticeProcessor(conn, ignore_notice, NULL);
-	*out = mem_alloc(sizeof(**out));
-	(*out)->conn = conn;
+	db = mem_alloc(sizeof(*db));
+	db->conn = conn;
+	for (i = 0; i < sizeof(timeouts) / sizeof(timeouts[0]); i++)
+		snprintf((char *)db + timeouts[i].field, sizeof(db->statement_ms), "%ld", ms[i]);
+	*out = db;
 	return OUT_OK;
 }
 
@@ -88,13 +113,16 @@ classify(PGconn *conn, const PGresult *res)
 		return DB_SERIALIZATION;
 	if (strcmp(state, "40P01") == 0)
 		return DB_DEADLOCK;
+	if (strcmp(state, "57014") == 0 || strcmp(state, "55P03") == 0)
+		return DB_TIMEOUT;
 	if (strncmp(state, "08", 2) == 0 || strncmp(state, "57P", 3) == 0)
 		return DB_CONNECTION;
 	return DB_ERROR;
 }
 
-enum db_result
-db_exec(struct db *db, struct db_rows **rows, const char *sql, int nparams,
+/* One statement as it is, in whatever transaction state the connection is. */
+static enum db_result
+exec_raw(struct db *db, struct db_rows **rows, const char *sql, int nparams,
     const char *const *params)
 {
 	PGresult *res;
@@ -124,15 +152,48 @@ db_exec(struct db *db, struct db_rows **rows, const char *sql, int nparams,
 }
 
 enum db_result
+db_exec(struct db *db, struct db_rows **rows, const char *sql, int nparams,
+    const char *const *params)
+{
+	enum db_result r;
+
+	if (PQtransactionStatus(db->conn) != PQTRANS_IDLE)
+		return exec_raw(db, rows, sql, nparams, params);
+	/* Outside a transaction: a transaction of its own, so the timeouts apply. */
+	if ((r = db_begin(db)) != DB_OK)
+		return r;
+	if ((r = exec_raw(db, rows, sql, nparams, params)) == DB_OK &&
+	    (r = db_commit(db)) != DB_OK && rows != NULL) {
+		db_rows_free(*rows);
+		*rows = NULL;
+	}
+	if (r != DB_OK)
+		db_rollback(db);
+	return r;
+}
+
+enum db_result
 db_begin(struct db *db)
 {
-	return db_exec(db, NULL, "BEGIN", 0, NULL);
+	const char *params[] = { db->statement_ms, db->lock_ms, db->idle_ms };
+	enum db_result r;
+
+	if ((r = exec_raw(db, NULL, "BEGIN", 0, NULL)) != DB_OK)
+		return r;
+	/* set_config(..., true) is SET LOCAL: it ends with the transaction (see db.h). */
+	r = exec_raw(db, NULL,
+	    "SELECT set_config('statement_timeout', $1, true),"
+	    " set_config('lock_timeout', $2, true),"
+	    " set_config('idle_in_transaction_session_timeout', $3, true)", 3, params);
+	if (r != DB_OK)
+		db_rollback(db);
+	return r;
 }
 
 enum db_result
 db_commit(struct db *db)
 {
-	return db_exec(db, NULL, "COMMIT", 0, NULL);
+	return exec_raw(db, NULL, "COMMIT", 0, NULL);
 }
 
 void
@@ -156,6 +217,7 @@ db_outcome(enum db_result r)
 	case DB_CONNECTION:
 	case DB_SERIALIZATION:
 	case DB_DEADLOCK:
+	case DB_TIMEOUT:
 		return OUT_UNAVAILABLE;
 	default:
 		return OUT_INTERNAL;

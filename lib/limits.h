@@ -48,4 +48,18 @@
 /* Database connect timeout (libpq's connect_timeout, seconds). */
 #define LIMIT_DB_CONNECT_S	5
 
+/*
+ * Defaults of the per-transaction database timeouts (settings
+ * DB_STATEMENT_TIMEOUT_MS, DB_LOCK_TIMEOUT_MS,
+ * DB_IDLE_IN_TRANSACTION_TIMEOUT_MS; each 1..LIMIT_DB_TIMEOUT_MAX_MS).
+ * A lock wait gives up before a statement does (PostgreSQL: a
+ * lock_timeout at or above statement_timeout never fires).  A webhook in
+ * refetch mode stays in its transaction while it asks Stripe (at most
+ * LIMIT_HTTP_TOTAL_MS), so idle in transaction must outlast that.
+ */
+#define LIMIT_DB_STATEMENT_MS	8000
+#define LIMIT_DB_LOCK_MS	4000
+#define LIMIT_DB_IDLE_IN_TRANSACTION_MS	15000
+#define LIMIT_DB_TIMEOUT_MAX_MS	3600000
+
 #endif
