@@ -108,21 +108,6 @@ should_apply(const struct sub_row *row, const char *status, long long created, i
 	return status_rank(status) >= status_rank(row->status);
 }
 
-/* A Stripe id fit for a URL path and our columns: [A-Za-z0-9_], 1..255. */
-static int
-valid_stripe_id(const char *s)
-{
-	size_t n;
-
-	if (s == NULL)
-		return 0;
-	for (n = 0; s[n] != '\0'; n++)
-		if (n >= STRIPE_ID_MAX || !((s[n] >= 'a' && s[n] <= 'z') ||
-		    (s[n] >= 'A' && s[n] <= 'Z') || (s[n] >= '0' && s[n] <= '9') || s[n] == '_'))
-			return 0;
-	return n > 0;
-}
-
 /* Member name as an id: a string, or an expanded object's "id".  NULL if not a valid id. */
 static const char *
 id_of(struct json_object *obj, const char *name)
@@ -134,7 +119,7 @@ id_of(struct json_object *obj, const char *name)
 		s = json_object_get_string(v);
 	else if (v && json_object_is_type(v, json_type_object))
 		s = jsonget_str(v, "id");
-	return valid_stripe_id(s) ? s : NULL;
+	return stripe_id_valid(s) ? s : NULL;
 }
 
 /* A user id from path in obj, validated; invalid ones are logged and ignored. */
@@ -268,7 +253,7 @@ subscription_event_parse(const char *raw, size_t len, struct subscription_event 
 		return OUT_INVALID_PAYLOAD;
 	}
 	if (jsonget_validate(ev->root, fields, sizeof(fields) / sizeof(fields[0]), &bad,
-	    &why) != OUT_OK || !valid_stripe_id(jsonget_str(ev->root, "id")) ||
+	    &why) != OUT_OK || !stripe_id_valid(jsonget_str(ev->root, "id")) ||
 	    (ev->object = jsonget_path(ev->root, "data.object")) == NULL ||
 	    !json_object_is_type(ev->object, json_type_object)) {
 		log_msg("payload is not a Stripe event");
@@ -613,7 +598,7 @@ store_subscription(struct apply *a, struct json_object *sub, int force, int dele
 	}
 	resolve_plan(sub, &row, &tier, &interval);
 	price = jsonget_path_str(sub, "items.data.0.price.id");
-	if (price && !valid_stripe_id(price)) {
+	if (price && !stripe_id_valid(price)) {
 		left_out(a, where, "items.data.0.price.id");
 		price = NULL;
 	}

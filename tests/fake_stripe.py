@@ -24,7 +24,14 @@ Stripe behaviour modelled (docs.stripe.com/api, Stripe's OpenAPI definitions):
 
 Endpoints: POST /v1/customers, GET /v1/customers/{id}, GET /v1/customers/search,
 POST /v1/checkout/sessions, GET /v1/checkout/sessions/{id},
+POST /v1/checkout/sessions/{id}/expire (only an open session: else 400),
 POST /v1/billing_portal/sessions, GET /v1/subscriptions/{id}.
+
+Customer search follows Stripe's query language for the forms we use
+(field:'value', metadata['key']:'value', AND/OR, negation, ~) and answers
+{"object":"search_result","data":[...],"has_more":...}.  Stripe's search
+index is eventually consistent; PUT /_fake/search-lag makes customers
+invisible to search for that many seconds after their creation.
 
 Control API (no auth, JSON in and out):
   POST   /_fake/reset                 forget requests, keys, objects, failure rules
@@ -35,6 +42,8 @@ Control API (no auth, JSON in and out):
   DELETE /_fake/subscriptions/{id}    remove it
   GET    /_fake/objects               customers, checkout sessions, subscriptions
   GET    /_fake/in-flight             idempotency keys whose first request is executing
+  PUT    /_fake/search-lag            {"seconds": N}: new customers unsearchable for N s
+  POST   /_fake/checkout/sessions/{id}/complete   the customer paid: status complete
 """
 import argparse
 import copy
@@ -64,9 +73,10 @@ KEY_RE = re.compile(r"^(?:sk_test_|sk_live_|rk_)[A-Za-z0-9_]+$")
 DOCS = "https://stripe.com/docs/error-codes/"
 ALNUM = string.ascii_letters + string.digits
 
-# GET /v1/customers/{customer} is not part of the OpenAPI subset we generate
-# from; every Stripe retrieve call accepts expand[] and nothing else.
-EXTRA_TREES = {"GET /v1/customers/{customer}": {"p": {"expand": {"a": "s"}}}}
+# GET /v1/customers/{customer} and the expire call are not part of the
+# OpenAPI subset we generate from; both accept expand[] and nothing else.
+EXTRA_TREES = {"GET /v1/customers/{customer}": {"p": {"expand": {"a": "s"}}},
+               "POST /v1/checkout/sessions/{session}/expire": {"p": {"expand": {"a": "s"}}}}
 
 
 def rand_id(n):
@@ -393,6 +403,8 @@ class State:
             self.sessions = {}
             self.line_items = {}
             self.subscriptions = {}
+            self.search_lag = 0
+            self.created_at = {}    # customer id -> time.time() of creation
 
     def take_rule(self, method, path):
         with self.lock:
@@ -620,6 +632,7 @@ def op_create_customer(ctx, p):
     c = new_customer(p, ctx["livemode"])
     with STATE.lock:
         STATE.customers[c["id"]] = c
+        STATE.created_at[c["id"]] = time.time()  # search sees it STATE.search_lag s later
     return 200, expand(c, p)
 
 
@@ -637,7 +650,10 @@ def op_search_customers(ctx, p):
     if not 1 <= limit <= 100:
         raise invalid("This value must be between 1 and 100.", None, "limit")
     with STATE.lock:
-        found = [c for c in STATE.customers.values() if search_match(c, terms, join)]
+        indexed = time.time() - STATE.search_lag
+        found = [c for c in STATE.customers.values()
+                 if STATE.created_at.get(c["id"], 0) <= indexed and
+                 search_match(c, terms, join)]
         found.sort(key=lambda c: c["created"], reverse=True)
         data = [expand(c, {}) for c in found[:limit]]
     return 200, {"object": "search_result", "data": data, "has_more": len(found) > limit,
@@ -662,6 +678,18 @@ def op_get_session(ctx, p, sid):
         return 200, expand(s, p, STATE.line_items.get(sid, []))
 
 
+def op_expire_session(ctx, p, sid):
+    with STATE.lock:
+        s = STATE.sessions.get(sid)
+        if s is None:
+            raise missing("checkout.session", sid)
+        if s["status"] != "open":
+            raise invalid("Only Checkout Sessions with a status in [\"open\"] can be expired. "
+                          "This Checkout Session has a status of \"%s\"." % s["status"])
+        s["status"] = "expired"
+        return 200, expand(s, p, STATE.line_items.get(sid, []))
+
+
 def op_create_portal(ctx, p):
     return 200, expand(new_portal_session(p, ctx["livemode"]), p)
 
@@ -681,6 +709,8 @@ ROUTES = [
     ("POST", r"/v1/checkout/sessions", "POST /v1/checkout/sessions", op_create_session),
     ("GET", r"/v1/checkout/sessions/([^/]+)", "GET /v1/checkout/sessions/{session}",
      op_get_session),
+    ("POST", r"/v1/checkout/sessions/([^/]+)/expire",
+     "POST /v1/checkout/sessions/{session}/expire", op_expire_session),
     ("POST", r"/v1/billing_portal/sessions", "POST /v1/billing_portal/sessions",
      op_create_portal),
     ("GET", r"/v1/subscriptions/([^/]+)", "GET /v1/subscriptions/{subscription_exposed_id}",
@@ -876,6 +906,23 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except (UnicodeDecodeError, ValueError):
             return reply(400, {"error": "body is not JSON"})
         m = re.match(r"^/_fake/subscriptions/([^/]+)$", path)
+        done = re.match(r"^/_fake/checkout/sessions/([^/]+)/complete$", path)
+        if path == "/_fake/search-lag" and method == "PUT":
+            lag = (doc or {}).get("seconds") if isinstance(doc, dict) else None
+            if not isinstance(lag, (int, float)) or isinstance(lag, bool) or not 0 <= lag <= 3600:
+                return reply(400, {"error": "body must be {\"seconds\": 0..3600}"})
+            with STATE.lock:
+                STATE.search_lag = lag
+            return reply(200, {"seconds": lag})
+        if done and method == "POST":
+            sid = urllib.parse.unquote(done.group(1))
+            with STATE.lock:
+                s = STATE.sessions.get(sid)
+                if s is None or s["status"] != "open":
+                    return reply(409, {"error": "no open session %s" % sid})
+                s["status"] = "complete"
+                s["payment_status"] = "paid"
+                return reply(200, copy.deepcopy(s))
         if path == "/_fake/reset" and method == "POST":
             STATE.reset()
             return reply(200, {"ok": True})
