@@ -45,6 +45,14 @@
 #define LIMIT_HTTP_TRIES	3
 #define LIMIT_FORM_BODY		(64 * 1024)
 
+/*
+ * Idempotency-Keys kept per user for POST /api/usage (setting
+ * USAGE_IDEMPOTENCY_MAX_KEYS, 1..LIMIT_USAGE_IDEMPOTENCY_KEYS_MAX): past
+ * it the user's oldest keys are forgotten.
+ */
+#define LIMIT_USAGE_IDEMPOTENCY_KEYS	1000
+#define LIMIT_USAGE_IDEMPOTENCY_KEYS_MAX	1000000
+
 /* Database connect timeout (libpq's connect_timeout, seconds). */
 #define LIMIT_DB_CONNECT_S	5
 

@@ -391,8 +391,10 @@ CALL pg_temp.ensure_constraint('notifications', 'notifications_dedupe_key_key',
 CREATE INDEX IF NOT EXISTS notifications_unsent_idx ON notifications (created_at) WHERE sent_at IS NULL;
 
 ------------------------------------------------------------------------------
--- usage_idempotency: usage.cgi's Idempotency-Key store.  Keys are kept at
--- least 24 hours; prune_usage_idempotency() deletes older ones.
+-- usage_idempotency: usage.cgi's Idempotency-Key store.  Only answers that
+-- counted something (200) are kept; a 402 changed nothing and is not stored.
+-- Keys are kept 24 hours (prune_usage_idempotency() deletes older ones), and
+-- at most USAGE_IDEMPOTENCY_MAX_KEYS per user (the oldest go first).
 -- status NULL = request still in progress.
 ------------------------------------------------------------------------------
 CREATE TABLE IF NOT EXISTS usage_idempotency (
@@ -409,6 +411,9 @@ CALL pg_temp.ensure_constraint('usage_idempotency', 'usage_idempotency_user_id_l
 CALL pg_temp.ensure_constraint('usage_idempotency', 'usage_idempotency_key_length',
 	$c$CHECK (length(idempotency_key) BETWEEN 1 AND 255)$c$);
 CREATE INDEX IF NOT EXISTS usage_idempotency_created_at_idx ON usage_idempotency (created_at);
+-- The per-user cap (USAGE_IDEMPOTENCY_MAX_KEYS) forgets a user's oldest keys.
+CREATE INDEX IF NOT EXISTS usage_idempotency_user_created_idx
+	ON usage_idempotency (user_id, created_at);
 
 -- Deletes idempotency keys older than 24 hours; returns how many.
 CREATE OR REPLACE FUNCTION prune_usage_idempotency()
