@@ -67,17 +67,22 @@ def fail_customer_insert(st, user, on=True):
         st.psql("DROP TRIGGER test_fail ON customers; DROP FUNCTION pg_temp_fail();")
 
 
+def post_failing_link(st, user, email):
+    """A checkout whose customers INSERT fails: Stripe has the customer, the database not."""
+    fail_customer_insert(st, user)
+    try:
+        return post(st, user, order(user, email=email))
+    finally:
+        fail_customer_insert(st, user, on=False)
+
+
 def stored_customer(st, user):
     return st.psql_one(f"SELECT stripe_customer_id FROM customers WHERE user_id = '{user}'")
 
 
 def test_retry_after_database_failure(st):
     user = "cus-retry"
-    fail_customer_insert(st, user)
-    try:
-        r = post(st, user, order(user, email="first@example.test"))
-    finally:
-        fail_customer_insert(st, user, on=False)
+    r = post_failing_link(st, user, "first@example.test")
     t.eq((r.status, code(r)), (503, "unavailable"),
          "the database fails after Stripe created the customer: 503")
     made = [c for c in objects(st, "customers").values() if c["metadata"].get("userId") == user]
@@ -97,11 +102,7 @@ def test_search_lag(st):
     st.stripe.call("PUT", "/_fake/search-lag", {"seconds": 3600})
     try:
         user = "cus-lag"
-        fail_customer_insert(st, user)
-        try:
-            post(st, user, order(user, email="lag@example.test"))
-        finally:
-            fail_customer_insert(st, user, on=False)
+        post_failing_link(st, user, "lag@example.test")
         r = post(st, user, order(user, email="lag@example.test"))
         mine = [c for c in objects(st, "customers").values() if c["metadata"].get("userId") == user]
         creates = [q for q in calls(st, "POST", "/v1/customers")
@@ -159,11 +160,7 @@ def test_customer_of_another_user(st):
     """Stripe hands back a customer that customers gives to someone else."""
     user, victim = "cus-taken", "cus-owner"
     # A customer Stripe has for user (metadata.userId) but the database links to victim.
-    fail_customer_insert(st, user)
-    try:
-        post(st, user, order(user, email="taken@example.test"))
-    finally:
-        fail_customer_insert(st, user, on=False)
+    post_failing_link(st, user, "taken@example.test")
     cid = [c for c in objects(st, "customers").values() if c["metadata"].get("userId") == user][0]["id"]
     st.psql(f"INSERT INTO customers (user_id, stripe_customer_id) VALUES ('{victim}', '{cid}')")
     r = post(st, user, order(user, email="other@example.test"))
