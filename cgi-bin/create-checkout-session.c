@@ -56,7 +56,8 @@ create_checkout_session(struct serve *srv, struct request *req)
 	if ((o = serve_db(srv, &db)) != OUT_OK ||
 	    (o = checkout_not_subscribed(db, order.user_id)) != OUT_OK ||
 	    (o = checkout_customer(db, order.user_id, order.email, &customer_id)) != OUT_OK ||
-	    (o = checkout_create_session(&order, customer_id, idem, &session_id, &url)) != OUT_OK)
+	    (o = checkout_create_session(db, &order, customer_id, idem, &session_id, &url)) !=
+		OUT_OK)
 		goto fail;
 
 	answer = response_object();

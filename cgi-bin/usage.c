@@ -24,12 +24,13 @@
  * body before any of them; HEAD is answered as GET without the body.
  *
  * Idempotency (the IETF Idempotency-Key draft, Stripe's semantics): keys
- * are per user; the first 200 or 402 is stored with the counting, in one
- * transaction, and a retry gets it back byte for byte with
- * `Idempotent-Replayed: true`.  Errors before counting (4xx, 5xx) store
- * nothing, so the retry is a new attempt.  Keys live at least 24 hours:
- * one POST in 100 calls prune_usage_idempotency() (a cron job running
- * `SELECT prune_usage_idempotency()` does the same for quiet sites).
+ * are per user; a 200 is stored with the counting, in one transaction,
+ * and a retry gets it back byte for byte with `Idempotent-Replayed: true`.
+ * A 402 and errors (4xx, 5xx) counted nothing and store nothing, so the
+ * retry is a new attempt.  Keys live 24 hours (one POST in 100 calls
+ * prune_usage_idempotency(); a cron job running `SELECT
+ * prune_usage_idempotency()` does the same for quiet sites), at most
+ * USAGE_IDEMPOTENCY_MAX_KEYS (1000) per user, the oldest going first.
  * metadata is validated (an object, at most 4 KiB, no NUL) and is part of
  * the idempotency comparison, but is not stored: usage is kept as monthly
  * counters, not as an event log.

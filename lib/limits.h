@@ -61,6 +61,14 @@
 #define LIMIT_HTTP_TRIES	3
 #define LIMIT_FORM_BODY		(64 * 1024)
 
+/*
+ * Idempotency-Keys kept per user for POST /api/usage (setting
+ * USAGE_IDEMPOTENCY_MAX_KEYS, 1..LIMIT_USAGE_IDEMPOTENCY_KEYS_MAX): past
+ * it the user's oldest keys are forgotten.
+ */
+#define LIMIT_USAGE_IDEMPOTENCY_KEYS	1000
+#define LIMIT_USAGE_IDEMPOTENCY_KEYS_MAX	1000000
+
 /* Database connect timeout (libpq's connect_timeout, seconds). */
 #define LIMIT_DB_CONNECT_S	5
 
@@ -78,5 +86,19 @@
 /* SMTP: connecting (TCP and TLS), and the default for one whole message (SMTP_TIMEOUT). */
 #define LIMIT_SMTP_CONNECT_MS	10000
 #define LIMIT_SMTP_TIMEOUT_S	30
+
+/*
+ * Defaults of the per-transaction database timeouts (settings
+ * DB_STATEMENT_TIMEOUT_MS, DB_LOCK_TIMEOUT_MS,
+ * DB_IDLE_IN_TRANSACTION_TIMEOUT_MS; each 1..LIMIT_DB_TIMEOUT_MAX_MS).
+ * A lock wait gives up before a statement does (PostgreSQL: a
+ * lock_timeout at or above statement_timeout never fires).  A webhook in
+ * refetch mode stays in its transaction while it asks Stripe (at most
+ * LIMIT_HTTP_TOTAL_MS), so idle in transaction must outlast that.
+ */
+#define LIMIT_DB_STATEMENT_MS	8000
+#define LIMIT_DB_LOCK_MS	4000
+#define LIMIT_DB_IDLE_IN_TRANSACTION_MS	15000
+#define LIMIT_DB_TIMEOUT_MAX_MS	3600000
 
 #endif

@@ -21,6 +21,8 @@ static const struct {
 	[OUT_METHOD_NOT_ALLOWED] = { 405, "method_not_allowed", "Method not allowed." },
 	[OUT_IDEMPOTENCY_CONFLICT] = { 409, "conflict", "This Idempotency-Key was already used with a different request." },
 	[OUT_ALREADY_SUBSCRIBED] = { 409, "already_subscribed", "This user already has an active subscription." },
+	[OUT_CUSTOMER_CONFLICT] = { 409, "customer_conflict", "This user's payment account is linked to another user; contact support." },
+	[OUT_CHECKOUT_SUPERSEDED] = { 409, "checkout_superseded", "A newer checkout for this user replaced this one." },
 	[OUT_LENGTH_REQUIRED] = { 411, "length_required", "Content-Length is required." },
 	[OUT_PAYLOAD_TOO_LARGE] = { 413, "payload_too_large", "The request body is too large." },
 	[OUT_UNSUPPORTED_MEDIA] = { 415, "unsupported_media_type", "The request body must be application/json." },

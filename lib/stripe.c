@@ -265,6 +265,20 @@ stripe_get(const char *path, struct json_object **out)
 	return stripe_call(HTTP_GET, path, NULL, NULL, out);
 }
 
+int
+stripe_id_valid(const char *s)
+{
+	size_t n;
+
+	if (s == NULL)
+		return 0;
+	for (n = 0; s[n] != '\0'; n++)
+		if (n >= 255 || !((s[n] >= 'a' && s[n] <= 'z') || (s[n] >= 'A' && s[n] <= 'Z') ||
+				  (s[n] >= '0' && s[n] <= '9') || s[n] == '_'))
+			return 0;
+	return n > 0;
+}
+
 static char *
 hex_with_prefix(const char *prefix, const unsigned char *raw, size_t n)
 {

@@ -39,6 +39,12 @@ enum outcome stripe_get(const char *path, struct json_object **out)
     __attribute__((warn_unused_result));
 
 /*
+ * Whether s looks like a Stripe object id we may put into a URL path or a
+ * column: 1..255 characters of [A-Za-z0-9_].
+ */
+int stripe_id_valid(const char *s);
+
+/*
  * Derives a stable Idempotency-Key from parts (e.g. "customer", user
  * id): "<prefix>-" + hex SHA-256 of the parts.  Caller frees.
  */

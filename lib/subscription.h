@@ -44,13 +44,16 @@
  *       upsert the subscription (deleted: status canceled, canceled_at,
  *       ended_at, cancellation_details.reason).
  *   checkout.session.completed (mode subscription)
- *       links client_reference_id (else metadata.userId) and the
- *       customer in customers, links existing subscription rows of that
- *       customer/subscription that have no user yet, and creates the
+ *       marks our checkout_sessions row complete; resolves the owner
+ *       (below) from client_reference_id (else metadata.userId) and the
+ *       customer, gives the owner the subscription rows of that customer
+ *       and the subscription's row if it has no user yet, and creates the
  *       subscription row if absent: status incomplete, tier/interval
  *       from the session metadata, last_event_created NULL so that any
  *       subscription event overrides it (refetch mode stores the real
  *       subscription instead).
+ *   checkout.session.expired
+ *       marks our checkout_sessions row expired.
  *   invoice.paid / invoice.payment_failed / invoice.payment_action_required
  *       billing event with the amounts; payment_failed moves an active
  *       or trialing subscription to past_due (ordering rule as above;
@@ -75,8 +78,15 @@
  * row is stored as 'free' with a warning (never grant a paid tier we
  * cannot identify).  Periods: items.data[0].current_period_* (API
  * 2025-03-31 and later), else the subscription's own (older APIs).
- * User: metadata.userId (1..128 bytes, clean UTF-8), else customers by
- * stripe_customer_id, else NULL until checkout.session.completed links it.
+ * Owner: customers is the authority on who owns a Stripe customer.  The
+ * user an event names (metadata.userId, client_reference_id; 1..128
+ * bytes of clean UTF-8) is a claim: a subscription, invoice or session
+ * belongs to its customer's user when the customer is linked; a claim is
+ * linked to the customer only while neither is linked; a claim that
+ * customers contradicts changes nothing and is recorded in
+ * ownership_conflicts (and logged).  A user who ends up with a second
+ * live subscription is recorded there too (second_subscription).
+ * billing_events.user_id is the owner so resolved (NULL until known).
  */
 #ifndef SUBSCRIPTION_H
 #define SUBSCRIPTION_H
@@ -86,6 +96,7 @@
 #include <json-c/json.h>
 
 #include "db.h"
+#include "jsonb.h"
 #include "outcome.h"
 
 /* A parsed, verified event: views into root, which the event owns. */
@@ -95,15 +106,20 @@ struct subscription_event {
 	const char *type;
 	long long created;
 	struct json_object *object;	/* data.object */
-	const char *raw;	/* the verified body, stored as billing_events.payload */
+	struct jsonb_fit fit;	/* the body as stored: what jsonb cannot hold left out */
+	const char *raw;	/* fit.text: billing_events.payload, and what root was parsed from */
 	size_t raw_len;
 };
 
 /*
  * Parses the verified body: a JSON object with string id (1..255
  * bytes, clean), string type, integer created and object data.object.
- * OUT_OK, or OUT_INVALID_PAYLOAD (body not JSON or not an event).
- * raw is borrowed and must outlive ev.
+ * The body is first made storable (jsonb.h): strings holding \u0000 or a
+ * lone surrogate and numbers beyond a double become null, so they are
+ * never read (a user id is never cut short at a NUL) and the payload
+ * always fits jsonb; the paths left out are logged and end up in
+ * billing_events.left_out.  OUT_OK, or OUT_INVALID_PAYLOAD (body not
+ * JSON or not an event).  raw is copied.
  */
 enum outcome subscription_event_parse(const char *raw, size_t len,
     struct subscription_event *ev) __attribute__((warn_unused_result));
@@ -114,7 +130,13 @@ void subscription_event_free(struct subscription_event *ev);
 /*
  * Applies ev in one transaction (retried on serialization failure or
  * deadlock).  OUT_OK with *reply (caller puts it): {"received":true}
- * plus "duplicate":true or "ignored":true.  Otherwise nothing was
+ * plus "duplicate":true or "ignored":true.  A value beyond its column's
+ * range (amounts: bigint; attempt_count: integer; times: 1970..9999) is
+ * left out, logged and listed in billing_events.left_out.  If the
+ * database still refuses the event's data (SQLSTATE class 22 or 23), the
+ * event is recorded without being applied (processed_at NULL, logged)
+ * and answered {"received":true,"ignored":true}: a signed event Stripe
+ * would redeliver in vain is never refused.  Otherwise nothing was
  * committed: OUT_UNAVAILABLE (database or Stripe down), OUT_STRIPE_ERROR,
  * OUT_MISCONFIGURED (bad STRIPE_SYNC_MODE) or OUT_INTERNAL.
  */

@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config.h"
 #include "jsonget.h"
 #include "limits.h"
 #include "log.h"
@@ -77,6 +78,17 @@ static const char sql_stored[] =
 static const char sql_store[] =
     "UPDATE usage_idempotency SET status = $3::integer, response = $4::jsonb "
     "WHERE user_id = $1 AND idempotency_key = $2 RETURNING response::text";
+
+/*
+ * The per-user cap: the user's newest $2 keys stay, older ones are
+ * forgotten (usage_idempotency_user_created_idx makes this one index
+ * range).  Keys of transactions still in progress are not visible here,
+ * so they are never removed under a running request.
+ */
+static const char sql_cap[] =
+    "DELETE FROM usage_idempotency WHERE user_id = $1 AND idempotency_key IN ("
+    "SELECT idempotency_key FROM usage_idempotency WHERE user_id = $1 "
+    "ORDER BY created_at DESC, idempotency_key DESC OFFSET $2::integer)";
 
 int
 usage_idempotency_key_valid(const char *key)
@@ -326,7 +338,7 @@ from_stored(const char *status, const char *response, struct usage_answer *answe
  */
 static enum db_result
 track_once_keyed(struct db *db, const struct usage_record *rec, const char *key,
-		 struct usage_answer *answer)
+		 const char *max_keys, struct usage_answer *answer)
 {
 	struct db_rows *claim = NULL, *stored = NULL;
 	const char *metadata = NULL, *hash;
@@ -348,6 +360,18 @@ track_once_keyed(struct db *db, const struct usage_record *rec, const char *key,
 	}
 	if (strcmp(db_rows_get(claim, 0, 0), "1") == 0) {
 		if ((r = track(db, rec, answer)) != DB_OK)
+			goto out;
+		if (answer->outcome != OUT_OK) {
+			/*
+			 * Refused: nothing was counted, so nothing is kept, not even
+			 * the key (a user over quota could otherwise grow the table
+			 * without bound).  A retry is judged afresh, which is safe:
+			 * it cannot count twice what was never counted.
+			 */
+			db_rollback(db);
+			goto out;
+		}
+		if ((r = DB_QUERY(db, NULL, sql_cap, rec->user_id, max_keys)) != DB_OK)
 			goto out;
 		snprintf(status, sizeof(status), "%d", outcome_status(answer->outcome));
 		r = DB_QUERY(db, &stored, sql_store, rec->user_id, key, status,
@@ -390,11 +414,18 @@ usage_track(struct db *db, const struct usage_record *rec, const char *key,
 	    struct usage_answer *answer)
 {
 	enum db_result r = DB_ERROR;
+	enum outcome o;
+	char max_keys[24];
+	long cap;
 	int tries;
 
 	memset(answer, 0, sizeof(*answer));
+	if ((o = config_get_long("USAGE_IDEMPOTENCY_MAX_KEYS", LIMIT_USAGE_IDEMPOTENCY_KEYS, 1,
+				 LIMIT_USAGE_IDEMPOTENCY_KEYS_MAX, &cap)) != OUT_OK)
+		return o;
+	snprintf(max_keys, sizeof(max_keys), "%ld", cap);
 	for (tries = 0; tries < USAGE_TRIES; tries++) {
-		r = key ? track_once_keyed(db, rec, key, answer) : track(db, rec, answer);
+		r = key ? track_once_keyed(db, rec, key, max_keys, answer) : track(db, rec, answer);
 		if (!db_retryable(r))
 			break;
 	}

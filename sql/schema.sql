@@ -281,6 +281,98 @@ CALL pg_temp.ensure_constraint('billing_events', 'billing_events_user_id_length'
 	$c$CHECK (length(user_id) BETWEEN 1 AND 128)$c$);
 CREATE INDEX IF NOT EXISTS billing_events_user_id_idx ON billing_events (user_id);
 CREATE INDEX IF NOT EXISTS billing_events_stripe_subscription_id_idx ON billing_events (stripe_subscription_id);
+-- A signed event is always recorded, even when part of it cannot be stored:
+-- left_out lists the JSON paths of the values that were left out (strings
+-- holding \u0000 or a lone surrogate, numbers or times beyond a column's
+-- range); the payload keeps everything else.  processed_at NULL = recorded
+-- but not applied (the database refused the event's data; see the log).
+ALTER TABLE billing_events ADD COLUMN IF NOT EXISTS left_out text[];
+
+------------------------------------------------------------------------------
+-- ownership_conflicts: events that named a user the customers table does not
+-- agree with, and users who ended up with a second live subscription.
+-- customers is the authority on who owns a Stripe customer: a link is made
+-- only while neither the user nor the customer is linked (or it is the same
+-- link), and a subscription belongs to its customer's user.  An event that
+-- claims otherwise changes no ownership; it is recorded here (and logged) for
+-- an operator to look at.  kind:
+--   customer_of_other_user  the event's customer is linked to owner_user_id,
+--                           the event names claimed_user_id;
+--   user_has_other_customer the claimed user is linked to owner_customer_id,
+--                           the event's customer is another (unlinked) one;
+--   second_subscription     owner_user_id now has two live (trialing, active,
+--                           past_due) subscriptions: stripe_subscription_id
+--                           and other_subscription_id.  The user gets the
+--                           higher tier (user_live_subscription); refunding or
+--                           canceling the extra one is the operator's call.
+------------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS ownership_conflicts (
+	id			bigserial	PRIMARY KEY,
+	stripe_event_id		text		NOT NULL,
+	event_type		text		NOT NULL,
+	kind			text		NOT NULL,
+	claimed_user_id		text,
+	stripe_customer_id	text,
+	owner_user_id		text,
+	owner_customer_id	text,
+	stripe_subscription_id	text,
+	other_subscription_id	text,
+	created_at		timestamptz	NOT NULL DEFAULT now()
+);
+CALL pg_temp.ensure_constraint('ownership_conflicts', 'ownership_conflicts_kind_check',
+	$c$CHECK (kind IN ('customer_of_other_user', 'user_has_other_customer',
+			   'second_subscription'))$c$);
+CALL pg_temp.ensure_constraint('ownership_conflicts', 'ownership_conflicts_event_kind_key',
+	$c$UNIQUE (stripe_event_id, kind)$c$);
+
+------------------------------------------------------------------------------
+-- checkout_sessions: the Checkout Sessions create-checkout-session made.  A
+-- user has at most one live row (status creating or open: the unique index
+-- below), so at most one open session to pay: paying two would make two
+-- subscriptions.  A new checkout for the same order (same request_body, the
+-- exact form sent to Stripe) gets the open session back; for another order the
+-- open one is expired at Stripe first.  status:
+--   creating   the Stripe call is under way, or its answer was lost; the next
+--              checkout of the user repeats it with the same idempotency_key
+--              and request_body, so Stripe answers with the same session;
+--   open       created; url is where to send the browser until expires_at;
+--   complete   paid (checkout.session.completed, or Stripe said so);
+--   expired    expired by Stripe or by a newer checkout of the user;
+--   abandoned  Stripe refused it, or it stayed creating for a day (any
+--              session it made has expired by then).
+------------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS checkout_sessions (
+	id			bigserial	PRIMARY KEY,
+	user_id			text		NOT NULL,
+	tier			text		NOT NULL,
+	billing_interval	text		NOT NULL,
+	stripe_customer_id	text		NOT NULL,
+	idempotency_key		text		NOT NULL,
+	request_body		text		NOT NULL,
+	stripe_session_id	text,
+	url			text,
+	status			text		NOT NULL DEFAULT 'creating',
+	expires_at		timestamptz,
+	created_at		timestamptz	NOT NULL DEFAULT now(),
+	updated_at		timestamptz	NOT NULL DEFAULT now()
+);
+CALL pg_temp.ensure_constraint('checkout_sessions', 'checkout_sessions_user_id_length',
+	$c$CHECK (length(user_id) BETWEEN 1 AND 128)$c$);
+CALL pg_temp.ensure_constraint('checkout_sessions', 'checkout_sessions_status_check',
+	$c$CHECK (status IN ('creating', 'open', 'complete', 'expired', 'abandoned'))$c$);
+CALL pg_temp.ensure_constraint('checkout_sessions', 'checkout_sessions_tier_check',
+	$c$CHECK (tier IN ('basic', 'pro', 'enterprise'))$c$);
+CALL pg_temp.ensure_constraint('checkout_sessions', 'checkout_sessions_billing_interval_check',
+	$c$CHECK (billing_interval IN ('monthly', 'yearly'))$c$);
+CALL pg_temp.ensure_constraint('checkout_sessions', 'checkout_sessions_stripe_session_id_key',
+	$c$UNIQUE (stripe_session_id)$c$);
+CREATE UNIQUE INDEX IF NOT EXISTS checkout_sessions_one_live_per_user
+	ON checkout_sessions (user_id) WHERE status IN ('creating', 'open');
+CREATE INDEX IF NOT EXISTS checkout_sessions_idempotency_key_idx
+	ON checkout_sessions (idempotency_key);
+CREATE OR REPLACE TRIGGER checkout_sessions_touch_updated_at
+	BEFORE UPDATE ON checkout_sessions
+	FOR EACH ROW EXECUTE FUNCTION billing_touch_updated_at();
 
 ------------------------------------------------------------------------------
 -- notifications: the outbox of lifecycle mails, written by webhook.cgi in the
@@ -333,8 +425,10 @@ CREATE OR REPLACE TRIGGER notifications_touch_updated_at
 	FOR EACH ROW EXECUTE FUNCTION billing_touch_updated_at();
 
 ------------------------------------------------------------------------------
--- usage_idempotency: usage.cgi's Idempotency-Key store.  Keys are kept at
--- least 24 hours; prune_usage_idempotency() deletes older ones.
+-- usage_idempotency: usage.cgi's Idempotency-Key store.  Only answers that
+-- counted something (200) are kept; a 402 changed nothing and is not stored.
+-- Keys are kept 24 hours (prune_usage_idempotency() deletes older ones), and
+-- at most USAGE_IDEMPOTENCY_MAX_KEYS per user (the oldest go first).
 -- status NULL = request still in progress.
 ------------------------------------------------------------------------------
 CREATE TABLE IF NOT EXISTS usage_idempotency (
@@ -351,6 +445,9 @@ CALL pg_temp.ensure_constraint('usage_idempotency', 'usage_idempotency_user_id_l
 CALL pg_temp.ensure_constraint('usage_idempotency', 'usage_idempotency_key_length',
 	$c$CHECK (length(idempotency_key) BETWEEN 1 AND 255)$c$);
 CREATE INDEX IF NOT EXISTS usage_idempotency_created_at_idx ON usage_idempotency (created_at);
+-- The per-user cap (USAGE_IDEMPOTENCY_MAX_KEYS) forgets a user's oldest keys.
+CREATE INDEX IF NOT EXISTS usage_idempotency_user_created_idx
+	ON usage_idempotency (user_id, created_at);
 
 -- Deletes idempotency keys older than 24 hours; returns how many.
 CREATE OR REPLACE FUNCTION prune_usage_idempotency()
@@ -367,16 +464,26 @@ $fn$;
 -- Subscription and quota functions
 ------------------------------------------------------------------------------
 
+-- Order of the tiers, lowest first.
+CREATE OR REPLACE FUNCTION billing_tier_rank(tier text)
+RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+	SELECT array_position(ARRAY['free', 'basic', 'pro', 'enterprise']::text[], $1)
+$fn$;
+
 -- The subscription that counts for a user: zero or one subscriptions row.
--- Rows with status trialing/active/past_due first (latest current_period_end,
--- then latest updated_at); otherwise the most recently updated row (so a
--- canceled subscription can still be shown); no row if the user has none.
+-- Rows with status trialing/active/past_due first: the highest tier (a user
+-- paying for two live subscriptions gets the better one, see
+-- ownership_conflicts), then the latest current_period_end, then the latest
+-- updated_at; otherwise the most recently updated row (so a canceled
+-- subscription can still be shown); no row if the user has none.
 CREATE OR REPLACE FUNCTION user_live_subscription(p_user_id text)
 RETURNS SETOF subscriptions LANGUAGE sql STABLE ROWS 1 AS $fn$
 	SELECT s.*
 	FROM subscriptions s
 	WHERE s.user_id = p_user_id
 	ORDER BY (s.status IN ('trialing', 'active', 'past_due')) DESC,
+		 CASE WHEN s.status IN ('trialing', 'active', 'past_due')
+		      THEN billing_tier_rank(s.tier) END DESC NULLS LAST,
 		 CASE WHEN s.status IN ('trialing', 'active', 'past_due')
 		      THEN s.current_period_end END DESC NULLS LAST,
 		 s.updated_at DESC,

@@ -1058,6 +1058,17 @@ log_checkpoints = off
         p, self._pg = self._pg, None
         self._stop_proc(p, (signal.SIGINT, False, 20), (signal.SIGQUIT, False, 5))
 
+    def retry_while_pooler_recovers(self, call, seconds=5.0):
+        """Through PgBouncer, right after PostgreSQL comes back: repeat call()
+        while it answers 503, for at most `seconds` (PgBouncer refuses
+        logins until its next retry, server_login_retry); the last answer."""
+        deadline = time.monotonic() + seconds
+        r = call()
+        while r.status == 503 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            r = call()
+        return r
+
     def pg_stop_immediate(self):
         """Kill the PostgreSQL server as a crash would (immediate shutdown:
         no goodbye to clients, recovery at the next start); data stays."""

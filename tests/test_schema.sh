@@ -142,6 +142,9 @@ is "tables and view exist" \
 	   'notifications','plan_quotas','subscriptions','usage_idempotency','usage_tracking']) c
 	 WHERE to_regclass(c) IS NOT NULL" \
 	"billing_events,current_usage,customers,notifications,plan_quotas,subscriptions,usage_idempotency,usage_tracking"
+is "issue 15 tables exist" \
+	"SELECT count(*) FROM unnest(ARRAY['checkout_sessions','ownership_conflicts']) c
+	 WHERE to_regclass(c) IS NOT NULL" "2"
 
 is "functions exist with the documented signatures" \
 	"SELECT count(*) FROM unnest(ARRAY['effective_tier(text,text)','user_live_subscription(text)',
@@ -165,6 +168,8 @@ is "indexes for every endpoint lookup" \
 	   ('billing_events','user_id'), ('usage_tracking','user_id,period_start'),
 	   ('usage_tracking','user_id,usage_type,period_start'),
 	   ('usage_idempotency','user_id,idempotency_key'), ('usage_idempotency','created_at'),
+	   ('usage_idempotency','user_id,created_at'), ('checkout_sessions','user_id'),
+	   ('checkout_sessions','idempotency_key'), ('checkout_sessions','stripe_session_id'),
 	   ('notifications','dedupe_key')) w(t, c)
 	 WHERE NOT EXISTS (
 	   SELECT 1 FROM pg_index i
@@ -583,6 +588,43 @@ is "updated_at is refreshed on update unless set explicitly" \
 is "subscriptions.user_id may be NULL and linked later" \
 	"UPDATE subscriptions SET user_id = 'u-linked' WHERE stripe_subscription_id = 'sub_orphan' AND user_id IS NULL;
 	 SELECT user_id FROM subscriptions WHERE stripe_subscription_id = 'sub_orphan'" "u-linked"
+
+# ---------------------------------------------------------------- issue 15
+run "INSERT INTO checkout_sessions (user_id, tier, billing_interval, stripe_customer_id,
+	idempotency_key, request_body) VALUES ('u-cs', 'pro', 'monthly', 'cus_cs', 'k1', 'b1')"
+rejects "checkout_sessions: a second live session of one user is refused" \
+	"INSERT INTO checkout_sessions (user_id, tier, billing_interval, stripe_customer_id,
+	   idempotency_key, request_body) VALUES ('u-cs', 'basic', 'monthly', 'cus_cs', 'k2', 'b2')" \
+	"checkout_sessions_one_live_per_user"
+is "checkout_sessions: once the first has ended another may be created" \
+	"UPDATE checkout_sessions SET status = 'expired' WHERE user_id = 'u-cs';
+	 INSERT INTO checkout_sessions (user_id, tier, billing_interval, stripe_customer_id,
+	   idempotency_key, request_body) VALUES ('u-cs', 'basic', 'monthly', 'cus_cs', 'k2', 'b2');
+	 SELECT string_agg(status, ',' ORDER BY id) FROM checkout_sessions WHERE user_id = 'u-cs'" \
+	"expired,creating"
+rejects "ownership_conflicts: kinds are checked" \
+	"INSERT INTO ownership_conflicts (stripe_event_id, event_type, kind) VALUES ('e', 't', 'other')" \
+	"ownership_conflicts_kind_check"
+is "a user with two live subscriptions gets the higher tier, not the later period end" \
+	"INSERT INTO subscriptions (user_id, stripe_subscription_id, tier, status, current_period_end)
+	 VALUES ('u-two', 'sub_two_pro', 'pro', 'active', now() + interval '5 days'),
+		('u-two', 'sub_two_basic', 'basic', 'active', now() + interval '25 days');
+	 SELECT (SELECT stripe_subscription_id FROM user_live_subscription('u-two')) || ' '
+		|| user_effective_tier('u-two')" \
+	"sub_two_pro pro"
+is "billing_events.left_out holds the paths left out" \
+	"INSERT INTO billing_events (stripe_event_id, event_type, left_out)
+	 VALUES ('evt_lo', 't', ARRAY['data.object.attempt_count']);
+	 SELECT left_out[1] FROM billing_events WHERE stripe_event_id = 'evt_lo'" \
+	"data.object.attempt_count"
+if apply "$SCHEMA_SQL"; then
+	is "re-applying keeps checkout_sessions and ownership_conflicts rows" \
+		"SELECT (SELECT count(*) FROM checkout_sessions) || ' ' || (SELECT count(*) FROM billing_events
+		 WHERE left_out IS NOT NULL)" "2 1"
+else
+	fail "schema re-applies with the issue 15 objects"
+	diag <"$tmp/apply.log"
+fi
 
 echo "1..$n"
 if [ "$failed" -gt 0 ]; then
