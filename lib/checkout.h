@@ -17,8 +17,6 @@
 #define CHECKOUT_URL_MAX 2048
 /* Longest email accepted (RFC 5321 path limit less the brackets). */
 #define CHECKOUT_EMAIL_MAX 254
-/* Longest client Idempotency-Key (Stripe's own limit for keys). */
-#define CHECKOUT_IDEM_MAX 255
 
 struct checkout_order {
 	const char *user_id; /* all strings borrowed from the parsed body */
@@ -72,7 +70,7 @@ enum outcome checkout_customer(struct db *db, const char *user_id, const char *e
  * The Idempotency-Key for this checkout: derived from (user id, the
  * client's Idempotency-Key header) when the client sent one, else
  * random.  Caller frees.  NULL when the client's key is unusable
- * (empty, longer than CHECKOUT_IDEM_MAX, not visible ASCII).
+ * (see stripe_client_idempotency_key).
  */
 char *checkout_idempotency_key(const char *user_id, const char *client_key);
 
