@@ -414,19 +414,7 @@ checkout_customer(struct db *db, const char *user_id, const char *email, char **
 char *
 checkout_idempotency_key(const char *user_id, const char *client_key)
 {
-	const char *parts[2] = {user_id, client_key};
-	size_t n, i;
-
-	if (client_key == NULL)
-		return stripe_random_idempotency_key("checkout");
-	n = strlen(client_key);
-	if (n == 0 || n > CHECKOUT_IDEM_MAX)
-		return NULL;
-	for (i = 0; i < n; i++)
-		if ((unsigned char)client_key[i] < 0x20 || (unsigned char)client_key[i] >= 0x7f)
-			return NULL;
-	/* Scoped to the user: another user's identical key is another request. */
-	return stripe_idempotency_key("checkout", parts, 2);
+	return stripe_client_idempotency_key("checkout", user_id, client_key);
 }
 
 /* The parameters of POST /v1/checkout/sessions; -1 past the form cap. */

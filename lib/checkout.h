@@ -85,7 +85,7 @@ enum outcome checkout_customer(struct db *db, const char *user_id, const char *e
  * The Idempotency-Key for this checkout: derived from (user id, the
  * client's Idempotency-Key header) when the client sent one, else
  * random.  Caller frees.  NULL when the client's key is unusable
- * (empty, longer than CHECKOUT_IDEM_MAX, not visible ASCII).
+ * (see stripe_client_idempotency_key).
  */
 char *checkout_idempotency_key(const char *user_id, const char *client_key);
 

@@ -265,18 +265,23 @@ stripe_get(const char *path, struct json_object **out)
 	return stripe_call(HTTP_GET, path, NULL, NULL, out);
 }
 
-int
-stripe_id_valid(const char *s)
+enum outcome
+stripe_delete(const char *path, const struct form *params, struct json_object **out)
 {
-	size_t n;
+	struct buf target = BUF_INIT(4096);
+	enum outcome o;
 
-	if (s == NULL)
-		return 0;
-	for (n = 0; s[n] != '\0'; n++)
-		if (n >= 255 || !((s[n] >= 'a' && s[n] <= 'z') || (s[n] >= 'A' && s[n] <= 'Z') ||
-				  (s[n] >= '0' && s[n] <= '9') || s[n] == '_'))
-			return 0;
-	return n > 0;
+	*out = NULL;
+	/* Stripe's libraries send DELETE parameters in the query string. */
+	if (buf_addstr(&target, path) == -1 ||
+	    (params != NULL && form_len(params) > 0 &&
+	     buf_printf(&target, "?%s", form_str(params)) == -1)) {
+		buf_free(&target);
+		return OUT_INTERNAL;
+	}
+	o = stripe_call(HTTP_DELETE, buf_str(&target), NULL, NULL, out);
+	buf_free(&target);
+	return o;
 }
 
 static char *
@@ -332,4 +337,37 @@ stripe_random_idempotency_key(const char *prefix)
 	if (RAND_bytes(raw, sizeof(raw)) != 1)
 		response_fatal("no randomness for an idempotency key");
 	return hex_with_prefix(prefix, raw, sizeof(raw));
+}
+
+char *
+stripe_client_idempotency_key(const char *prefix, const char *user_id, const char *client_key)
+{
+	const char *parts[2] = {user_id, client_key};
+	size_t n, i;
+
+	if (client_key == NULL)
+		return stripe_random_idempotency_key(prefix);
+	n = strlen(client_key);
+	if (n == 0 || n > STRIPE_CLIENT_KEY_MAX)
+		return NULL;
+	for (i = 0; i < n; i++)
+		if ((unsigned char)client_key[i] < 0x20 || (unsigned char)client_key[i] >= 0x7f)
+			return NULL;
+	/* Scoped to the user: another user's identical key is another request. */
+	return stripe_idempotency_key(prefix, parts, 2);
+}
+
+int
+stripe_id_valid(const char *s)
+{
+	size_t n;
+
+	if (s == NULL)
+		return 0;
+	for (n = 0; s[n] != '\0'; n++)
+		if (n >= STRIPE_ID_MAX ||
+		    !((s[n] >= 'a' && s[n] <= 'z') || (s[n] >= 'A' && s[n] <= 'Z') ||
+		      (s[n] >= '0' && s[n] <= '9') || s[n] == '_'))
+			return 0;
+	return n > 0;
 }

@@ -18,8 +18,6 @@
 
 /* Whole transactions retried on serialization failure / deadlock. */
 #define APPLY_TRIES 3
-/* Stripe ids are short; anything longer is not one of theirs. */
-#define STRIPE_ID_MAX 255
 /* Unix times stored as timestamptz: 1970 up to the end of year 9999. */
 #define TIME_MAX 253402300799LL
 /* Where a value of the event comes from, for left-out paths. */
@@ -1058,4 +1056,44 @@ subscription_apply_event(struct db *db, const struct subscription_event *ev,
 	} else if (a.ignored)
 		response_add(*reply, "ignored", json_object_new_boolean(1));
 	return OUT_OK;
+}
+
+enum outcome
+subscription_lock(struct db *db, const char *stripe_subscription_id)
+{
+	struct apply a = { .db = db };
+	int r;
+
+	if (!stripe_id_valid(stripe_subscription_id))
+		return OUT_INTERNAL;
+	r = lock_subscription(&a, stripe_subscription_id);
+	return r == 0 ? OUT_OK : db_outcome((enum db_result)r);
+}
+
+enum outcome
+subscription_store_object(struct db *db, struct json_object *sub, long long seen,
+    const char *source, const char *user_id)
+{
+	/*
+	 * Stripe's answer to a call made under the lock is its current
+	 * state, stored as refetch stores a fetched subscription; `seen`
+	 * becomes last_event_created, which events must then be newer than.
+	 */
+	struct subscription_event ev = { .id = source, .type = "api", .created = seen,
+	    .object = sub };
+	struct apply a = { .db = db, .ev = &ev, .mode = SYNC_REFETCH };
+	const char *id = id_of(sub, "id");
+	int r;
+
+	if (id == NULL) {
+		log_msg("stripe answered a subscription without a valid id");
+		return OUT_STRIPE_ERROR;
+	}
+	r = lock_subscription(&a, id);
+	if (r == 0)
+		r = store_subscription(&a, sub, 1, 0, user_id);
+	free(a.user_id);
+	if (r != 0)
+		return db_outcome((enum db_result)r);
+	return a.ignored ? OUT_STRIPE_ERROR : OUT_OK;
 }

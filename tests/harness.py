@@ -116,6 +116,8 @@ ENDPOINTS = {
     "create-checkout-session": "/api/stripe/create-checkout-session",
     "webhook": "/api/stripe/webhook",
     "usage": "/api/usage",
+    "portal-session": "/api/stripe/portal-session",
+    "subscription": "/api/subscription",
 }
 
 # Passed through to CGIs (sanitizer builds) when set in our environment.
