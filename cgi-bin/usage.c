@@ -128,7 +128,8 @@ usage(struct serve *srv, struct request *req)
 	int is_get;
 	enum outcome rc;
 
-	if ((rc = auth_identify(1, &caller)) != OUT_OK)
+	if ((rc = auth_identify(1, &caller)) != OUT_OK ||
+	    (rc = serve_limit_caller(srv, &caller)) != OUT_OK)
 		goto out;
 
 	is_get = strcmp(req->method, "GET") == 0;
@@ -162,6 +163,8 @@ static const struct serve_endpoint endpoint = {
 	.methods = "GET, POST",
 	.cors = 1,
 	.handle = usage,
+	/* An app backend recording for all its users through USAGE_API_KEY is one caller. */
+	.rate_limit = { "USAGE", "600/60s", "1200/60s" },
 };
 
 int

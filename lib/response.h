@@ -67,6 +67,9 @@ void response_error_extra(enum outcome o, struct json_object *extra);
 /* Whether a response has been written. */
 int response_sent(void);
 
+/* The status of the response written (0 before one is). */
+int response_status(void);
+
 /* Emergency exit (out of memory): a fixed 500 if nothing was sent, then exit(1). */
 void response_fatal(const char *why) __attribute__((noreturn));
 

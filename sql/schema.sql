@@ -527,6 +527,25 @@ BEGIN
 END
 $fn$;
 
+------------------------------------------------------------------------------
+-- rate_limits: the state of the per-caller and per-address rate limits
+-- (lib/ratelimit.c, GCRA).  One row per policy and subject, key e.g.
+-- 'checkout user:42' or 'usage_ip 203.0.113.7': tat is the subject's
+-- theoretical arrival time (a request is allowed while tat - now stays within
+-- the window), allowed the decision of the last check (RETURNING cannot show
+-- the old row in PostgreSQL 15).  Each check is one INSERT ... ON CONFLICT DO
+-- UPDATE on this table, outside any transaction.
+-- UNLOGGED: no WAL for a write per request; after a crash the table is empty
+-- and every limit starts afresh, which is harmless.  fillfactor 70 leaves room
+-- for HOT updates (tat is not indexed).  Rows whose tat has passed mean the
+-- same as no row: the checks delete them in small batches (no cron job).
+------------------------------------------------------------------------------
+CREATE UNLOGGED TABLE IF NOT EXISTS rate_limits (
+	key			text		NOT NULL PRIMARY KEY,
+	tat			timestamptz	NOT NULL,
+	allowed			boolean		NOT NULL
+) WITH (fillfactor = 70);
+
 DROP PROCEDURE pg_temp.ensure_constraint(regclass, text, text);
 
 COMMIT;

@@ -46,7 +46,9 @@ $TMPDIR/billing-harness-pg-<uid>-<key> (PG_TEMPLATE_CACHE=0: plain initdb).
 
 Module helpers: stripe_signature(secret, payload, t=None), make_jwt(claims,
 secret=None, alg="HS256", key_file=None, header=None), gen_keys(dir),
-parse_cgi_output(bytes), processes_using(path), free_port().
+parse_cgi_output(bytes), processes_using(path), free_port(), parallel(n, fn)
+(fn(i) for i < n on n threads released together; the results in order, an
+exception in place of a result that raised).
 
 Environment: BUILDDIR (build tree holding cgi-bin/*.cgi; default: cwd),
 SRCDIR (source tree; default: the directory above this file), KEEP_TMP=1
@@ -87,7 +89,7 @@ import time
 import traceback
 import urllib.parse
 
-__all__ = ["Tap", "Stack", "Resp", "PsqlError", "StackError", "stripe_signature",
+__all__ = ["Tap", "Stack", "Resp", "PsqlError", "StackError", "stripe_signature", "parallel",
            "make_jwt", "gen_keys", "processes_using", "DEFAULT_SETTINGS"]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -396,6 +398,28 @@ def _body_bytes(body):
 
 # ---------------------------------------------------------------------------
 # Processes, users, ports
+
+
+def parallel(n, fn):
+    """fn(i) for i in range(n), each on its own thread, all released at once by
+    a barrier (to race for real); the results in order.  An exception (a
+    transport error) takes the place of the result it replaced."""
+    out = [None] * n
+    barrier = threading.Barrier(n)
+
+    def one(i):
+        barrier.wait()
+        try:
+            out[i] = fn(i)
+        except Exception as e:  # noqa: BLE001 - the caller judges every outcome
+            out[i] = e
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return out
 
 
 def free_port():
