@@ -41,6 +41,7 @@
 #include "buf.h"
 #include "db.h"
 #include "log.h"
+#include "metrics.h"
 #include "request.h"
 #include "response.h"
 #include "serve.h"
@@ -96,6 +97,8 @@ respond(const struct usage_answer *a)
 	/* As Stripe does, say when an answer is the stored first one. */
 	if (a->replayed)
 		response_header("Idempotent-Replayed", "true");
+	if (a->outcome == OUT_QUOTA_EXCEEDED && !a->replayed)
+		metrics_usage_breach(a->tier, a->usage_type);
 	if (a->outcome == OUT_OK)
 		response_json(200, a->body);
 	else

@@ -77,4 +77,8 @@
 /* A rate-limit key: policy name, a space, and a caller or an address. */
 #define LIMIT_RATE_KEY		(LIMIT_USER_ID_LEN + 64)
 
+/* The /metrics answer, and the path of the metrics file (METRICS_DIR + name). */
+#define LIMIT_METRICS_BODY	(1024 * 1024)
+#define LIMIT_PATH		4096
+
 #endif

@@ -13,6 +13,7 @@
 #include "cors.h"
 #include "limits.h"
 #include "log.h"
+#include "metrics.h"
 #include "response.h"
 #include "serve.h"
 
@@ -48,7 +49,10 @@ limit(struct serve *srv, enum ratelimit_scope scope, const char *subject)
 		log_msg("rate limit not checked: database unavailable");
 		return OUT_OK;
 	}
-	return ratelimit_check(db, d, scope, &p, subject);
+	rc = ratelimit_check(db, d, scope, &p, subject);
+	if (rc == OUT_RATE_LIMITED)
+		metrics_rate_limited(srv->ep->name, scope == RATELIMIT_ADDRESS ? "address" : "caller");
+	return rc;
 }
 
 /* Before the handler: the client address's limit. */
@@ -183,10 +187,12 @@ serve_one(struct serve *srv, char **vars, request_reader *read, void *read_ctx,
 	const struct serve_endpoint *ep = srv->ep;
 	struct buf allow = BUF_INIT(256), with_options = BUF_INIT(256);
 	struct request req;
+	struct timespec start, end;
 	enum outcome rc, cap_rc;
 	size_t cap = LIMIT_BODY_DEFAULT;
 	int head;
 
+	clock_gettime(CLOCK_MONOTONIC, &start);
 	srv->caller_limited = 0;
 	log_begin(ep->name);
 	request_bind(vars);
@@ -227,6 +233,10 @@ serve_one(struct serve *srv, char **vars, request_reader *read, void *read_ctx,
 		log_msg("handler gave no answer");
 		response_error(OUT_INTERNAL, NULL);
 	}
+	/* Counted in this host's metrics file: no database write. */
+	clock_gettime(CLOCK_MONOTONIC, &end);
+	metrics_request(ep->name, response_status(),
+	    (long long)(end.tv_sec - start.tv_sec) * 1000000 + (end.tv_nsec - start.tv_nsec) / 1000);
 
 	db_release(&srv->db);
 	request_free(&req);

@@ -31,7 +31,7 @@ struct serve;
 typedef void serve_handler(struct serve *srv, struct request *req);
 
 struct serve_endpoint {
-	const char *name;	/* in log lines: "webhook" */
+	const char *name;	/* in log lines and metrics: "webhook" */
 	const char *methods;	/* what handle serves: "POST", "GET, POST"; HEAD follows GET */
 	int cors;		/* browsers call it: CORS headers, OPTIONS preflights */
 	serve_handler *handle;

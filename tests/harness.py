@@ -112,6 +112,7 @@ ENDPOINTS = {
     "create-checkout-session": "/api/stripe/create-checkout-session",
     "webhook": "/api/stripe/webhook",
     "usage": "/api/usage",
+    "metrics": "/metrics",
 }
 
 # Passed through to CGIs (sanitizer builds) when set in our environment.
