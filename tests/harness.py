@@ -105,6 +105,13 @@ DEFAULT_SETTINGS = {
     "ALLOWED_REDIRECT_HOSTS": "app.example.test",
     "CORS_ALLOWED_ORIGINS": "https://app.example.test",
     "USAGE_API_KEY": "usage-test-key-0123456789abcdef",
+    # The suites send hundreds of requests as one user from one address: the
+    # limits are checked on every request but never reached.
+    # tests/test_ratelimit.py sets its own (and None brings the defaults back).
+    "RATE_LIMIT_CHECKOUT": "1000000/1s",
+    "RATE_LIMIT_CHECKOUT_IP": "1000000/1s",
+    "RATE_LIMIT_USAGE": "1000000/1s",
+    "RATE_LIMIT_USAGE_IP": "1000000/1s",
 }
 
 # URL path of each endpoint (SCRIPT_NAME for st.cgi()).
