@@ -34,6 +34,7 @@ create_checkout_session(struct serve *srv, struct request *req)
 	enum outcome o;
 
 	if ((o = auth_identify(0, &caller)) != OUT_OK ||
+	    (o = serve_limit_caller(srv, &caller)) != OUT_OK ||
 	    (o = request_require_json(req)) != OUT_OK || (o = request_body(req)) != OUT_OK ||
 	    (o = jsonget_parse(req->body, req->body_len, &body)) != OUT_OK)
 		goto fail;
@@ -82,6 +83,7 @@ static const struct serve_endpoint endpoint = {
 	.methods = "POST",
 	.cors = 1,
 	.handle = create_checkout_session,
+	.rate_limit = { "CHECKOUT", "10/60s", "60/60s" },
 };
 
 int

@@ -33,6 +33,7 @@ portal_session(struct serve *srv, struct request *req)
 	enum outcome o;
 
 	if ((o = auth_identify(0, &caller)) != OUT_OK ||
+	    (o = serve_limit_caller(srv, &caller)) != OUT_OK ||
 	    (o = request_require_json(req)) != OUT_OK || (o = request_body(req)) != OUT_OK ||
 	    (o = jsonget_parse(req->body, req->body_len, &body)) != OUT_OK)
 		goto fail;
@@ -78,6 +79,7 @@ static const struct serve_endpoint endpoint = {
     .name = "portal-session",
     .methods = "POST",
     .cors = 1,
+    .rate_limit = { "PORTAL", "10/60s", "60/60s" },
     .handle = portal_session,
 };
 

@@ -135,7 +135,8 @@ subscription(struct serve *srv, struct request *req)
 	struct auth_caller caller = {AUTH__MAX, NULL};
 	enum outcome o;
 
-	if ((o = auth_identify(0, &caller)) != OUT_OK)
+	if ((o = auth_identify(0, &caller)) != OUT_OK ||
+	    (o = serve_limit_caller(srv, &caller)) != OUT_OK)
 		response_error(o, NULL);
 	else if (strcmp(req->method, "GET") == 0)
 		read_subscription(srv, req, &caller);
@@ -148,6 +149,7 @@ static const struct serve_endpoint endpoint = {
     .name = "subscription",
     .methods = "GET, POST",
     .cors = 1,
+    .rate_limit = { "SUBSCRIPTION", "30/60s", "120/60s" },
     .handle = subscription,
 };
 

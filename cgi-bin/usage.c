@@ -42,6 +42,7 @@
 #include "buf.h"
 #include "db.h"
 #include "log.h"
+#include "metrics.h"
 #include "request.h"
 #include "response.h"
 #include "serve.h"
@@ -97,6 +98,8 @@ respond(const struct usage_answer *a)
 	/* As Stripe does, say when an answer is the stored first one. */
 	if (a->replayed)
 		response_header("Idempotent-Replayed", "true");
+	if (a->outcome == OUT_QUOTA_EXCEEDED && !a->replayed)
+		metrics_usage_breach(a->tier, a->usage_type);
 	if (a->outcome == OUT_OK)
 		response_json(200, a->body);
 	else
@@ -129,7 +132,8 @@ usage(struct serve *srv, struct request *req)
 	int is_get;
 	enum outcome rc;
 
-	if ((rc = auth_identify(1, &caller)) != OUT_OK)
+	if ((rc = auth_identify(1, &caller)) != OUT_OK ||
+	    (rc = serve_limit_caller(srv, &caller)) != OUT_OK)
 		goto out;
 
 	is_get = strcmp(req->method, "GET") == 0;
@@ -163,6 +167,8 @@ static const struct serve_endpoint endpoint = {
 	.methods = "GET, POST",
 	.cors = 1,
 	.handle = usage,
+	/* An app backend recording for all its users through USAGE_API_KEY is one caller. */
+	.rate_limit = { "USAGE", "600/60s", "1200/60s" },
 };
 
 int

@@ -277,6 +277,7 @@ db_exec(struct db *db, struct db_rows **rows, const char *sql, int nparams,
     const char *const *params)
 {
 	int pending = db->begin_pending;
+	enum db_result r;
 
 	if (rows)
 		*rows = NULL;
@@ -289,7 +290,11 @@ db_exec(struct db *db, struct db_rows **rows, const char *sql, int nparams,
 	 * a transaction of its own, so the timeouts apply.  Either way one
 	 * round trip, as a lone statement was before there were timeouts.
 	 */
-	return finish(db, rows, exec_in_new_transaction(db, sql, nparams, params, !pending));
+	r = finish(db, rows, exec_in_new_transaction(db, sql, nparams, params, !pending));
+	/* A lone statement that failed leaves its aborted transaction behind: end it. */
+	if (r != DB_OK && !pending)
+		db_rollback(db);
+	return r;
 }
 
 enum db_result

@@ -101,4 +101,21 @@
 #define LIMIT_DB_IDLE_IN_TRANSACTION_MS	15000
 #define LIMIT_DB_TIMEOUT_MAX_MS	3600000
 
+/*
+ * Rate limits (RATE_LIMIT_* settings): the largest count and window a
+ * policy may have, and the housekeeping of the rate_limits table: one
+ * check in LIMIT_RATE_PRUNE_ONE_IN deletes up to LIMIT_RATE_PRUNE_BATCH
+ * expired rows, more than the at most two keys a request can add.
+ */
+#define LIMIT_RATE_MAX		1000000
+#define LIMIT_RATE_WINDOW_MAX	86400
+#define LIMIT_RATE_PRUNE_ONE_IN	256
+#define LIMIT_RATE_PRUNE_BATCH	1000
+/* A rate-limit key: policy name, a space, and a caller or an address. */
+#define LIMIT_RATE_KEY		(LIMIT_USER_ID_LEN + 64)
+
+/* The /metrics answer, and the path of the metrics file (METRICS_DIR + name). */
+#define LIMIT_METRICS_BODY	(1024 * 1024)
+#define LIMIT_PATH		4096
+
 #endif

@@ -33,6 +33,7 @@ static const struct {
 	[OUT_LENGTH_REQUIRED] = { 411, "length_required", "Content-Length is required." },
 	[OUT_PAYLOAD_TOO_LARGE] = { 413, "payload_too_large", "The request body is too large." },
 	[OUT_UNSUPPORTED_MEDIA] = { 415, "unsupported_media_type", "The request body must be application/json." },
+	[OUT_RATE_LIMITED] = { 429, "rate_limited", "Too many requests; retry after the time in Retry-After." },
 	[OUT_INTERNAL] = { 500, "internal_error", "Internal error." },
 	[OUT_MISCONFIGURED] = { 500, "misconfigured", "The service is not configured correctly." },
 	[OUT_STRIPE_ERROR] = { 502, "stripe_error", "The payment provider rejected the request." },
@@ -79,6 +80,7 @@ outcome_reason(int status)
 	case 411: return "Length Required";
 	case 413: return "Content Too Large";
 	case 415: return "Unsupported Media Type";
+	case 429: return "Too Many Requests";
 	case 500: return "Internal Server Error";
 	case 502: return "Bad Gateway";
 	case 503: return "Service Unavailable";

@@ -49,7 +49,8 @@ static const char sql_read[] =
 static const char sql_track[] =
     "SELECT t.allowed, t.used, t.monthly_limit, t.remaining, "
     "billing_iso_utc(usage_period_start(now())::timestamp AT TIME ZONE 'UTC'), "
-    "billing_iso_utc(usage_period_end(now())::timestamp AT TIME ZONE 'UTC') "
+    "billing_iso_utc(usage_period_end(now())::timestamp AT TIME ZONE 'UTC'), "
+    "user_effective_tier($1) "
     "FROM track_usage($1, $2, $3::bigint) AS t";
 
 /*
@@ -303,6 +304,9 @@ track(struct db *db, const struct usage_record *rec, struct usage_answer *answer
 	add_period(body, db_rows_get(rows, 0, 4), db_rows_get(rows, 0, 5));
 	answer->outcome = is_true(db_rows_get(rows, 0, 0)) ? OUT_OK : OUT_QUOTA_EXCEEDED;
 	answer->body = body;
+	answer->usage_type = rec->usage_type;
+	snprintf(answer->tier, sizeof(answer->tier), "%s",
+	    db_rows_get(rows, 0, 6) ? db_rows_get(rows, 0, 6) : "");
 	db_rows_free(rows);
 	return DB_OK;
 }

@@ -45,6 +45,9 @@ struct usage_answer {
 	enum outcome outcome;
 	struct json_object *body; /* owned */
 	int replayed; /* 1: the stored first answer to this Idempotency-Key */
+	/* For the metrics of a record counted or refused now (not replayed): */
+	char tier[16];		/* the user's effective tier, "" if unknown */
+	const char *usage_type;	/* borrowed from the record */
 };
 
 

@@ -668,6 +668,91 @@ BEGIN
 END
 $fn$;
 
+------------------------------------------------------------------------------
+-- rate_limits: the state of the per-caller and per-address rate limits
+-- (lib/ratelimit.c, GCRA).  One row per policy and subject, key e.g.
+-- 'checkout user:42' or 'usage_ip 203.0.113.7': tat is the subject's
+-- theoretical arrival time (a request is allowed while tat - now stays within
+-- the window), allowed the decision of the last check (RETURNING cannot show
+-- the old row in PostgreSQL 15).  Each check is one INSERT ... ON CONFLICT DO
+-- UPDATE on this table, outside any transaction.
+-- UNLOGGED: no WAL for a write per request; after a crash the table is empty
+-- and every limit starts afresh, which is harmless.  fillfactor 70 leaves room
+-- for HOT updates (tat is not indexed).  Rows whose tat has passed mean the
+-- same as no row: the checks delete them in small batches (no cron job).
+------------------------------------------------------------------------------
+CREATE UNLOGGED TABLE IF NOT EXISTS rate_limits (
+	key			text		NOT NULL PRIMARY KEY,
+	tat			timestamptz	NOT NULL,
+	allowed			boolean		NOT NULL
+) WITH (fillfactor = 70);
+
+------------------------------------------------------------------------------
+-- metrics_gauges(): the business figures GET /metrics exposes (lib/metrics.c
+-- names and renders them), read at scrape time: one row per series,
+-- (metric, label1, label2, value).
+--
+--   subscriptions (tier, status)   subscriptions rows; every tier x status,
+--                                  zeros included, so that alerts see 0
+--   trials (tier)                  subscriptions in status trialing
+--   mrr (currency)                 monthly recurring revenue in minor units
+--                                  (cents): unit_amount of the active and
+--                                  past_due subscriptions, a yearly one
+--                                  divided by 12 (no interval: monthly);
+--                                  trialing, incomplete, unpaid, paused and
+--                                  canceled ones count nothing (Stripe
+--                                  Billing's MRR rule).  One row per currency
+--                                  with such subscriptions.
+--   notifications (status)         notifications not sent: 'pending' (still
+--                                  to send) and 'failed' (given up).  The
+--                                  status is the mailer's status column when
+--                                  the table has one (read through to_jsonb,
+--                                  so this works with and without it), else
+--                                  every unsent row is pending.
+--   notification_oldest_pending_age  seconds since the oldest pending
+--                                  notification was queued; 0 when none
+------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION metrics_gauges()
+RETURNS TABLE (metric text, label1 text, label2 text, value double precision)
+LANGUAGE sql STABLE AS $fn$
+	WITH tiers(tier) AS (VALUES ('free'), ('basic'), ('pro'), ('enterprise')),
+	statuses(status) AS (VALUES ('incomplete'), ('incomplete_expired'), ('trialing'),
+				    ('active'), ('past_due'), ('canceled'), ('unpaid'), ('paused')),
+	unsent AS (
+		SELECT coalesce(to_jsonb(n) ->> 'status', 'pending') AS status, n.created_at
+		FROM notifications n
+		WHERE n.sent_at IS NULL
+	)
+	SELECT 'subscriptions', t.tier, st.status, count(s.id)::float8
+	FROM tiers t CROSS JOIN statuses st
+	LEFT JOIN subscriptions s ON s.tier = t.tier AND s.status = st.status
+	GROUP BY t.tier, st.status
+	UNION ALL
+	SELECT 'trials', t.tier, NULL, count(s.id)::float8
+	FROM tiers t
+	LEFT JOIN subscriptions s ON s.tier = t.tier AND s.status = 'trialing'
+	GROUP BY t.tier
+	UNION ALL
+	SELECT 'mrr', lower(s.currency), NULL,
+	       sum(CASE WHEN s.billing_interval = 'yearly' THEN s.unit_amount / 12.0
+			ELSE s.unit_amount END)::float8
+	FROM subscriptions s
+	WHERE s.status IN ('active', 'past_due') AND s.unit_amount IS NOT NULL
+	  AND s.currency IS NOT NULL
+	GROUP BY lower(s.currency)
+	UNION ALL
+	SELECT 'notifications', k.status, NULL, count(u.status)::float8
+	FROM (VALUES ('pending'), ('failed')) AS k(status)
+	LEFT JOIN unsent u ON u.status = k.status
+	GROUP BY k.status
+	UNION ALL
+	SELECT 'notification_oldest_pending_age', NULL, NULL,
+	       coalesce(extract(epoch FROM now() - min(u.created_at)), 0)::float8
+	FROM unsent u
+	WHERE u.status = 'pending'
+	ORDER BY 1, 2, 3
+$fn$;
+
 DROP PROCEDURE pg_temp.ensure_constraint(regclass, text, text);
 
 COMMIT;

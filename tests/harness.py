@@ -51,7 +51,9 @@ SmtpServer(directory, *options), a context manager: tests/smtp_server.py (aiosmt
 
 Module helpers: stripe_signature(secret, payload, t=None), make_jwt(claims,
 secret=None, alg="HS256", key_file=None, header=None), gen_keys(dir),
-parse_cgi_output(bytes), processes_using(path), free_port().
+parse_cgi_output(bytes), processes_using(path), free_port(), parallel(n, fn)
+(fn(i) for i < n on n threads released together; the results in order, an
+exception in place of a result that raised).
 
 Environment: BUILDDIR (build tree holding cgi-bin/*.cgi; default: cwd),
 SRCDIR (source tree; default: the directory above this file), KEEP_TMP=1
@@ -92,7 +94,7 @@ import time
 import traceback
 import urllib.parse
 
-__all__ = ["Tap", "Stack", "Resp", "PsqlError", "StackError", "stripe_signature",
+__all__ = ["Tap", "Stack", "Resp", "PsqlError", "StackError", "stripe_signature", "parallel",
            "make_jwt", "gen_keys", "processes_using", "DEFAULT_SETTINGS", "SmtpServer",
            "smtp_python"]
 
@@ -109,6 +111,17 @@ DEFAULT_SETTINGS = {
     "ALLOWED_REDIRECT_HOSTS": "app.example.test",
     "CORS_ALLOWED_ORIGINS": "https://app.example.test",
     "USAGE_API_KEY": "usage-test-key-0123456789abcdef",
+    # The suites send hundreds of requests as one user from one address: the
+    # limits are checked on every request but never reached.
+    # tests/test_ratelimit.py sets its own (and None brings the defaults back).
+    "RATE_LIMIT_CHECKOUT": "1000000/1s",
+    "RATE_LIMIT_CHECKOUT_IP": "1000000/1s",
+    "RATE_LIMIT_USAGE": "1000000/1s",
+    "RATE_LIMIT_USAGE_IP": "1000000/1s",
+    "RATE_LIMIT_PORTAL": "1000000/1s",
+    "RATE_LIMIT_PORTAL_IP": "1000000/1s",
+    "RATE_LIMIT_SUBSCRIPTION": "1000000/1s",
+    "RATE_LIMIT_SUBSCRIPTION_IP": "1000000/1s",
 }
 
 # URL path of each endpoint (SCRIPT_NAME for st.cgi()).
@@ -118,6 +131,7 @@ ENDPOINTS = {
     "usage": "/api/usage",
     "portal-session": "/api/stripe/portal-session",
     "subscription": "/api/subscription",
+    "metrics": "/metrics",
 }
 
 # Passed through to CGIs (sanitizer builds) when set in our environment.
@@ -404,6 +418,28 @@ def _body_bytes(body):
 
 # ---------------------------------------------------------------------------
 # Processes, users, ports
+
+
+def parallel(n, fn):
+    """fn(i) for i in range(n), each on its own thread, all released at once by
+    a barrier (to race for real); the results in order.  An exception (a
+    transport error) takes the place of the result it replaced."""
+    out = [None] * n
+    barrier = threading.Barrier(n)
+
+    def one(i):
+        barrier.wait()
+        try:
+            out[i] = fn(i)
+        except Exception as e:  # noqa: BLE001 - the caller judges every outcome
+            out[i] = e
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return out
 
 
 def free_port():
