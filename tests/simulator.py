@@ -6,8 +6,8 @@ offline.  A development and test tool (Python 3 standard library only).
     python3 tests/simulator.py [--host 127.0.0.1] [--port 0] [--log FILE]
 
 Same command line, API and control API (/_fake/...) as tests/fake_stripe.py,
-whose header documents them; tests/test_fake_stripe.py holds for both.
-Added here:
+whose header documents them (tests/test_fake_stripe.py passes against both but
+for the two hosted URLs, which point here).  Added here:
 
 Pages (HTML without JavaScript or any external resource; Content-Security-Policy
 default-src 'none'):
