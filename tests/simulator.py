@@ -672,7 +672,7 @@ def update_card(cus_id, card):
     fs.record_event(CTX, "customer.updated", new, fs.previous_attributes(old, new))
     for sub in customer_subs(cus_id):
         if sub["status"] not in ("canceled", "incomplete_expired"):
-            sub["default_payment_method"] = pm
+            store_sub(sub, dict(copy.deepcopy(sub), default_payment_method=pm))
             for inv in open_invoices(sub["id"]):
                 retry_invoice(inv["id"], fs.now(), last_allowed=False)
     return "Your card ending in %s is saved." % card["last4"]
