@@ -1351,7 +1351,7 @@ def advance(doc):
     lines = ["clock: %s -> %s (+%s)" % (iso(start), iso(fs.now()), span(fs.now() - start))]
     for e in events:
         r = recs.get(e["id"])
-        got = "not sent" if r is None else ", ".join(
+        got = "not sent (type not enabled)" if r is None else ", ".join(
             str(a["status"]) if a["status"] is not None else a["error"].split(":")[0]
             for a in r["attempts"]) or "sending"
         lines.append("  %s  %-40s %-30s -> %s" % (iso(e["created"]), e["type"], object_id(e),
