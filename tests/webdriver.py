@@ -160,12 +160,29 @@ class Browser:
         self._s(f"/element/{el}/clear", {})
         self._s(f"/element/{el}/value", {"text": text})
 
-    def click(self, css):
-        self._s(f"/element/{self.find(css)}/click", {})
+    def click(self, css, navigates=True):
+        """Click; when it submits a form or follows a link (navigates), return
+        only once the old page is gone: chromedriver may answer the click
+        before the navigation it causes has begun."""
+        el = self.find(css)
+        old = self.find("html") if navigates else None
+        self._s(f"/element/{el}/click", {})
+        if old is None:
+            return
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                self._s(f"/element/{old}/name")
+            except WebDriverError as e:
+                if "stale element" in str(e) or "no such element" in str(e):
+                    return
+                raise
+            time.sleep(0.02)
+        raise WebDriverError(f"clicking {css!r} did not leave {self.current_url()} in 30 s")
 
     def select(self, css, value):
         """Choose the option with this value in the <select> matching css."""
-        self.click(f'{css} option[value="{value}"]')
+        self.click(f'{css} option[value="{value}"]', navigates=False)
 
     def screenshot(self, name):
         """Saves <shots_dir>/<name>.png (the viewport) and returns its path."""
