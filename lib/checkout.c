@@ -7,7 +7,6 @@
 #include "checkout.h"
 #include "config.h"
 #include "form.h"
-#include "http.h"
 #include "jsonget.h"
 #include "limits.h"
 #include "log.h"
@@ -589,12 +588,8 @@ create_session(struct db *db, struct session_row *row)
 	sid = jsonget_str(session, "id");
 	surl = jsonget_str(session, "url");
 	jsonget_int(session, "expires_at", &expires);
-	/*
-	 * The browser is sent to surl: https, or http to loopback only (the
-	 * local stack's Stripe simulator serves the Checkout page itself).
-	 */
 	if (sid == NULL || !stripe_id_valid(sid) || surl == NULL ||
-	    !http_url_allowed(surl) || expires <= 0) {
+	    !stripe_page_url_ok(surl) || expires <= 0) {
 		log_msg("stripe POST /v1/checkout/sessions: answer without id, https url or"
 			" expires_at");
 		o = OUT_STRIPE_ERROR;

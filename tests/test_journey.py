@@ -121,9 +121,12 @@ def run(t, st, sim, b):
     j.landed("j_port", url, where)
     expect(t, st, "j_port", "4242 without a trial -> active basic", "active", "basic")
 
-    # The Billing Portal: change plan, cancel, renew, cancel again.
+    # The Billing Portal (a session from the app): change plan, cancel, renew, cancel again.
     port_cus = user_row(st, "j_port")["stripe_customer_id"]
-    b.get(sim.portal(port_cus, return_url=sim.base + "/"))
+    portal_url = sim.app_portal("j_port")
+    t.ok(portal_url.startswith(sim.base + "/p/session/"),
+         "POST /api/stripe/portal-session: the simulator's portal page", portal_url)
+    b.get(portal_url)
     j.shot("portal")
     b.select("#price", "price_pro_monthly")
     b.click("#update-plan")
@@ -167,14 +170,16 @@ def run(t, st, sim, b):
     expect(t, st, "j_0341", "trial end, payment failed -> past_due", "past_due", "pro")
     expect(t, st, "j_fix", "trial end, payment failed -> past_due", "past_due", "pro")
 
-    # j_fix enters a working card in the portal: the open invoice is paid at once.
-    b.get(sim.portal(user_row(st, "j_fix")["stripe_customer_id"]))
+    # j_fix enters a working card (the app opens the portal's payment_method_update
+    # flow): the open invoice is paid at once, the browser goes back to the app.
+    b.get(sim.app_portal("j_fix", flow="payment_method_update"))
+    t.eq((b.finds("#update-plan"), b.finds("#cancel-plan"), len(b.finds("#save-card"))),
+         ([], [], 1), "portal flow payment_method_update: only the card form")
     j.fill_card(CARD_OK)
     j.shot("portal-new-card")
     b.click("#save-card")
     sim.wait()
-    t.ok("ending in 4242" in b.text("#done") and "4242" in b.text("#current-card"),
-         "portal: the new card is saved", b.current_url())
+    t.eq(b.current_url(), sim.base + "/", "portal flow done: back to the returnUrl")
     j.shot("portal-card-saved")
     expect(t, st, "j_fix", "new card -> invoice paid -> active", "active", "pro")
 

@@ -118,6 +118,20 @@ class Sim:
         form.update(over)
         return self.request("POST", self.path(url), form)
 
+    def app_portal(self, user, flow=None):
+        """A Billing Portal session asked of the app (POST /api/stripe/portal-session
+        through Apache, with the user's JWT), returning to the dashboard; -> its url."""
+        now = int(time.time())
+        tok = make_jwt({"sub": user, "iat": now, "exp": now + 3600})
+        body = {"userId": user, "returnUrl": self.base + "/"}
+        if flow:
+            body["flow"] = flow
+        r = self.st.http("POST", "/api/stripe/portal-session",
+                         headers={"Authorization": "Bearer " + tok}, body=body)
+        if r.status != 200:
+            raise AssertionError("portal session for %s: %d %s" % (user, r.status, r.text))
+        return r.json()["url"]
+
     def portal(self, customer, **params):
         """A Billing Portal session made through the simulator's API; -> its url."""
         conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
