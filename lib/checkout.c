@@ -589,7 +589,7 @@ create_session(struct db *db, struct session_row *row)
 	surl = jsonget_str(session, "url");
 	jsonget_int(session, "expires_at", &expires);
 	if (sid == NULL || !stripe_id_valid(sid) || surl == NULL ||
-	    strncmp(surl, "https://", 8) != 0 || expires <= 0) {
+	    !stripe_page_url_ok(surl) || expires <= 0) {
 		log_msg("stripe POST /v1/checkout/sessions: answer without id, https url or"
 			" expires_at");
 		o = OUT_STRIPE_ERROR;

@@ -160,7 +160,7 @@ portal_create_session(const struct portal_request *req, const char *customer,
 	o = stripe_post("/v1/billing_portal/sessions", &f, idempotency_key, &session);
 	if (o != OUT_OK)
 		goto out;
-	if ((u = jsonget_str(session, "url")) == NULL || strncmp(u, "https://", 8) != 0) {
+	if ((u = jsonget_str(session, "url")) == NULL || !stripe_page_url_ok(u)) {
 		log_msg("stripe POST /v1/billing_portal/sessions: answer without an https url");
 		o = OUT_STRIPE_ERROR;
 		goto out;

@@ -371,3 +371,9 @@ stripe_id_valid(const char *s)
 			return 0;
 	return n > 0;
 }
+
+int
+stripe_page_url_ok(const char *url)
+{
+	return http_url_allowed(url);
+}

@@ -75,4 +75,12 @@ char *stripe_client_idempotency_key(const char *prefix, const char *user_id,
 /* Whether s can be a Stripe object id: 1..STRIPE_ID_MAX of [A-Za-z0-9_], fit for a URL path. */
 int stripe_id_valid(const char *s);
 
+/*
+ * Whether the url of a hosted page in a Stripe answer (Checkout Session,
+ * Billing Portal session) may be handed to the browser: https, or http to
+ * a loopback host only (the local stack's Stripe simulator serves those
+ * pages itself); never with credentials in it.
+ */
+int stripe_page_url_ok(const char *url);
+
 #endif

@@ -95,8 +95,11 @@ status_final(const char *status)
 
 /* The event-mode ordering rule of subscription.h. */
 static int
-should_apply(const struct sub_row *row, const char *status, long long created, int deletion)
+should_apply(const struct sub_row *row, const char *status, long long created, int deletion,
+    struct json_object *previous)
 {
+	struct json_object *was;
+
 	if (!row->exists)
 		return 1;
 	if (status_final(row->status) && !status_final(status))
@@ -105,6 +108,21 @@ should_apply(const struct sub_row *row, const char *status, long long created, i
 		return 1;
 	if (created < row->last)
 		return 0;
+	/*
+	 * The same second.  An update event's data.previous_attributes says
+	 * where it came from: one that moved the status away from the status
+	 * we hold is the step after ours (a card fixed a past_due: active);
+	 * one that did not touch the status came before the state we hold
+	 * when that differs.  Otherwise the status may only move forward.
+	 */
+	if (previous != NULL) {
+		if (json_object_object_get_ex(previous, "status", &was))
+			return json_object_is_type(was, json_type_string) &&
+			    strcmp(json_object_get_string(was), row->status) == 0 ?
+			    1 : status_rank(status) >= status_rank(row->status);
+		if (strcmp(status, row->status) != 0)
+			return 0;
+	}
 	return status_rank(status) >= status_rank(row->status);
 }
 
@@ -583,6 +601,7 @@ store_subscription(struct apply *a, struct json_object *sub, int force, int dele
 	char *user = NULL;
 	char amount[24], ts[24], te[24], ps[24], pe[24], ca[24], ea[24], created[24];
 	const char *pps, *ppe;
+	struct json_object *previous = NULL;
 	int cape = 0, r;
 
 	if (id == NULL) {
@@ -601,7 +620,12 @@ store_subscription(struct apply *a, struct json_object *sub, int force, int dele
 	    (r = resolve_owner(a, claimed ? claimed : known_user, customer, &user)) != 0)
 		return r;
 	remember_user(a, user);
-	if (!force && !should_apply(&row, status, ev->created, deletion)) {
+	/* What the event says changed, when the object stored is the event's own. */
+	if (sub == ev->object && is_type(ev, "customer.subscription.updated"))
+		previous = jsonget_path(ev->root, "data.previous_attributes");
+	if (previous != NULL && !json_object_is_type(previous, json_type_object))
+		previous = NULL;
+	if (!force && !should_apply(&row, status, ev->created, deletion, previous)) {
 		log_note("applied", "no (older or would resurrect)");
 		free(user);
 		return 0;
@@ -841,7 +865,7 @@ apply_invoice(struct apply *a, enum outcome *fatal)
 		return r;
 	/* Only a renewal failure makes it past_due; incomplete stays incomplete. */
 	if ((strcmp(row.status, "active") != 0 && strcmp(row.status, "trialing") != 0) ||
-	    !should_apply(&row, "past_due", a->ev->created, 0))
+	    !should_apply(&row, "past_due", a->ev->created, 0, NULL))
 		return 0;
 	snprintf(created, sizeof(created), "%lld", a->ev->created);
 	r = Q(a, NULL,

@@ -30,8 +30,15 @@
  *            its created);
  *          - a customer.subscription.deleted is final: always applied;
  *          - created > last_event_created: applied;
- *          - created == last_event_created (same second): applied only
- *            if the status does not go backwards in the lifecycle rank
+ *          - created == last_event_created (same second): a
+ *            customer.subscription.updated whose
+ *            data.previous_attributes.status is the stored status is
+ *            the next step after it: applied (past_due -> active when a
+ *            card is fixed); one whose previous_attributes do not name
+ *            the status did not change it, so when its status differs
+ *            from the stored one the stored one is later: ignored;
+ *            otherwise applied only if the status does not go backwards
+ *            in the lifecycle rank
  *              incomplete 0 < trialing 1 < active 2
  *              < past_due = unpaid = paused 3
  *              < canceled = incomplete_expired 4

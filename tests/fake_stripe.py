@@ -32,7 +32,9 @@ Stripe behaviour modelled (docs.stripe.com/api, Stripe's OpenAPI definitions):
   * lists newest first (created, then insertion order), limit 1..100 (default
     10), starting_after / ending_before, has_more
   * not modelled: webhook delivery, the 30-day window of GET /v1/events, test
-    clocks, taxes, discounts, portal configurations (any id is accepted)
+    clocks, taxes, discounts, portal configurations (any id is accepted);
+    tests/simulator.py adds hosted pages, a clock and webhook delivery on top
+    of this fake (hooks: CLOCK_OFFSET, PAGE_BASES, EVENT_HOOKS, main(handler=))
 
 Endpoints: POST /v1/customers, GET /v1/customers/{id}, GET /v1/customers/search,
 POST /v1/checkout/sessions, GET /v1/checkout/sessions/{id},
@@ -467,6 +469,7 @@ class State:
             self.customers = {}
             self.sessions = {}
             self.line_items = {}
+            self.session_params = {}  # create parameters (subscription_data), for the simulator
             self.subscriptions = {}
             self.portal_sessions = {}
             self.invoices = {}
@@ -523,13 +526,21 @@ class State:
 
 STATE = None
 
+# Hooks for tests/simulator.py (which runs this fake with pages, a clock and
+# webhook delivery): seconds the simulated clock is ahead of the real one;
+# where the hosted Checkout and Billing Portal pages live; functions called
+# with every event stored (under STATE.lock).
+CLOCK_OFFSET = 0
+PAGE_BASES = {"checkout": "https://checkout.stripe.com", "portal": "https://billing.stripe.com"}
+EVENT_HOOKS = []
+
 
 # --------------------------------------------------------------------------
 # Object builders
 
 
 def now():
-    return int(time.time())
+    return int(time.time()) + CLOCK_OFFSET
 
 
 def new_customer(params, livemode):
@@ -655,7 +666,7 @@ def new_session(p, livemode):
         "success_url": p.get("success_url") or None,
         "total_details": None,
         "ui_mode": "hosted",
-        "url": "https://checkout.stripe.com/c/pay/" + sid,
+        "url": PAGE_BASES["checkout"] + "/c/pay/" + sid,
     }
     items = []
     for item in p.get("line_items") or []:
@@ -1182,6 +1193,8 @@ def store_event(ev):
         STATE.events.append(ev)
         STATE.event_ids[ev["id"]] = ev
         STATE.placed(ev["id"])
+        for hook in EVENT_HOOKS:
+            hook(ev)
 
 
 def apply_metadata(obj, meta):
@@ -1232,7 +1245,7 @@ def new_portal_session(p, livemode, flow):
              customer_account=None, flow=flow, livemode=livemode,
              locale=p.get("locale") or None, on_behalf_of=p.get("on_behalf_of") or None,
              return_url=p.get("return_url") or None,
-             url="https://billing.stripe.com/p/session/%s_%s"
+             url=PAGE_BASES["portal"] + "/p/session/%s_%s"
                  % ("live" if livemode else "test", rand_id(32)))
     return s
 
@@ -1477,6 +1490,7 @@ def op_create_session(ctx, p):
     with STATE.lock:
         STATE.sessions[s["id"]] = s
         STATE.line_items[s["id"]] = items
+        STATE.session_params[s["id"]] = copy.deepcopy(p)
     return 200, expand(s, p, items)
 
 
@@ -2409,9 +2423,11 @@ class Server6(Server):
     address_family = socket.AF_INET6
 
 
-def main(argv=None):
+def main(argv=None, handler=None, setup=None, description="Fake Stripe API server for tests."):
+    """Runs the server; tests/simulator.py passes its handler class and a setup
+    function called once STATE exists."""
     global STATE
-    ap = argparse.ArgumentParser(description="Fake Stripe API server for tests.")
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--log", metavar="FILE", help="append one JSON line per API request")
@@ -2420,8 +2436,10 @@ def main(argv=None):
     STATE = State()
     STATE.log_file = args.log
     cls = Server6 if ":" in args.host else Server
-    httpd = cls((args.host, args.port), Handler)
+    httpd = cls((args.host, args.port), handler or Handler)
     host, port = httpd.server_address[:2]
+    if setup:
+        setup(host, port)
     sys.stdout.write("listening on %s:%d\n" % (host, port))
     sys.stdout.flush()
 

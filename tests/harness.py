@@ -13,13 +13,14 @@
         t.eq(r.status, 200, "checkout answers 200")
     sys.exit(t.done())
 
-Tap: ok(cond, name, diag=None), eq(got, want, name), skip(name, reason), diag(msg),
+Tap: ok(cond, name, diag=None), eq(got, want, name), skip(name, reason),
+  diag(msg),
   guard(name) (context manager: an exception becomes one failed test), run(fn, *a),
   done() -> exit code (prints the plan "1..N" at the end).  An uncaught
   exception or a SIGTERM still ends the output with a failed test and a plan.
 
 Stack(settings={}, apache=True, stripe=True, htaccess=False, *, builddir=None,
-      srcdir=None, schema=True), a context manager, starts
+      srcdir=None, schema=True, simulator=False), a context manager, starts
   - PostgreSQL (Unix socket in the temp dir only; database billing, user
     billing, trust; sql/schema.sql applied): st.database_url, st.psql(sql) ->
     rows (lists of str, NULL -> None), st.psql_one(sql), st.pg_stop(), st.pg_stop_immediate(), st.pg_start()
@@ -28,7 +29,9 @@ Stack(settings={}, apache=True, stripe=True, htaccess=False, *, builddir=None,
     .put_subscription(id, obj), .create_subscriptions(specs or **spec) -> [subs],
     .put_customer(id, **fields), .put_price(id, **fields), .add_events(events),
     .decline(customer, code), .undecline(customer), .objects(), .events(),
-    .call(method, path, body); the control API is documented in fake_stripe.py
+    .call(method, path, body); the control API is documented in fake_stripe.py;
+    simulator=True runs tests/simulator.py instead (the fake plus hosted pages, a
+    clock and webhook delivery; its /_sim/ control API is documented there)
   - Apache httpd with the real apache/billing-cgi.conf (htaccess=True: a web
     root with apache/htaccess + cgi-bin/ with apache/cgi-bin.htaccess, the
     settings in a BILLING_CONFIG file): st.url(path), st.http(method, path,
@@ -712,8 +715,9 @@ class Stack:
 
     def __init__(self, settings=None, apache=True, stripe=True, htaccess=False, *,
                  builddir=None, srcdir=None, schema=True, apache_mode=None, pgbouncer=None,
-                 extra_apache_conf=""):
+                 extra_apache_conf="", simulator=False):
         self.extra_apache_conf = extra_apache_conf
+        self.stripe_script = "simulator.py" if simulator else "fake_stripe.py"
         self.want_apache = apache
         self.apache_mode = apache_mode or os.environ.get("BILLING_TEST_APACHE") or "cgid"
         if self.apache_mode not in APACHE_MODES:
@@ -1210,7 +1214,7 @@ pidfile = {self.pgb_run}/pgbouncer.pid
     # -- fake Stripe -----------------------------------------------------------
 
     def _fake_launch(self):
-        script = os.path.join(self.srcdir, "tests", "fake_stripe.py")
+        script = os.path.join(self.srcdir, "tests", self.stripe_script)
         if not os.path.exists(script):
             raise StackError(f"{script} not found")
         self._fake_log = log = self._log_open("fake_stripe.log")

@@ -139,6 +139,13 @@ test_url_policy(void)
 	ok(!http_url_allowed("ftp://127.0.0.1/"), "other schemes refused");
 	ok(!http_url_allowed("api.stripe.com/v1"), "no scheme refused");
 	ok(!http_url_allowed(NULL), "NULL refused");
+	/* Hosted pages handed to the browser: Stripe's, or the local simulator's. */
+	ok(stripe_page_url_ok("https://checkout.stripe.com/c/pay/cs_test_a1"), "Checkout page");
+	ok(stripe_page_url_ok("http://127.0.0.1:40123/p/session/test_x"), "simulator page");
+	ok(!stripe_page_url_ok("http://checkout.stripe.com/c/pay/cs_test_a1"),
+	   "plain http to Stripe refused");
+	ok(!stripe_page_url_ok("javascript:alert(1)"), "a script URL refused");
+	ok(!stripe_page_url_ok(NULL), "no url refused");
 }
 
 int
