@@ -4,6 +4,7 @@
     python3 bench/deployments.py [BUILDDIR]        (default: $BUILDDIR, else build/)
     DURATION=4 CONCURRENCY=1,4,8,16 RUNS=200 python3 bench/deployments.py build
     BENCH_PARTS=1 python3 bench/deployments.py build     (part 1 only)
+    BENCH_DEPLOYMENTS=fastcgi BENCH_RATE_LIMITS=off ...  (some deployments; no rate limits)
 
 In one run, on this machine, against the same PostgreSQL and Apache:
   1. Per-invocation cost of plain CGI, piped (no Apache), interleaved:
@@ -297,7 +298,16 @@ def main():
     print(f"# billing-cgi deployment benchmark: {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}, "
           f"event MPM, wrk {DURATION}s per point, build {BUILDDIR}")
     settings = {"STRIPE_SYNC_MODE": "event"}
+    # BENCH_RATE_LIMITS=off: no rate-limit checks at all (0), to see their cost.
+    # By default they are checked, as deployed, with limits out of reach.
+    if os.environ.get("BENCH_RATE_LIMITS") == "off":
+        for name in ("CHECKOUT", "USAGE", "PORTAL", "SUBSCRIPTION"):
+            settings[f"RATE_LIMIT_{name}"] = settings[f"RATE_LIMIT_{name}_IP"] = "0"
     deployments = [("cgi", "cgid", False), ("cgi+pgb", "cgid", True), ("fastcgi", "fcgid", False)]
+    # BENCH_DEPLOYMENTS=fastcgi (comma list) runs only those.
+    only = os.environ.get("BENCH_DEPLOYMENTS")
+    if only:
+        deployments = [d for d in deployments if d[0] in only.split(",")]
     node = None
     try:
         results = {}
@@ -315,6 +325,7 @@ def main():
                     per_invocation(st, floor_dir and os.path.join(floor_dir, "limit.cgi"))
                     if ONLY_PER_INVOCATION:
                         return
+                if not results:
                     print(f"\n## 2. Through Apache (wrk; events/s or requests/s, latency in ms)")
                     print("| deployment | c | per s | p50 ms | p99 ms | notes |")
                     print("|---|---|---|---|---|---|")

@@ -101,26 +101,26 @@ db_close(struct db *db)
 }
 
 /*
- * Whether an idle connection still works, without a round trip: a server
- * that went away (restart, pg_terminate_backend) has sent its FATAL and
- * closed, so the socket reads; consuming that marks the connection bad.
+ * Whether an idle connection still works, without a round trip.  Nothing
+ * may arrive on an idle connection of ours (we never LISTEN): a readable
+ * socket means the server went away or is going (restart, failover,
+ * pg_terminate_backend: a FATAL, then end of file, which one read does
+ * not always reach).  Either way the connection is not to be used.
  */
 static int
 idle_usable(struct db *db)
 {
 	struct pollfd p;
 
-	if (PQstatus(db->conn) != CONNECTION_OK)
+	if (PQstatus(db->conn) != CONNECTION_OK ||
+	    PQtransactionStatus(db->conn) != PQTRANS_IDLE)
 		return 0;
 	p.fd = PQsocket(db->conn);
 	p.events = POLLIN;
 	p.revents = 0;
 	if (p.fd < 0)
 		return 0;
-	if (poll(&p, 1, 0) > 0 && (PQconsumeInput(db->conn) == 0 ||
-	    PQstatus(db->conn) != CONNECTION_OK))
-		return 0;
-	return 1;
+	return poll(&p, 1, 0) == 0;
 }
 
 enum outcome

@@ -112,15 +112,20 @@ should_apply(const struct sub_row *row, const char *status, long long created, i
 	 * The same second.  An update event's data.previous_attributes says
 	 * where it came from: one that moved the status away from the status
 	 * we hold is the step after ours (a card fixed a past_due: active);
-	 * one that did not touch the status came before the state we hold
-	 * when that differs.  Otherwise the status may only move forward.
+	 * one that led to the status we hold from another is that step or an
+	 * earlier one (our row is as new or newer); one that did not touch the
+	 * status came before the state we hold when that differs.  Otherwise
+	 * the status may only move forward.
 	 */
 	if (previous != NULL) {
-		if (json_object_object_get_ex(previous, "status", &was))
-			return json_object_is_type(was, json_type_string) &&
-			    strcmp(json_object_get_string(was), row->status) == 0 ?
-			    1 : status_rank(status) >= status_rank(row->status);
-		if (strcmp(status, row->status) != 0)
+		if (json_object_object_get_ex(previous, "status", &was) &&
+		    json_object_is_type(was, json_type_string)) {
+			if (strcmp(json_object_get_string(was), row->status) == 0)
+				return 1;
+			/* We already hold where this step led: it, or a later one. */
+			if (strcmp(status, row->status) == 0)
+				return 0;
+		} else if (strcmp(status, row->status) != 0)
 			return 0;
 	}
 	return status_rank(status) >= status_rank(row->status);

@@ -34,9 +34,11 @@
  *            customer.subscription.updated whose
  *            data.previous_attributes.status is the stored status is
  *            the next step after it: applied (past_due -> active when a
- *            card is fixed); one whose previous_attributes do not name
- *            the status did not change it, so when its status differs
- *            from the stored one the stored one is later: ignored;
+ *            card is fixed); one that led from another status to the
+ *            stored one is that step or an earlier one: ignored; one
+ *            whose previous_attributes do not name the status did not
+ *            change it, so when its status differs from the stored one
+ *            the stored one is later: ignored;
  *            otherwise applied only if the status does not go backwards
  *            in the lifecycle rank
  *              incomplete 0 < trialing 1 < active 2

@@ -296,6 +296,12 @@ def killed_while_idle(t, st):
             r = hook(st, proc, signed_event(900002))
             t.eq(r.status, 200, "the 503'd event succeeds when redelivered")
         t.ok(proc.alive(), "the process survived the database going away")
+        # The server ends the idle connection (failover, an operator's
+        # pg_terminate_backend): the next request must not notice.
+        st.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'billing-cgi'")
+        r = hook(st, proc, signed_event(900004))
+        t.eq(r.status, 200, "idle connection terminated by the server: the next request succeeds")
     finally:
         proc.cleanup()
 

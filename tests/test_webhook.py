@@ -387,10 +387,47 @@ def test_concurrency(t):
                  f"{mode}: one state change")
 
 
+def test_same_second(t):
+    """Event mode, two updates in one second: data.previous_attributes orders them."""
+    with Stack(settings=dict(SETTINGS, STRIPE_SYNC_MODE="event")) as st:
+        def upd(eid, created, status, cancel, previous):
+            ev = event("customer.subscription.updated", id=eid, created=created)
+            o = ev["data"]["object"]
+            o["status"], o["cancel_at_period_end"] = status, cancel
+            ev["data"]["previous_attributes"] = previous
+            return ev
+
+        base = event("customer.subscription.created")
+        T = base["created"] + 50
+        base["data"]["object"]["status"] = "trialing"
+        deliver(st, base)
+        # The trial ends (trialing -> active), then in the same second the user
+        # cancels at period end; delivered in reverse.
+        e1 = upd("evt_same_1", T, "active", False, {"status": "trialing"})
+        e2 = upd("evt_same_2", T, "active", True, {"cancel_at_period_end": False})
+        deliver(st, e2)
+        r = deliver(st, e1)
+        row = sub_row(st, SUB42)
+        t.eq((r.status, row["status"], row["cancel_at_period_end"]), (200, "active", "t"),
+             "same second, reversed: the step into the stored status does not undo a later one")
+        # past_due, then a fixed card in the same second: active is the step after.
+        e3 = upd("evt_same_3", T + 10, "past_due", True, {"status": "active"})
+        e4 = upd("evt_same_4", T + 10, "active", True, {"status": "past_due"})
+        deliver(st, e3)
+        deliver(st, e4)
+        t.eq(sub_row(st, SUB42)["status"], "active",
+             "same second, in order: past_due then active (previous status matches)")
+        # A same-second update that did not touch the status keeps a differing stored one.
+        e5 = upd("evt_same_5", T + 10, "past_due", False, {"cancel_at_period_end": True})
+        deliver(st, e5)
+        t.eq(sub_row(st, SUB42)["status"], "active",
+             "same second: an update that did not change the status does not bring past_due back")
+
+
 def main():
     t = Tap()
     for fn in (test_rejections, test_event_types, test_unknown_user, test_refetch,
-               test_database_down, test_concurrency):
+               test_database_down, test_concurrency, test_same_second):
         t.run(fn, t)
     return t.done()
 
