@@ -93,21 +93,6 @@ should_apply(const struct sub_row *row, const char *status, long long created, i
 	return status_rank(status) >= status_rank(row->status);
 }
 
-/* A Stripe id fit for a URL path and our columns: [A-Za-z0-9_], 1..255. */
-static int
-valid_stripe_id(const char *s)
-{
-	size_t n;
-
-	if (s == NULL)
-		return 0;
-	for (n = 0; s[n] != '\0'; n++)
-		if (n >= STRIPE_ID_MAX || !((s[n] >= 'a' && s[n] <= 'z') ||
-		    (s[n] >= 'A' && s[n] <= 'Z') || (s[n] >= '0' && s[n] <= '9') || s[n] == '_'))
-			return 0;
-	return n > 0;
-}
-
 /* Member name as an id: a string, or an expanded object's "id".  NULL if not a valid id. */
 static const char *
 id_of(struct json_object *obj, const char *name)
@@ -119,7 +104,7 @@ id_of(struct json_object *obj, const char *name)
 		s = json_object_get_string(v);
 	else if (v && json_object_is_type(v, json_type_object))
 		s = jsonget_str(v, "id");
-	return valid_stripe_id(s) ? s : NULL;
+	return stripe_id_valid(s) ? s : NULL;
 }
 
 /* A user id from path in obj, validated; invalid ones are logged and ignored. */
@@ -201,7 +186,7 @@ subscription_event_parse(const char *raw, size_t len, struct subscription_event 
 		return OUT_INVALID_PAYLOAD;
 	}
 	if (jsonget_validate(ev->root, fields, sizeof(fields) / sizeof(fields[0]), &bad,
-	    &why) != OUT_OK || !valid_stripe_id(jsonget_str(ev->root, "id")) ||
+	    &why) != OUT_OK || !stripe_id_valid(jsonget_str(ev->root, "id")) ||
 	    (ev->object = jsonget_path(ev->root, "data.object")) == NULL ||
 	    !json_object_is_type(ev->object, json_type_object)) {
 		log_msg("payload is not a Stripe event");
@@ -232,6 +217,18 @@ is_type(const struct subscription_event *ev, const char *type)
 {
 	return strcmp(ev->type, type) == 0;
 }
+
+/* Keep in step with apply_once. */
+const char *const subscription_event_types[] = {
+	"checkout.session.completed",
+	"customer.subscription.created",
+	"customer.subscription.updated",
+	"customer.subscription.deleted",
+	"customer.subscription.trial_will_end",
+	"invoice.paid",
+	"invoice.payment_failed",
+	NULL,
+};
 
 static int
 is_subscription_event(const struct subscription_event *ev)
@@ -303,18 +300,40 @@ record_event(struct apply *a)
 	r = Q(a, &rows,
 	    "INSERT INTO billing_events (stripe_event_id, event_type, stripe_subscription_id,"
 	    " stripe_customer_id, user_id, amount, currency, status, attempt_count, occurred_at,"
-	    " processed_at, payload)"
+	    " processed_at, payload, source)"
 	    " VALUES ($1, $2, $3, $4, $5, $6::bigint, $7, $8, $9::integer,"
-	    " to_timestamp($10::bigint), now(), $11::jsonb)"
+	    " to_timestamp($10::bigint), now(), $11::jsonb, coalesce($12, 'webhook'))"
 	    " ON CONFLICT (stripe_event_id) DO NOTHING RETURNING id",
 	    ev->id, ev->type, sub, customer, user, amount, currency, status, attempts, created,
-	    payload);
+	    payload, ev->source);
 	if (r == 0) {
 		if (db_rows_count(rows) == 0)
 			a->duplicate = 1;
 		else
 			a->event_row = mem_strdup(db_rows_get(rows, 0, 0));
 	}
+	db_rows_free(rows);
+	return r;
+}
+
+/*
+ * customers is the authority over who a Stripe customer belongs to: a
+ * link is made only when neither the user nor the customer is linked
+ * yet, and never moved.  *linked says whether this call made it.
+ */
+static int
+link_customer(struct apply *a, const char *user, const char *customer, int *linked)
+{
+	struct db_rows *rows = NULL;
+	int r;
+
+	*linked = 0;
+	r = Q(a, &rows, "INSERT INTO customers (user_id, stripe_customer_id) VALUES ($1, $2)"
+	    " ON CONFLICT DO NOTHING RETURNING user_id", user, customer);
+	if (r == 0 && db_rows_count(rows) == 0)
+		log_msg("customer link exists already (user or customer): kept as it was");
+	if (r == 0)
+		*linked = db_rows_count(rows) == 1;
 	db_rows_free(rows);
 	return r;
 }
@@ -461,7 +480,7 @@ store_subscription(struct apply *a, struct json_object *sub, int force, int dele
 		currency = jsonget_path_str(sub, "items.data.0.price.currency");
 	if (currency && strlen(currency) > 16)
 		currency = NULL;
-	if (price && !valid_stripe_id(price))
+	if (price && !stripe_id_valid(price))
 		price = NULL;
 	reason = jsonget_path_str(sub, "cancellation_details.reason");
 	if (reason && (strlen(reason) > 64 || !jsonget_clean_utf8(reason, strlen(reason))))
@@ -501,7 +520,7 @@ store_subscription(struct apply *a, struct json_object *sub, int force, int dele
 	    " canceled_at = EXCLUDED.canceled_at, ended_at = EXCLUDED.ended_at,"
 	    " cancellation_reason = coalesce(EXCLUDED.cancellation_reason, s.cancellation_reason),"
 	    " last_event_created = greatest(s.last_event_created, EXCLUDED.last_event_created),"
-	    " last_event_id = EXCLUDED.last_event_id",
+	    " last_event_id = coalesce(EXCLUDED.last_event_id, s.last_event_id)",
 	    user, customer, id, tier, status, interval, price,
 	    int_at(sub, "items.data.0.price.unit_amount", amount, sizeof(amount)), currency,
 	    int_at(sub, "trial_start", ts, sizeof(ts)), int_at(sub, "trial_end", te, sizeof(te)),
@@ -598,11 +617,10 @@ apply_checkout(struct apply *a, enum outcome *fatal)
 	const char *user = user_at(o, "client_reference_id"), *mode = jsonget_str(o, "mode");
 	const char *customer = id_of(o, "customer"), *sub = id_of(o, "subscription");
 	const char *tier = NULL, *interval = NULL;
-	struct db_rows *rows = NULL;
 	struct sub_row row;
 	enum plan_tier t;
 	enum plan_interval i;
-	int stored = 0, r;
+	int stored = 0, linked, r;
 
 	if (user == NULL)
 		user = user_at(o, "metadata.userId");
@@ -611,16 +629,8 @@ apply_checkout(struct apply *a, enum outcome *fatal)
 		return 0;
 	}
 	remember_user(a, user);
-	if (user && customer) {
-		r = Q(a, &rows, "INSERT INTO customers (user_id, stripe_customer_id) VALUES ($1, $2)"
-		    " ON CONFLICT DO NOTHING RETURNING user_id", user, customer);
-		if (r != 0)
-			return r;
-		if (db_rows_count(rows) == 0)
-			log_msg("customer link exists already (user or customer): kept as it was");
-		db_rows_free(rows);
-		rows = NULL;
-	}
+	if (user && customer && (r = link_customer(a, user, customer, &linked)) != 0)
+		return r;
 	if (sub) {
 		if ((r = lock_subscription(a, sub)) != 0)
 			return r;
@@ -769,4 +779,151 @@ subscription_apply_event(struct db *db, const struct subscription_event *ev,
 	} else if (a.ignored)
 		response_add(*reply, "ignored", json_object_new_boolean(1));
 	return OUT_OK;
+}
+
+/*
+ * A listing taken at listed_at is older than the row when the row's last
+ * event is newer, give or take this much difference between Stripe's
+ * clock and ours.  billing-sync stores listed_at minus this margin as the
+ * row's last_event_created: an event created before the listing is then
+ * older than what is stored (event mode ignores it), and the next sync's
+ * listing is not taken for older than the previous one.
+ */
+#define LISTED_CLOCK_MARGIN_S 60
+
+/* Columns that are bookkeeping, not Stripe's state: left out of the change record. */
+#define NOT_STATE "'id', 'created_at', 'updated_at', 'last_event_created', 'last_event_id'"
+
+enum outcome
+subscription_store_listed(struct db *db, struct json_object *sub, long long listed_at,
+    const char *claimed_user, struct subscription_stored *out)
+{
+	struct subscription_event ev;
+	struct apply a;
+	struct sub_row row;
+	struct db_rows *rows = NULL;
+	const char *id = id_of(sub, "id"), *customer = id_of(sub, "customer");
+	char *before = NULL, *owner = NULL;
+	enum outcome fatal = OUT_OK;
+	int stored = 0, r;
+
+	memset(out, 0, sizeof(*out));
+	if (id == NULL) {
+		log_msg("listed subscription without a valid id: skipped");
+		out->skipped = 1;
+		return OUT_OK;
+	}
+	memset(&ev, 0, sizeof(ev));
+	ev.type = "billing-sync";
+	ev.created = listed_at - LISTED_CLOCK_MARGIN_S;
+	ev.object = sub;
+	memset(&a, 0, sizeof(a));
+	a.db = db;
+	a.ev = &ev;
+	a.mode = SYNC_REFETCH;
+	if ((r = lock_subscription(&a, id)) != 0 ||
+	    (r = Q(&a, &rows, "SELECT to_jsonb(s) FROM subscriptions s"
+	    " WHERE stripe_subscription_id = $1", id)) != 0)
+		goto out;
+	if (db_rows_get(rows, 0, 0) != NULL)
+		before = mem_strdup(db_rows_get(rows, 0, 0));
+	db_rows_free(rows);
+	rows = NULL;
+	if ((r = read_row(&a, id, &row)) != 0)
+		goto out;
+	if (claimed_user && customer && auth_user_id_valid(claimed_user)) {
+		if ((r = customer_user(&a, customer, &owner)) != 0 ||
+		    (owner == NULL && (r = link_customer(&a, claimed_user, customer,
+		    &out->linked)) != 0))
+			goto out;
+	}
+	if (row.exists && row.has_last && row.last > ev.created) {
+		/* A webhook stored a newer state after the listing: refetch mode's own step. */
+		out->refetched = 1;
+		if ((r = refetch(&a, id, NULL, &stored, &fatal)) != 0 || fatal != OUT_OK)
+			goto out;
+		out->gone = !stored;
+	} else if ((r = store_subscription(&a, sub, 1, 0, NULL)) != 0) {
+		goto out;
+	}
+	out->skipped = a.ignored;
+	/* The owner is the customer's user, whatever the row said. */
+	if ((r = Q(&a, NULL, "UPDATE subscriptions s SET user_id = c.user_id FROM customers c"
+	    " WHERE s.stripe_subscription_id = $1 AND c.stripe_customer_id = s.stripe_customer_id"
+	    " AND s.user_id IS DISTINCT FROM c.user_id", id)) != 0)
+		goto out;
+	r = Q(&a, &rows,
+	    "SELECT (SELECT jsonb_object_agg(k, jsonb_build_array($2::jsonb -> k, x.now -> k))"
+	    "  FROM jsonb_object_keys(x.now) AS k WHERE k NOT IN (" NOT_STATE ")"
+	    "  AND coalesce($2::jsonb -> k, 'null') IS DISTINCT FROM (x.now -> k)),"
+	    " NOT EXISTS (SELECT 1 FROM customers c WHERE c.stripe_customer_id = x.customer)"
+	    " FROM (SELECT to_jsonb(s) AS now, s.stripe_customer_id AS customer"
+	    "  FROM subscriptions s WHERE stripe_subscription_id = $1) AS x", id, before);
+	if (r == 0 && db_rows_count(rows) == 1) {
+		out->created = before == NULL;
+		out->unlinked = strcmp(db_rows_get(rows, 0, 1), "t") == 0;
+		if (db_rows_get(rows, 0, 0) != NULL &&
+		    jsonget_parse(db_rows_get(rows, 0, 0), strlen(db_rows_get(rows, 0, 0)),
+		    &out->changes) != OUT_OK)
+			r = DB_ERROR;
+	}
+out:
+	free(before);
+	free(owner);
+	free(a.user_id);
+	free(a.event_row);
+	db_rows_free(rows);
+	if (fatal != OUT_OK)
+		return fatal;
+	return r == 0 ? OUT_OK : db_outcome((enum db_result)r);
+}
+
+void
+subscription_stored_free(struct subscription_stored *out)
+{
+	if (out == NULL)
+		return;
+	json_object_put(out->changes);
+	out->changes = NULL;
+}
+
+void
+subscription_columns_of(struct json_object *sub, const char *row_tier, const char *row_interval,
+    struct subscription_columns *c)
+{
+	struct sub_row row;
+
+	memset(&row, 0, sizeof(row));
+	if (row_tier != NULL) {
+		row.exists = 1;
+		snprintf(row.tier, sizeof(row.tier), "%s", row_tier);
+		snprintf(row.interval, sizeof(row.interval), "%s", row_interval ? row_interval : "");
+	}
+	memset(c, 0, sizeof(*c));
+	c->status = jsonget_str(sub, "status");
+	if (status_rank(c->status) < 0)
+		c->status = NULL;
+	resolve_plan(sub, &row, &c->tier, &c->interval);
+	/* The row's own values, not our copies of them. */
+	if (c->tier == row.tier)
+		c->tier = row_tier;
+	if (c->interval == row.interval)
+		c->interval = row_interval;
+	/* Periods: the item's (API 2025-03-31 and later), else the subscription's. */
+	if (jsonget_path_int(sub, "items.data.0.current_period_end", &c->period_end) == -1 &&
+	    jsonget_path_int(sub, "current_period_end", &c->period_end) == -1)
+		c->period_end = -1;
+	jsonget_bool(sub, "cancel_at_period_end", &c->cancel_at_period_end);
+}
+
+enum outcome
+subscription_customer_user(struct db *db, const char *customer, char **user)
+{
+	struct apply a;
+	int r;
+
+	memset(&a, 0, sizeof(a));
+	a.db = db;
+	r = customer_user(&a, customer, user);
+	return r == 0 ? OUT_OK : db_outcome((enum db_result)r);
 }
