@@ -34,6 +34,7 @@ create_checkout_session(struct serve *srv, struct request *req)
 	enum outcome o;
 
 	if ((o = auth_identify(0, &caller)) != OUT_OK ||
+	    (o = serve_limit_caller(srv, &caller)) != OUT_OK ||
 	    (o = request_require_json(req)) != OUT_OK || (o = request_body(req)) != OUT_OK ||
 	    (o = jsonget_parse(req->body, req->body_len, &body)) != OUT_OK)
 		goto fail;
@@ -56,7 +57,8 @@ create_checkout_session(struct serve *srv, struct request *req)
 	if ((o = serve_db(srv, &db)) != OUT_OK ||
 	    (o = checkout_not_subscribed(db, order.user_id)) != OUT_OK ||
 	    (o = checkout_customer(db, order.user_id, order.email, &customer_id)) != OUT_OK ||
-	    (o = checkout_create_session(&order, customer_id, idem, &session_id, &url)) != OUT_OK)
+	    (o = checkout_create_session(db, &order, customer_id, idem, &session_id, &url)) !=
+		OUT_OK)
 		goto fail;
 
 	answer = response_object();
@@ -81,6 +83,7 @@ static const struct serve_endpoint endpoint = {
 	.methods = "POST",
 	.cors = 1,
 	.handle = create_checkout_session,
+	.rate_limit = { "CHECKOUT", "10/60s", "60/60s" },
 };
 
 int

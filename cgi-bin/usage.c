@@ -24,12 +24,13 @@
  * body before any of them; HEAD is answered as GET without the body.
  *
  * Idempotency (the IETF Idempotency-Key draft, Stripe's semantics): keys
- * are per user; the first 200 or 402 is stored with the counting, in one
- * transaction, and a retry gets it back byte for byte with
- * `Idempotent-Replayed: true`.  Errors before counting (4xx, 5xx) store
- * nothing, so the retry is a new attempt.  Keys live at least 24 hours:
- * one POST in 100 calls prune_usage_idempotency() (a cron job running
- * `SELECT prune_usage_idempotency()` does the same for quiet sites).
+ * are per user; a 200 is stored with the counting, in one transaction,
+ * and a retry gets it back byte for byte with `Idempotent-Replayed: true`.
+ * A 402 and errors (4xx, 5xx) counted nothing and store nothing, so the
+ * retry is a new attempt.  Keys live 24 hours (one POST in 100 calls
+ * prune_usage_idempotency(); a cron job running `SELECT
+ * prune_usage_idempotency()` does the same for quiet sites), at most
+ * USAGE_IDEMPOTENCY_MAX_KEYS (1000) per user, the oldest going first.
  * metadata is validated (an object, at most 4 KiB, no NUL) and is part of
  * the idempotency comparison, but is not stored: usage is kept as monthly
  * counters, not as an event log.
@@ -41,6 +42,7 @@
 #include "buf.h"
 #include "db.h"
 #include "log.h"
+#include "metrics.h"
 #include "request.h"
 #include "response.h"
 #include "serve.h"
@@ -96,6 +98,8 @@ respond(const struct usage_answer *a)
 	/* As Stripe does, say when an answer is the stored first one. */
 	if (a->replayed)
 		response_header("Idempotent-Replayed", "true");
+	if (a->outcome == OUT_QUOTA_EXCEEDED && !a->replayed)
+		metrics_usage_breach(a->tier, a->usage_type);
 	if (a->outcome == OUT_OK)
 		response_json(200, a->body);
 	else
@@ -128,7 +132,8 @@ usage(struct serve *srv, struct request *req)
 	int is_get;
 	enum outcome rc;
 
-	if ((rc = auth_identify(1, &caller)) != OUT_OK)
+	if ((rc = auth_identify(1, &caller)) != OUT_OK ||
+	    (rc = serve_limit_caller(srv, &caller)) != OUT_OK)
 		goto out;
 
 	is_get = strcmp(req->method, "GET") == 0;
@@ -162,6 +167,8 @@ static const struct serve_endpoint endpoint = {
 	.methods = "GET, POST",
 	.cors = 1,
 	.handle = usage,
+	/* An app backend recording for all its users through USAGE_API_KEY is one caller. */
+	.rate_limit = { "USAGE", "600/60s", "1200/60s" },
 };
 
 int

@@ -476,6 +476,32 @@ auth_identify(int allow_api_key, struct auth_caller *caller)
 }
 
 enum outcome
+auth_operator(const char *setting)
+{
+	const char *remote = request_env("REMOTE_USER"), *secret = config_get(setting), *h, *tok;
+	size_t len;
+
+	if (remote != NULL && *remote != '\0')
+		return OUT_OK;
+	if (secret == NULL || strlen(secret) < 16) {
+		log_msg("%s unset or shorter than 16 bytes, and no Apache authentication", setting);
+		return OUT_MISCONFIGURED;
+	}
+	h = request_header("Authorization");
+	if (h == NULL || *h == '\0') {
+		response_header("WWW-Authenticate", "Bearer realm=\"billing\"");
+		return OUT_UNAUTHORIZED;
+	}
+	if (strlen(h) > LIMIT_HEADER_VALUE || bearer_token(h, &tok, &len) == -1 ||
+	    !secret_equal(tok, len, secret, strlen(secret))) {
+		log_msg("bearer token is not %s", setting);
+		invalid_token();
+		return OUT_UNAUTHORIZED;
+	}
+	return OUT_OK;
+}
+
+enum outcome
 auth_authorize(const struct auth_caller *caller, const char *user_id)
 {
 	if (caller == NULL || user_id == NULL)

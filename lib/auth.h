@@ -38,6 +38,16 @@ struct auth_caller {
 enum outcome auth_identify(int allow_api_key, struct auth_caller *caller)
     __attribute__((warn_unused_result));
 
+/*
+ * An operator's request (GET /metrics): OUT_OK when Apache authenticated
+ * it (REMOTE_USER), or when its Bearer token equals the secret in setting
+ * (e.g. METRICS_TOKEN; constant-time compare).  OUT_UNAUTHORIZED with the
+ * challenge queued for missing or other credentials; OUT_MISCONFIGURED
+ * (logged by name) when the setting is unset or shorter than 16 bytes
+ * and Apache did not authenticate the request.
+ */
+enum outcome auth_operator(const char *setting) __attribute__((warn_unused_result));
+
 /* OUT_OK when caller may act for user_id, OUT_FORBIDDEN otherwise. */
 enum outcome auth_authorize(const struct auth_caller *caller, const char *user_id)
     __attribute__((warn_unused_result));

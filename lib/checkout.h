@@ -19,6 +19,14 @@
 #define CHECKOUT_EMAIL_MAX 254
 /* Longest client Idempotency-Key (Stripe's own limit for keys). */
 #define CHECKOUT_IDEM_MAX 255
+/* An open session is handed out again only if it stays open this long (seconds). */
+#define CHECKOUT_REUSE_MIN_S 3600
+/*
+ * Steps (read the live session, finish or expire it, create) before giving
+ * up with OUT_CHECKOUT_SUPERSEDED: only concurrent checkouts of one user
+ * for different plans, each replacing the other's, use more than three.
+ */
+#define CHECKOUT_SESSION_STEPS 10
 
 struct checkout_order {
 	const char *user_id; /* all strings borrowed from the parsed body */
@@ -59,10 +67,15 @@ enum outcome checkout_not_subscribed(struct db *db, const char *user_id)
     __attribute__((warn_unused_result));
 
 /*
- * The user's Stripe customer id (caller frees).  Under a transaction
- * lock on the user, reads customers; when absent, creates the customer
+ * The user's Stripe customer id (caller frees).  customers is read
+ * first; when the user has none, the customer Stripe already has for the
+ * user (GET /v1/customers/search on metadata['userId'], e.g. created by
+ * a checkout whose database write failed) is used, else one is created
  * (POST /v1/customers with email and metadata[userId], Idempotency-Key
- * derived from the user id) and stores it.  OUT_OK, or the stripe/db
+ * derived from exactly that body).  The link is stored unless the user
+ * was linked meanwhile (then that customer is used) or the customer is
+ * another user's (OUT_CUSTOMER_CONFLICT, logged).  No transaction or
+ * lock is held during the Stripe calls.  OUT_OK, or the stripe/db
  * outcome.
  */
 enum outcome checkout_customer(struct db *db, const char *user_id, const char *email,
@@ -72,19 +85,33 @@ enum outcome checkout_customer(struct db *db, const char *user_id, const char *e
  * The Idempotency-Key for this checkout: derived from (user id, the
  * client's Idempotency-Key header) when the client sent one, else
  * random.  Caller frees.  NULL when the client's key is unusable
- * (empty, longer than CHECKOUT_IDEM_MAX, not visible ASCII).
+ * (see stripe_client_idempotency_key).
  */
 char *checkout_idempotency_key(const char *user_id, const char *client_key);
 
 /*
- * Creates the Checkout Session for order and customer_id.  OUT_OK with
- * *session_id and *url (caller frees both); OUT_MISCONFIGURED when the
- * price setting is missing or trial days are invalid;
- * OUT_IDEMPOTENCY_CONFLICT when the client's Idempotency-Key was first
- * used for another order; the other stripe outcomes.
+ * The Checkout Session for order and customer_id, under the rule that a
+ * user has at most one open session from this API (paying two would
+ * make two subscriptions; checkout_sessions in the schema):
+ *   - the same order (the same Stripe request body) while the user's
+ *     session is open for at least CHECKOUT_REUSE_MIN_S more: that
+ *     session again, without calling Stripe;
+ *   - another order: the open session is expired at Stripe first (one
+ *     already paid: OUT_ALREADY_SUBSCRIBED), then a new one is created;
+ *   - a creation still under way (or whose answer was lost) is repeated
+ *     with its own body and Idempotency-Key, so concurrent identical
+ *     checkouts get one session and the newest order wins
+ *     (OUT_CHECKOUT_SUPERSEDED for one replaced while being created);
+ *   - idempotency_key (checkout_idempotency_key) used in the last 24
+ *     hours for the same order: its session; for another order:
+ *     OUT_IDEMPOTENCY_CONFLICT.
+ * No transaction is held during Stripe calls.  OUT_OK with *session_id
+ * and *url (caller frees both); OUT_MISCONFIGURED when the price setting
+ * is missing or trial days are invalid; the stripe/db outcomes.
  */
-enum outcome checkout_create_session(const struct checkout_order *order, const char *customer_id,
-				     const char *idempotency_key, char **session_id, char **url)
+enum outcome checkout_create_session(struct db *db, const struct checkout_order *order,
+				     const char *customer_id, const char *idempotency_key,
+				     char **session_id, char **url)
     __attribute__((warn_unused_result));
 
 #endif

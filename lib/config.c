@@ -240,6 +240,24 @@ config_get_long(const char *name, long def, long min, long max, long *value)
 	return OUT_OK;
 }
 
+enum outcome
+config_get_bool(const char *name, int def, int *value)
+{
+	const char *v = config_get(name);
+
+	if (v == NULL)
+		*value = def;
+	else if (strcmp(v, "true") == 0)
+		*value = 1;
+	else if (strcmp(v, "false") == 0)
+		*value = 0;
+	else {
+		log_msg("setting %s must be true or false", name);
+		return OUT_MISCONFIGURED;
+	}
+	return OUT_OK;
+}
+
 int
 config_list_contains(const char *name, const char *item, size_t len, int nocase)
 {

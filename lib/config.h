@@ -34,6 +34,10 @@ enum outcome config_require(const char *name, const char **value)
 enum outcome config_get_long(const char *name, long def, long min, long max,
     long *value) __attribute__((warn_unused_result));
 
+/* A boolean setting, "true" or "false"; def when unset; anything else is OUT_MISCONFIGURED. */
+enum outcome config_get_bool(const char *name, int def, int *value)
+    __attribute__((warn_unused_result));
+
 /*
  * Whether item (length len) is one of the comma-separated entries of a
  * list setting; entries are trimmed of blanks and compared exactly, or

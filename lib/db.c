@@ -1,4 +1,5 @@
 #include <poll.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,21 @@
 struct db {
 	PGconn *conn;
 	char *url;	/* the DATABASE_URL it was made with (a secret: never logged) */
+	/* set_config values for each transaction: milliseconds as text. */
+	char statement_ms[16], lock_ms[16], idle_ms[16];
+	int begin_pending; /* db_begin called; BEGIN goes out with the next statement */
+};
+
+/* The timeout settings, their defaults, and where db_connect puts them. */
+static const struct {
+	const char *setting;
+	long def;
+	size_t field;
+} timeouts[] = {
+	{ "DB_STATEMENT_TIMEOUT_MS", LIMIT_DB_STATEMENT_MS, offsetof(struct db, statement_ms) },
+	{ "DB_LOCK_TIMEOUT_MS", LIMIT_DB_LOCK_MS, offsetof(struct db, lock_ms) },
+	{ "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", LIMIT_DB_IDLE_IN_TRANSACTION_MS,
+	  offsetof(struct db, idle_ms) },
 };
 
 struct db_rows {
@@ -36,11 +52,18 @@ db_connect(struct db **out)
 	const char *keys[] = { "dbname", "connect_timeout", "application_name", NULL };
 	const char *vals[4];
 	PGconn *conn = NULL;
+	struct db *db;
 	enum outcome rc;
+	long ms[sizeof(timeouts) / sizeof(timeouts[0])];
+	size_t i;
 
 	*out = NULL;
 	if ((rc = config_require("DATABASE_URL", &url)) != OUT_OK)
 		return rc;
+	for (i = 0; i < sizeof(timeouts) / sizeof(timeouts[0]); i++)
+		if ((rc = config_get_long(timeouts[i].setting, timeouts[i].def, 1,
+		    LIMIT_DB_TIMEOUT_MAX_MS, &ms[i])) != OUT_OK)
+			return rc;
 	snprintf(timeout, sizeof(timeout), "%d", LIMIT_DB_CONNECT_S);
 	vals[0] = url;
 	vals[1] = timeout;
@@ -58,9 +81,12 @@ db_connect(struct db **out)
 		return OUT_UNAVAILABLE;
 	}
 	PQsetNoticeProcessor(conn, ignore_notice, NULL);
-	*out = mem_alloc(sizeof(**out));
-	(*out)->conn = conn;
-	(*out)->url = mem_strdup(url);
+	db = mem_calloc(1, sizeof(*db));
+	db->conn = conn;
+	db->url = mem_strdup(url);
+	for (i = 0; i < sizeof(timeouts) / sizeof(timeouts[0]); i++)
+		snprintf((char *)db + timeouts[i].field, sizeof(db->statement_ms), "%ld", ms[i]);
+	*out = db;
 	return OUT_OK;
 }
 
@@ -143,24 +169,21 @@ classify(PGconn *conn, const PGresult *res)
 		return DB_SERIALIZATION;
 	if (strcmp(state, "40P01") == 0)
 		return DB_DEADLOCK;
+	if (strcmp(state, "57014") == 0 || strcmp(state, "55P03") == 0)
+		return DB_TIMEOUT;
 	if (strncmp(state, "08", 2) == 0 || strncmp(state, "57P", 3) == 0)
 		return DB_CONNECTION;
 	return DB_ERROR;
 }
 
-enum db_result
-db_exec(struct db *db, struct db_rows **rows, const char *sql, int nparams,
-    const char *const *params)
+/* Classifies res (taken over; NULL: the connection failed) and hands rows over on success. */
+static enum db_result
+finish(struct db *db, struct db_rows **rows, PGresult *res)
 {
-	PGresult *res;
-	ExecStatusType st;
+	ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
 	enum db_result r;
 	const char *state;
 
-	if (rows)
-		*rows = NULL;
-	res = PQexecParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0);
-	st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
 	if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
 		if (rows) {
 			*rows = mem_alloc(sizeof(**rows));
@@ -178,16 +201,118 @@ db_exec(struct db *db, struct db_rows **rows, const char *sql, int nparams,
 	return r;
 }
 
+/* One statement as it is, in whatever transaction state the connection is. */
+static enum db_result
+exec_raw(struct db *db, struct db_rows **rows, const char *sql, int nparams,
+    const char *const *params)
+{
+	if (rows)
+		*rows = NULL;
+	return finish(db, rows, PQexecParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0));
+}
+
+/*
+ * Starts a transaction and runs sql in it, in one round trip: BEGIN, the
+ * timeouts set LOCAL, the statement and, when commit is set, COMMIT, all
+ * sent as one libpq pipeline (PostgreSQL protocol pipelining).  The
+ * result of the first of them that failed, else the statement's; NULL
+ * when the connection failed.  A failure aborts what follows it.
+ */
+static PGresult *
+exec_in_new_transaction(struct db *db, const char *sql, int nparams,
+    const char *const *params, int commit)
+{
+	const char *timeouts_params[] = { db->statement_ms, db->lock_ms, db->idle_ms };
+	PGresult *res, *got[4] = { NULL, NULL, NULL, NULL }, *out = NULL;
+	int i, n = commit ? 4 : 3;
+
+	if (PQenterPipelineMode(db->conn) != 1)
+		return NULL;
+	/* set_config(..., true) is SET LOCAL: it ends with the transaction (see db.h). */
+	if (PQsendQueryParams(db->conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1 &&
+	    PQsendQueryParams(db->conn,
+		"SELECT set_config('statement_timeout', $1, true),"
+		" set_config('lock_timeout', $2, true),"
+		" set_config('idle_in_transaction_session_timeout', $3, true)",
+		3, NULL, timeouts_params, NULL, NULL, 0) == 1 &&
+	    PQsendQueryParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0) == 1 &&
+	    (!commit || PQsendQueryParams(db->conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) == 1) &&
+	    PQpipelineSync(db->conn) == 1) {
+		/* Each query's results, then a NULL; then the sync's own result. */
+		for (i = 0; i < n; i++) {
+			while ((res = PQgetResult(db->conn)) != NULL) {
+				if (got[i] == NULL)
+					got[i] = res;
+				else
+					PQclear(res);
+			}
+		}
+		PQclear(PQgetResult(db->conn));
+	}
+	if (PQexitPipelineMode(db->conn) != 1) {
+		/* Results we cannot account for: this connection is done for. */
+		log_msg("database pipeline left in an unknown state");
+		for (i = 0; i < 4; i++)
+			PQclear(got[i]);
+		PQreset(db->conn);
+		return NULL;
+	}
+	for (i = 0; i < n && out == NULL; i++) {
+		ExecStatusType st = got[i] ? PQresultStatus(got[i]) : PGRES_FATAL_ERROR;
+
+		if (i == 2 ? (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
+			   : st != (i == 1 ? PGRES_TUPLES_OK : PGRES_COMMAND_OK))
+			out = got[i];
+	}
+	if (out == NULL)
+		out = got[2];
+	for (i = 0; i < 4; i++)
+		if (got[i] != out)
+			PQclear(got[i]);
+	return out;
+}
+
+enum db_result
+db_exec(struct db *db, struct db_rows **rows, const char *sql, int nparams,
+    const char *const *params)
+{
+	int pending = db->begin_pending;
+	enum db_result r;
+
+	if (rows)
+		*rows = NULL;
+	db->begin_pending = 0;
+	/* In a transaction: the statement as it is. */
+	if (!pending && PQtransactionStatus(db->conn) != PQTRANS_IDLE)
+		return exec_raw(db, rows, sql, nparams, params);
+	/*
+	 * The first statement of db_begin's transaction, or one outside any:
+	 * a transaction of its own, so the timeouts apply.  Either way one
+	 * round trip, as a lone statement was before there were timeouts.
+	 */
+	r = finish(db, rows, exec_in_new_transaction(db, sql, nparams, params, !pending));
+	/* A lone statement that failed leaves its aborted transaction behind: end it. */
+	if (r != DB_OK && !pending)
+		db_rollback(db);
+	return r;
+}
+
 enum db_result
 db_begin(struct db *db)
 {
-	return db_exec(db, NULL, "BEGIN", 0, NULL);
+	/* Sent with the first statement: see exec_in_new_transaction. */
+	db->begin_pending = 1;
+	return DB_OK;
 }
 
 enum db_result
 db_commit(struct db *db)
 {
-	return db_exec(db, NULL, "COMMIT", 0, NULL);
+	if (db->begin_pending) {
+		db->begin_pending = 0;	/* nothing was run: nothing to commit */
+		return DB_OK;
+	}
+	return exec_raw(db, NULL, "COMMIT", 0, NULL);
 }
 
 void
@@ -195,6 +320,8 @@ db_rollback(struct db *db)
 {
 	PGresult *res;
 
+	if (db != NULL)
+		db->begin_pending = 0;
 	if (db == NULL || PQstatus(db->conn) != CONNECTION_OK ||
 	    PQtransactionStatus(db->conn) == PQTRANS_IDLE)
 		return;
@@ -211,6 +338,7 @@ db_outcome(enum db_result r)
 	case DB_CONNECTION:
 	case DB_SERIALIZATION:
 	case DB_DEADLOCK:
+	case DB_TIMEOUT:
 		return OUT_UNAVAILABLE;
 	default:
 		return OUT_INTERNAL;

@@ -3,6 +3,19 @@
  * text parameters, NULL pointer = SQL NULL); failures are classified
  * by SQLSTATE, never by message text, and logged by SQLSTATE only (no
  * SQL text, no parameters, no server message).
+ *
+ * Timeouts: every statement runs inside a transaction that starts with
+ * statement_timeout, lock_timeout and idle_in_transaction_session_timeout
+ * set LOCAL (settings DB_STATEMENT_TIMEOUT_MS, DB_LOCK_TIMEOUT_MS,
+ * DB_IDLE_IN_TRANSACTION_TIMEOUT_MS; defaults in limits.h); a statement
+ * run outside db_begin/db_commit gets a transaction of its own.  Why per
+ * transaction and not per connection: startup `options=-c ...` is
+ * refused (or, with ignore_startup_parameters, silently dropped) by
+ * PgBouncer, and a session-level SET leaks to other clients under
+ * transaction pooling; SET LOCAL lives exactly as long as the
+ * transaction, directly and through any pooler.  It costs no round trip:
+ * BEGIN, the SET LOCALs and the first statement (and, for a lone
+ * statement, its COMMIT) go out as one libpq pipeline.
  */
 #ifndef DB_H
 #define DB_H
@@ -18,14 +31,16 @@ enum db_result {
 	DB_CHECK_VIOLATION,	/* 23xxx other than 23505: bad data */
 	DB_SERIALIZATION,	/* 40001: retry the transaction */
 	DB_DEADLOCK,		/* 40P01: retry the transaction */
+	DB_TIMEOUT,		/* 57014 statement timeout, 55P03 lock timeout */
 	DB_CONNECTION,		/* lost or refused connection, 08xxx, 57Pxx */
 	DB_ERROR		/* anything else */
 };
 
 /*
  * Connects with DATABASE_URL (conninfo or URI).  OUT_OK and *db, or
- * OUT_MISCONFIGURED (setting missing) / OUT_UNAVAILABLE (server down),
- * logged without the URL.
+ * OUT_MISCONFIGURED (DATABASE_URL missing, a DB_*_TIMEOUT_MS setting not
+ * a whole number of milliseconds in range) / OUT_UNAVAILABLE (server
+ * down), logged without the URL.
  */
 enum outcome db_connect(struct db **db) __attribute__((warn_unused_result));
 
@@ -61,13 +76,22 @@ enum db_result db_exec(struct db *db, struct db_rows **rows, const char *sql,
 	    (int)(sizeof((const char *[]){ __VA_ARGS__ }) / sizeof(const char *)), \
 	    (const char *const[]){ __VA_ARGS__ })
 
-/* BEGIN (READ COMMITTED), COMMIT and ROLLBACK. */
+/*
+ * BEGIN (READ COMMITTED) with the timeouts set LOCAL, COMMIT and
+ * ROLLBACK.  db_begin sends nothing: BEGIN and the SET LOCALs go out in
+ * one pipeline with the transaction's first statement, whose db_exec then
+ * reports a failure of any of them.
+ */
 enum db_result db_begin(struct db *db) __attribute__((warn_unused_result));
 enum db_result db_commit(struct db *db) __attribute__((warn_unused_result));
 /* Best effort; safe to call when no transaction is open. */
 void db_rollback(struct db *db);
 
-/* Maps a failure to the outcome an endpoint answers with (OUT_UNAVAILABLE or OUT_INTERNAL). */
+/*
+ * Maps a failure to the outcome an endpoint answers with: OUT_UNAVAILABLE
+ * for a lost connection, a timeout, serialization failure or deadlock
+ * (worth retrying later), else OUT_INTERNAL.
+ */
 enum outcome db_outcome(enum db_result r);
 
 /* Whether the result is worth retrying the whole transaction for. */

@@ -61,6 +61,16 @@ form_add_long(struct form *f, const char *key, long long n)
 	return form_add(f, key, num);
 }
 
+int
+form_add_encoded(struct form *f, const char *encoded)
+{
+	size_t start = f->b.len;
+
+	if ((start > 0 && buf_addch(&f->b, '&') == -1) || buf_addstr(&f->b, encoded) == -1)
+		return rollback(f, start);
+	return 0;
+}
+
 const char *
 form_str(const struct form *f)
 {

@@ -21,6 +21,12 @@ int form_add(struct form *f, const char *key, const char *value)
 int form_add_long(struct form *f, const char *key, long long n)
     __attribute__((warn_unused_result));
 
+/*
+ * Appends an already encoded body (a stored request being repeated
+ * exactly, e.g. with its Idempotency-Key).  0, or -1 past LIMIT_FORM_BODY.
+ */
+int form_add_encoded(struct form *f, const char *encoded) __attribute__((warn_unused_result));
+
 /* The encoded body ("" when empty). Owned by f. */
 const char *form_str(const struct form *f);
 size_t form_len(const struct form *f);

@@ -86,9 +86,8 @@ missing:
 	return -1;
 }
 
-/* Hosts for which plain http:// is accepted: the local fake Stripe only. */
-static int
-is_loopback_host(const char *host)
+int
+http_loopback_host(const char *host)
 {
 	return strcasecmp(host, "localhost") == 0 || strcmp(host, "127.0.0.1") == 0 ||
 	       strcmp(host, "[::1]") == 0 || strcmp(host, "::1") == 0;
@@ -116,7 +115,7 @@ http_url_allowed(const char *url)
 	if (strcasecmp(scheme, "https") == 0)
 		allowed = host[0] != '\0';
 	else if (strcasecmp(scheme, "http") == 0)
-		allowed = is_loopback_host(host);
+		allowed = http_loopback_host(host);
 out:
 	lc.free(scheme);
 	lc.free(host);
@@ -206,6 +205,19 @@ handle_release(void)
 	lc.global_cleanup();
 }
 
+int
+http_curl_init(void)
+{
+	static int done;
+
+	if (done)
+		return 0;
+	if (curl_load() == -1 || lc.global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+		return -1;
+	done = 1;
+	return 0;
+}
+
 static CURL *
 handle_get(void)
 {
@@ -213,14 +225,8 @@ handle_get(void)
 		lc.easy_reset(handle);
 		return handle;
 	}
-	if (curl_load() == -1)
+	if (http_curl_init() == -1 || (handle = lc.easy_init()) == NULL)
 		return NULL;
-	if (lc.global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-		return NULL;
-	if ((handle = lc.easy_init()) == NULL) {
-		lc.global_cleanup();
-		return NULL;
-	}
 	atexit(handle_release);
 	return handle;
 }

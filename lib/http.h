@@ -1,8 +1,8 @@
 /*
- * The only user of libcurl: one HTTPS exchange with TLS verification
- * always on, connect and total timeouts, and a cap on the response
- * size.  Plain http:// is allowed only to loopback hosts (the local
- * fake Stripe).  Retries are the caller's policy (stripe module).
+ * The only user of libcurl for HTTPS (smtp.c owns SMTP): one exchange
+ * with TLS verification always on, connect and total timeouts, and a cap
+ * on the response size.  Plain http:// is allowed only to loopback hosts
+ * (the local fake Stripe).  Retries are the caller's policy (stripe module).
  */
 #ifndef HTTP_H
 #define HTTP_H
@@ -27,6 +27,18 @@ struct http_response {
 
 /* Whether url may be used: https://, or http:// to 127.0.0.1, ::1 or localhost. */
 int http_url_allowed(const char *url);
+
+/*
+ * Whether a URL's host is loopback (127.0.0.1, ::1, localhost): the only
+ * hosts any protocol, HTTP or SMTP, may speak to without TLS.
+ */
+int http_loopback_host(const char *host);
+
+/*
+ * libcurl's process-wide initialisation, once (smtp.c shares it): loads
+ * libcurl if it is not loaded yet (see http.c).  0 or -1.
+ */
+int http_curl_init(void) __attribute__((warn_unused_result));
 
 /*
  * Sends one request.  headers: NULL-terminated "Name: value" strings

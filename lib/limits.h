@@ -61,8 +61,62 @@
 #define LIMIT_HTTP_TRIES	3
 #define LIMIT_FORM_BODY		(64 * 1024)
 
+/*
+ * Idempotency-Keys kept per user for POST /api/usage (setting
+ * USAGE_IDEMPOTENCY_MAX_KEYS, 1..LIMIT_USAGE_IDEMPOTENCY_KEYS_MAX): past
+ * it the user's oldest keys are forgotten.
+ */
+#define LIMIT_USAGE_IDEMPOTENCY_KEYS	1000
+#define LIMIT_USAGE_IDEMPOTENCY_KEYS_MAX	1000000
+
 /* Database connect timeout (libpq's connect_timeout, seconds). */
 #define LIMIT_DB_CONNECT_S	5
+
+/*
+ * Mail (billing-mailer).  A template file, one rendered message, one
+ * value put into a template, an address (RFC 5321 4.5.3.1.3: a path is
+ * at most 256 octets with its angle brackets) and a failure reason as
+ * stored in notifications.last_error.
+ */
+#define LIMIT_MAIL_TEMPLATE	(64 * 1024)
+#define LIMIT_MAIL_MESSAGE	(1024 * 1024)
+#define LIMIT_MAIL_VALUE	2048
+#define LIMIT_MAIL_ADDRESS	254
+#define LIMIT_MAIL_REASON	300
+/* SMTP: connecting (TCP and TLS), and the default for one whole message (SMTP_TIMEOUT). */
+#define LIMIT_SMTP_CONNECT_MS	10000
+#define LIMIT_SMTP_TIMEOUT_S	30
+
+/*
+ * Defaults of the per-transaction database timeouts (settings
+ * DB_STATEMENT_TIMEOUT_MS, DB_LOCK_TIMEOUT_MS,
+ * DB_IDLE_IN_TRANSACTION_TIMEOUT_MS; each 1..LIMIT_DB_TIMEOUT_MAX_MS).
+ * A lock wait gives up before a statement does (PostgreSQL: a
+ * lock_timeout at or above statement_timeout never fires).  A webhook in
+ * refetch mode stays in its transaction while it asks Stripe (at most
+ * LIMIT_HTTP_TOTAL_MS), so idle in transaction must outlast that.
+ */
+#define LIMIT_DB_STATEMENT_MS	8000
+#define LIMIT_DB_LOCK_MS	4000
+#define LIMIT_DB_IDLE_IN_TRANSACTION_MS	15000
+#define LIMIT_DB_TIMEOUT_MAX_MS	3600000
+
+/*
+ * Rate limits (RATE_LIMIT_* settings): the largest count and window a
+ * policy may have, and the housekeeping of the rate_limits table: one
+ * check in LIMIT_RATE_PRUNE_ONE_IN deletes up to LIMIT_RATE_PRUNE_BATCH
+ * expired rows, more than the at most two keys a request can add.
+ */
+#define LIMIT_RATE_MAX		1000000
+#define LIMIT_RATE_WINDOW_MAX	86400
+#define LIMIT_RATE_PRUNE_ONE_IN	256
+#define LIMIT_RATE_PRUNE_BATCH	1000
+/* A rate-limit key: policy name, a space, and a caller or an address. */
+#define LIMIT_RATE_KEY		(LIMIT_USER_ID_LEN + 64)
+
+/* The /metrics answer, and the path of the metrics file (METRICS_DIR + name). */
+#define LIMIT_METRICS_BODY	(1024 * 1024)
+#define LIMIT_PATH		4096
 
 /*
  * billing-sync, a program that may run for hours, not a request: Stripe

@@ -16,14 +16,24 @@ static const struct {
 	[OUT_TIMESTAMP_TOLERANCE] = { 400, "timestamp_out_of_tolerance", "The signature timestamp is outside the tolerance." },
 	[OUT_UNAUTHORIZED] = { 401, "unauthorized", "Authentication is required." },
 	[OUT_QUOTA_EXCEEDED] = { 402, "quota_exceeded", "Monthly quota exceeded for this usage type." },
+	[OUT_PAYMENT_FAILED] = { 402, "payment_failed", "The payment for this change did not go through; the current plan stays in force until it is paid." },
 	[OUT_FORBIDDEN] = { 403, "forbidden", "You may not act for this user." },
 	[OUT_NOT_FOUND] = { 404, "not_found", "Not found." },
+	[OUT_NO_CUSTOMER] = { 404, "no_customer", "This user has no Stripe customer yet; check out first." },
+	[OUT_NO_SUBSCRIPTION] = { 404, "no_subscription", "This user has no live subscription." },
 	[OUT_METHOD_NOT_ALLOWED] = { 405, "method_not_allowed", "Method not allowed." },
 	[OUT_IDEMPOTENCY_CONFLICT] = { 409, "conflict", "This Idempotency-Key was already used with a different request." },
 	[OUT_ALREADY_SUBSCRIBED] = { 409, "already_subscribed", "This user already has an active subscription." },
+	[OUT_CUSTOMER_CONFLICT] = { 409, "customer_conflict", "This user's payment account is linked to another user; contact support." },
+	[OUT_CHECKOUT_SUPERSEDED] = { 409, "checkout_superseded", "A newer checkout for this user replaced this one." },
+	[OUT_FLOW_NEEDS_SUBSCRIPTION] = { 409, "no_subscription", "This portal flow needs a live subscription." },
+	[OUT_NO_CHANGE] = { 409, "no_change", "Nothing to change: the subscription is already in that state." },
+	[OUT_CANCEL_PENDING] = { 409, "cancel_pending", "The subscription is scheduled to cancel; resume it before changing the plan." },
+	[OUT_NOT_RESUMABLE] = { 409, "not_resumable", "Only a subscription scheduled to cancel at the period end can be resumed; a canceled one needs a new checkout." },
 	[OUT_LENGTH_REQUIRED] = { 411, "length_required", "Content-Length is required." },
 	[OUT_PAYLOAD_TOO_LARGE] = { 413, "payload_too_large", "The request body is too large." },
 	[OUT_UNSUPPORTED_MEDIA] = { 415, "unsupported_media_type", "The request body must be application/json." },
+	[OUT_RATE_LIMITED] = { 429, "rate_limited", "Too many requests; retry after the time in Retry-After." },
 	[OUT_INTERNAL] = { 500, "internal_error", "Internal error." },
 	[OUT_MISCONFIGURED] = { 500, "misconfigured", "The service is not configured correctly." },
 	[OUT_STRIPE_ERROR] = { 502, "stripe_error", "The payment provider rejected the request." },
@@ -70,6 +80,7 @@ outcome_reason(int status)
 	case 411: return "Length Required";
 	case 413: return "Content Too Large";
 	case 415: return "Unsupported Media Type";
+	case 429: return "Too Many Requests";
 	case 500: return "Internal Server Error";
 	case 502: return "Bad Gateway";
 	case 503: return "Service Unavailable";

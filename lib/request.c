@@ -173,6 +173,16 @@ read_up_to(request_reader *read, void *ctx, char *dst, size_t len)
 	return got;
 }
 
+/* Takes over body (len bytes read, room for a NUL) as the request's. */
+static void
+keep_body(struct request *r, char *body, size_t len)
+{
+	body[len] = '\0';
+	r->body = body;
+	r->body_len = len;
+	r->body_outcome = OUT_OK;
+}
+
 /* A chunked body (RFC 9112 7.1, de-chunked by the server): read to its end. */
 static void
 take_chunked(struct request *r, size_t max, request_reader *read, void *ctx)
@@ -187,10 +197,7 @@ take_chunked(struct request *r, size_t max, request_reader *read, void *ctx)
 		r->body_outcome = OUT_PAYLOAD_TOO_LARGE;
 		return;
 	}
-	body[got] = '\0';
-	r->body = body;
-	r->body_len = got;
-	r->body_outcome = OUT_OK;
+	keep_body(r, body, got);
 }
 
 void
@@ -228,10 +235,7 @@ request_take_body(struct request *r, size_t max, request_reader *read, void *ctx
 		r->body_outcome = OUT_BAD_REQUEST;
 		return;
 	}
-	body[len] = '\0';
-	r->body = body;
-	r->body_len = len;
-	r->body_outcome = OUT_OK;
+	keep_body(r, body, len);
 }
 
 enum outcome

@@ -17,6 +17,7 @@
  */
 static struct buf headers = BUF_INIT(LIMIT_RESPONSE_HEADERS);
 static int sent;
+static int sent_status;
 static int omit_body;
 static const struct response_sink *out;
 
@@ -46,6 +47,7 @@ response_begin(const struct response_sink *sink, int head)
 {
 	buf_free(&headers);
 	sent = 0;
+	sent_status = 0;
 	omit_body = head;
 	out = sink ? sink : &stdout_sink;
 }
@@ -54,6 +56,12 @@ int
 response_sent(void)
 {
 	return sent;
+}
+
+int
+response_status(void)
+{
+	return sent_status;
 }
 
 static int
@@ -111,6 +119,7 @@ send_response(int status, const char *content_type, const char *body, size_t len
 	if (sent)
 		return;
 	sent = 1;
+	sent_status = status;
 	if (buf_printf(&head, "Status: %d %s\n", status, outcome_reason(status)) == -1 ||
 	    buf_printf(&head, "X-Request-Id: %s\n", log_request_id()) == -1 ||
 	    buf_addstr(&head, "Cache-Control: no-store\n") == -1 ||
@@ -121,6 +130,7 @@ send_response(int status, const char *content_type, const char *body, size_t len
 		static const char fallback[] = "Status: 500 Internal Server Error\n\n";
 
 		write_all(fallback, sizeof(fallback) - 1);
+		sent_status = 500;
 		buf_free(&head);
 		log_finish(500);
 		return;
@@ -150,6 +160,12 @@ void
 response_empty(int status)
 {
 	send_response(status, NULL, NULL, 0);
+}
+
+void
+response_text(int status, const char *content_type, const char *body, size_t len)
+{
+	send_response(status, content_type, body, len);
 }
 
 struct json_object *
@@ -231,6 +247,7 @@ response_fatal(const char *why)
 
 	if (!sent) {
 		sent = 1;
+		sent_status = 500;
 		write_all(msg, sizeof(msg) - 1);
 	}
 	log_msg("fatal: %s", why);

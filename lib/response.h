@@ -49,6 +49,12 @@ void response_json(int status, struct json_object *body);
 void response_empty(int status);
 
 /*
+ * Writes status, queued headers and len bytes of body (borrowed) of
+ * another media type than JSON (the Prometheus text format).
+ */
+void response_text(int status, const char *content_type, const char *body, size_t len);
+
+/*
  * {"error":{"code":...,"message":...}} with the outcome's status.
  * message NULL means the outcome's generic message.  Only pass messages
  * that are safe for clients (no SQL, secrets, paths).
@@ -66,6 +72,9 @@ void response_error_extra(enum outcome o, struct json_object *extra);
 
 /* Whether a response has been written. */
 int response_sent(void);
+
+/* The status of the response written (0 before one is): serve counts it. */
+int response_status(void);
 
 /* Emergency exit (out of memory): a fixed 500 if nothing was sent, then exit(1). */
 void response_fatal(const char *why) __attribute__((noreturn));

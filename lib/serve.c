@@ -13,6 +13,7 @@
 #include "cors.h"
 #include "limits.h"
 #include "log.h"
+#include "metrics.h"
 #include "response.h"
 #include "serve.h"
 
@@ -20,6 +21,7 @@
 struct serve {
 	const struct serve_endpoint *ep;
 	struct db *db;		/* kept between requests; NULL until first used */
+	int caller_limited;	/* this request: serve_limit_caller was called */
 };
 
 enum outcome
@@ -28,6 +30,63 @@ serve_db(struct serve *srv, struct db **db)
 	enum outcome rc = db_reuse(&srv->db);
 
 	*db = srv->db;
+	return rc;
+}
+
+/* --- rate limits -------------------------------------------------------------------- */
+
+static enum outcome
+limit(struct serve *srv, enum ratelimit_scope scope, const char *subject)
+{
+	const struct ratelimit_decl *d = &srv->ep->rate_limit;
+	struct ratelimit_policy p;
+	struct db *db;
+	enum outcome rc;
+
+	if ((rc = ratelimit_policy_for(d, scope, &p)) != OUT_OK || p.limit == 0)
+		return rc;	/* off: costs nothing, not even a connection */
+	if (serve_db(srv, &db) != OUT_OK) {
+		log_msg("rate limit not checked: database unavailable");
+		return OUT_OK;
+	}
+	rc = ratelimit_check(db, d, scope, &p, subject);
+	if (rc == OUT_RATE_LIMITED)
+		metrics_rate_limited(srv->ep->name, scope == RATELIMIT_ADDRESS ? "address" : "caller");
+	return rc;
+}
+
+/* Before the handler: the client address's limit. */
+static enum outcome
+limit_address(struct serve *srv)
+{
+	char addr[64];
+
+	if (srv->ep->rate_limit.name == NULL)
+		return OUT_OK;
+	if (ratelimit_client_address(addr, sizeof(addr)) == -1) {
+		log_msg("no usable REMOTE_ADDR: address rate limit not checked");
+		return OUT_OK;
+	}
+	return limit(srv, RATELIMIT_ADDRESS, addr);
+}
+
+enum outcome
+serve_limit_caller(struct serve *srv, const struct auth_caller *caller)
+{
+	struct buf subject = BUF_INIT(LIMIT_RATE_KEY);
+	enum outcome rc;
+
+	srv->caller_limited = 1;
+	if (srv->ep->rate_limit.name == NULL)
+		return OUT_OK;
+	/* "user:" for REMOTE_USER and JWT alike: the same user is one caller. */
+	if (caller->kind == AUTH_API_KEY ? buf_addstr(&subject, "api-key") == -1
+	    : caller->user_id == NULL || buf_printf(&subject, "user:%s", caller->user_id) == -1) {
+		buf_free(&subject);
+		return OUT_OK;
+	}
+	rc = limit(srv, RATELIMIT_CALLER, buf_str(&subject));
+	buf_free(&subject);
 	return rc;
 }
 
@@ -128,10 +187,13 @@ serve_one(struct serve *srv, char **vars, request_reader *read, void *read_ctx,
 	const struct serve_endpoint *ep = srv->ep;
 	struct buf allow = BUF_INIT(256), with_options = BUF_INIT(256);
 	struct request req;
+	struct timespec start, end;
 	enum outcome rc, cap_rc;
 	size_t cap = LIMIT_BODY_DEFAULT;
 	int head;
 
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	srv->caller_limited = 0;
 	log_begin(ep->name);
 	request_bind(vars);
 	request_init(&req);
@@ -159,12 +221,22 @@ serve_one(struct serve *srv, char **vars, request_reader *read, void *read_ctx,
 		;	/* OPTIONS answered: no database, no Stripe */
 	else if ((rc = request_check_method(&req, buf_str(&with_options))) != OUT_OK)
 		response_error(rc, NULL);
-	else
+	else if ((rc = limit_address(srv)) != OUT_OK)
+		response_error(rc, NULL);	/* 429: the handler does nothing */
+	else {
 		ep->handle(srv, &req);
+		if (ep->rate_limit.name != NULL && !srv->caller_limited &&
+		    response_status() / 100 == 2)
+			log_msg("handler answered without serve_limit_caller");
+	}
 	if (!response_sent()) {
 		log_msg("handler gave no answer");
 		response_error(OUT_INTERNAL, NULL);
 	}
+	/* Counted in this host's metrics file: no database write. */
+	clock_gettime(CLOCK_MONOTONIC, &end);
+	metrics_request(ep->name, response_status(),
+	    (long long)(end.tv_sec - start.tv_sec) * 1000000 + (end.tv_nsec - start.tv_nsec) / 1000);
 
 	db_release(&srv->db);
 	request_free(&req);
@@ -217,7 +289,7 @@ serve_fastcgi(struct serve *srv)
 int
 serve_main(const struct serve_endpoint *ep)
 {
-	struct serve srv = { ep, NULL };
+	struct serve srv = { ep, NULL, 0 };
 	struct cgi_input in;
 	int status = 0;
 

@@ -19,8 +19,10 @@
 #ifndef SERVE_H
 #define SERVE_H
 
+#include "auth.h"
 #include "db.h"
 #include "outcome.h"
+#include "ratelimit.h"
 #include "request.h"
 
 struct serve;
@@ -29,10 +31,18 @@ struct serve;
 typedef void serve_handler(struct serve *srv, struct request *req);
 
 struct serve_endpoint {
-	const char *name;	/* in log lines: "webhook" */
+	const char *name;	/* in log lines and metrics: "webhook" */
 	const char *methods;	/* what handle serves: "POST", "GET, POST"; HEAD follows GET */
 	int cors;		/* browsers call it: CORS headers, OPTIONS preflights */
 	serve_handler *handle;
+	/*
+	 * Rate limits, e.g. { "CHECKOUT", "10/60s", "60/60s" }: settings
+	 * RATE_LIMIT_CHECKOUT (per caller, default "10/60s") and
+	 * RATE_LIMIT_CHECKOUT_IP (per client address, default "60/60s").
+	 * serve checks the address before the handler runs; the handler
+	 * calls serve_limit_caller once it knows the caller.  Unset: none.
+	 */
+	struct ratelimit_decl rate_limit;
 };
 
 /*
@@ -49,5 +59,18 @@ int serve_main(const struct serve_endpoint *ep);
  * OUT_UNAVAILABLE or OUT_MISCONFIGURED and *db NULL.
  */
 enum outcome serve_db(struct serve *srv, struct db **db) __attribute__((warn_unused_result));
+
+/*
+ * The per-caller rate limit of the endpoint (its rate_limit declaration),
+ * for a handler to call as soon as the caller is authenticated and
+ * before any other work, outside a transaction.  The caller is its user
+ * id (REMOTE_USER or JWT; the same user either way) or, for the API key,
+ * the key.  OUT_OK (RateLimit headers queued when the limit is on),
+ * OUT_RATE_LIMITED (answer it with response_error: the 429 and its
+ * headers are ready; do nothing else), or OUT_MISCONFIGURED for a
+ * malformed setting.  The database being down lets the request through.
+ */
+enum outcome serve_limit_caller(struct serve *srv, const struct auth_caller *caller)
+    __attribute__((warn_unused_result));
 
 #endif

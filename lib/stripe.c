@@ -38,7 +38,7 @@ static const struct stripe_policy request_policy = {
 	.interval_ms = 0,
 };
 static struct stripe_policy policy = request_policy;
-/* Pacing: when the next request may start (CLOCK_MONOTONIC ms). */
+/* Pacing: when the next request may start (CLOCK_MONOTONIC ms; see pace()). */
 static long next_start_ms;
 static unsigned long requests_sent;
 
@@ -90,20 +90,27 @@ backoff_ms(int tries_done)
 	return d / 2 + (long)(r % (unsigned int)(d / 2 + 1));
 }
 
-/* Waits until the policy's pacing lets the next request start. */
+/*
+ * Pacing: the next request starts interval_ms after the previous answer
+ * at the earliest.  Counting from the answer rather than from our start
+ * keeps Stripe from seeing two requests closer than that even when one
+ * was slow to leave (loading libcurl, a new TLS connection).
+ */
 static void
 pace(void)
 {
 	long now = now_ms();
 
-	if (policy.interval_ms > 0) {
-		if (next_start_ms > now) {
-			sleep_ms(next_start_ms - now);
-			now = next_start_ms;
-		}
-		next_start_ms = now + policy.interval_ms;
-	}
+	if (policy.interval_ms > 0 && next_start_ms > now)
+		sleep_ms(next_start_ms - now);
 	requests_sent++;
+}
+
+static void
+paced(void)
+{
+	if (policy.interval_ms > 0)
+		next_start_ms = now_ms() + policy.interval_ms;
 }
 
 /* Retry-After in whole seconds (RFC 9110 10.2.3; HTTP dates are not used by Stripe). */
@@ -233,6 +240,7 @@ stripe_call(enum http_method method, const char *path, const struct form *params
 		got = http_request(method, buf_str(&url), headers, body, body_len,
 				   left < policy.try_ms ? left : policy.try_ms, policy.max_response,
 				   &resp);
+		paced();
 		if (got == 0 && resp.status >= 200 && resp.status < 300) {
 			if (jsonget_parse(buf_str(&resp.body), resp.body.len, out) != OUT_OK) {
 				log_msg(
@@ -301,18 +309,29 @@ stripe_get(const char *path, struct json_object **out)
 	return stripe_call(HTTP_GET, path, NULL, NULL, out);
 }
 
-int
-stripe_id_valid(const char *s)
+/* path?params in target (Stripe takes GET and DELETE parameters in the query string). */
+static int
+path_with_query(struct buf *target, const char *path, const struct form *params)
 {
-	size_t n;
+	return buf_addstr(target, path) == -1 ||
+	    (params != NULL && form_len(params) > 0 &&
+	     buf_printf(target, "?%s", form_str(params)) == -1) ? -1 : 0;
+}
 
-	if (s == NULL)
-		return 0;
-	for (n = 0; s[n] != '\0'; n++)
-		if (n >= 255 || !((s[n] >= 'a' && s[n] <= 'z') || (s[n] >= 'A' && s[n] <= 'Z') ||
-				  (s[n] >= '0' && s[n] <= '9') || s[n] == '_'))
-			return 0;
-	return n > 0;
+enum outcome
+stripe_delete(const char *path, const struct form *params, struct json_object **out)
+{
+	struct buf target = BUF_INIT(4096);
+	enum outcome o;
+
+	*out = NULL;
+	if (path_with_query(&target, path, params) == -1) {
+		buf_free(&target);
+		return OUT_INTERNAL;
+	}
+	o = stripe_call(HTTP_DELETE, buf_str(&target), NULL, NULL, out);
+	buf_free(&target);
+	return o;
 }
 
 enum outcome
@@ -325,8 +344,7 @@ stripe_list(const char *path, const struct form *query, struct json_object **pag
 
 	*page = *data = NULL;
 	*has_more = 0;
-	if (buf_addstr(&url, path) == -1 ||
-	    (form_len(query) > 0 && buf_printf(&url, "?%s", form_str(query)) == -1)) {
+	if (path_with_query(&url, path, query) == -1) {
 		buf_free(&url);
 		return OUT_INTERNAL;
 	}
@@ -411,4 +429,37 @@ stripe_random_idempotency_key(const char *prefix)
 	if (RAND_bytes(raw, sizeof(raw)) != 1)
 		response_fatal("no randomness for an idempotency key");
 	return hex_with_prefix(prefix, raw, sizeof(raw));
+}
+
+char *
+stripe_client_idempotency_key(const char *prefix, const char *user_id, const char *client_key)
+{
+	const char *parts[2] = {user_id, client_key};
+	size_t n, i;
+
+	if (client_key == NULL)
+		return stripe_random_idempotency_key(prefix);
+	n = strlen(client_key);
+	if (n == 0 || n > STRIPE_CLIENT_KEY_MAX)
+		return NULL;
+	for (i = 0; i < n; i++)
+		if ((unsigned char)client_key[i] < 0x20 || (unsigned char)client_key[i] >= 0x7f)
+			return NULL;
+	/* Scoped to the user: another user's identical key is another request. */
+	return stripe_idempotency_key(prefix, parts, 2);
+}
+
+int
+stripe_id_valid(const char *s)
+{
+	size_t n;
+
+	if (s == NULL)
+		return 0;
+	for (n = 0; s[n] != '\0'; n++)
+		if (n >= STRIPE_ID_MAX ||
+		    !((s[n] >= 'a' && s[n] <= 'z') || (s[n] >= 'A' && s[n] <= 'Z') ||
+		      (s[n] >= '0' && s[n] <= '9') || s[n] == '_'))
+			return 0;
+	return n > 0;
 }

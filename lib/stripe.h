@@ -42,10 +42,12 @@ enum outcome stripe_get(const char *path, struct json_object **out)
     __attribute__((warn_unused_result));
 
 /*
- * Whether s looks like a Stripe object id we may put into a URL path or a
- * column: 1..255 characters of [A-Za-z0-9_].
+ * DELETE path with params in the query string (Stripe takes no
+ * Idempotency-Key on DELETE: deleting twice finds nothing the second
+ * time).  As stripe_get, OUT_NOT_FOUND for 404.
  */
-int stripe_id_valid(const char *s);
+enum outcome stripe_delete(const char *path, const struct form *params, struct json_object **out)
+    __attribute__((warn_unused_result));
 
 /*
  * One page of a list (docs.stripe.com/api/pagination): GET path?query,
@@ -70,8 +72,8 @@ struct stripe_policy {
 	long backoff_cap_ms;		/* our own wait between tries at most this long */
 	long retry_after_max_ms;	/* a longer Retry-After gives up at once */
 	size_t max_response;		/* the largest answer body accepted */
-	long interval_ms;		/* at least this long between the starts of two
-					   requests (1000 / requests per second); 0: no pacing */
+	long interval_ms;		/* at least this long from an answer to the next
+					   request (1000 / requests per second); 0: no pacing */
 };
 void stripe_set_policy(const struct stripe_policy *p);
 
@@ -87,5 +89,24 @@ char *stripe_idempotency_key(const char *prefix, const char *const *parts, int n
 
 /* "<prefix>-" + 32 random hex digits (128 bits from the CSPRNG).  Caller frees. */
 char *stripe_random_idempotency_key(const char *prefix) __attribute__((returns_nonnull));
+
+/* Longest client Idempotency-Key header accepted (Stripe's own limit for keys). */
+#define STRIPE_CLIENT_KEY_MAX 255
+
+/*
+ * The Idempotency-Key for a call made on behalf of a client request:
+ * derived from (prefix, user id, the client's Idempotency-Key header)
+ * when the client sent one, so that its retry reaches Stripe with the
+ * same key; else random.  Caller frees.  NULL when the client's key is
+ * unusable (empty, longer than STRIPE_CLIENT_KEY_MAX, not visible ASCII).
+ */
+char *stripe_client_idempotency_key(const char *prefix, const char *user_id,
+				    const char *client_key);
+
+/* Longest Stripe object id we accept (theirs are far shorter). */
+#define STRIPE_ID_MAX 255
+
+/* Whether s can be a Stripe object id: 1..STRIPE_ID_MAX of [A-Za-z0-9_], fit for a URL path. */
+int stripe_id_valid(const char *s);
 
 #endif

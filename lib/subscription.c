@@ -1,13 +1,16 @@
-#define _GNU_SOURCE	/* memmem */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "auth.h"
 #include "config.h"
+#include "jsonb.h"
 #include "jsonget.h"
 #include "log.h"
+#include "mail.h"
 #include "mem.h"
+#include "notify.h"
 #include "plan.h"
 #include "response.h"
 #include "stripe.h"
@@ -15,8 +18,11 @@
 
 /* Whole transactions retried on serialization failure / deadlock. */
 #define APPLY_TRIES 3
-/* Stripe ids are short; anything longer is not one of theirs. */
-#define STRIPE_ID_MAX 255
+/* Unix times stored as timestamptz: 1970 up to the end of year 9999. */
+#define TIME_MAX 253402300799LL
+/* Where a value of the event comes from, for left-out paths. */
+#define IN_EVENT "data.object"
+#define IN_REFETCHED "(GET /v1/subscriptions)"
 
 enum sync_mode {
 	SYNC_EVENT,
@@ -29,7 +35,8 @@ struct apply {
 	const struct subscription_event *ev;
 	enum sync_mode mode;
 	char *event_row;	/* billing_events.id of this event */
-	char *user_id;		/* user resolved while applying, for billing_events */
+	char *user_id;		/* owner resolved while applying, for billing_events */
+	struct json_object *left_out;	/* paths of values beyond their column's range */
 	int duplicate;
 	int ignored;
 };
@@ -69,6 +76,14 @@ status_rank(const char *status)
 		if (strcmp(status, status_ranks[i].status) == 0)
 			return status_ranks[i].rank;
 	return -1;
+}
+
+/* The statuses that grant the subscription's tier (effective_tier in the schema). */
+static int
+status_live(const char *status)
+{
+	return strcmp(status, "trialing") == 0 || strcmp(status, "active") == 0 ||
+	    strcmp(status, "past_due") == 0;
 }
 
 /* Stripe never brings a canceled or incomplete_expired subscription back. */
@@ -122,16 +137,66 @@ user_at(struct json_object *obj, const char *path)
 	return s;
 }
 
-/* The integer at path as decimal text in buf, or NULL (absent, null, not an integer). */
-static const char *
-int_at(struct json_object *obj, const char *path, char *buf, size_t n)
+/* Notes that the value at where.path is left out (logged at the end of the event). */
+static void
+left_out(struct apply *a, const char *where, const char *path)
 {
-	long long v;
+	char full[256];
 
-	if (jsonget_path_int(obj, path, &v) == -1)
+	snprintf(full, sizeof(full), "%s.%s", where, path);
+	jsonb_note_path(&a->left_out, full);
+}
+
+/*
+ * The integer at path for a column holding [min, max], as decimal text in
+ * buf: NULL when absent or null, and NULL, noted as left out, when the
+ * value is no integer in that range (it could not be stored).
+ */
+static const char *
+column_int(struct apply *a, struct json_object *obj, const char *where, const char *path,
+    long long min, long long max, char *buf, size_t n)
+{
+	struct json_object *v = jsonget_path(obj, path);
+	long long x;
+
+	if (v == NULL || json_object_is_type(v, json_type_null))
 		return NULL;
-	snprintf(buf, n, "%lld", v);
+	if (jsonget_path_int(obj, path, &x) == -1 || x < min || x > max) {
+		left_out(a, where, path);
+		return NULL;
+	}
+	snprintf(buf, n, "%lld", x);
 	return buf;
+}
+
+/* bigint (json-c clamps beyond int64; jsonget_path_int refuses the clamped ends). */
+#define BIGINT(a, obj, where, path, buf) \
+	column_int((a), (obj), (where), (path), INT64_MIN, INT64_MAX, (buf), sizeof(buf))
+#define INTEGER(a, obj, where, path, buf) \
+	column_int((a), (obj), (where), (path), INT32_MIN, INT32_MAX, (buf), sizeof(buf))
+/* A Unix time for to_timestamp(): within PostgreSQL's range and ours. */
+#define UNIXTIME(a, obj, where, path, buf) \
+	column_int((a), (obj), (where), (path), 0, TIME_MAX, (buf), sizeof(buf))
+
+/*
+ * The string at path if it is at most max bytes of clean text: NULL when
+ * absent or null, and NULL, noted as left out, when it is not such a string.
+ */
+static const char *
+column_text(struct apply *a, struct json_object *obj, const char *where, const char *path,
+    size_t max)
+{
+	struct json_object *v = jsonget_path(obj, path);
+	const char *s;
+
+	if (v == NULL || json_object_is_type(v, json_type_null))
+		return NULL;
+	s = jsonget_path_str(obj, path);
+	if (s == NULL || strlen(s) > max || !jsonget_clean_utf8(s, strlen(s))) {
+		left_out(a, where, path);
+		return NULL;
+	}
+	return s;
 }
 
 static int
@@ -181,8 +246,10 @@ subscription_event_parse(const char *raw, size_t len, struct subscription_event 
 	long long created;
 
 	memset(ev, 0, sizeof(*ev));
-	if (jsonget_parse(raw, len, &ev->root) != OUT_OK) {
+	if (jsonb_fit(raw, len, &ev->fit) == -1 ||
+	    jsonget_parse(ev->fit.text, ev->fit.len, &ev->root) != OUT_OK) {
 		log_msg("payload is not a JSON object");
+		subscription_event_free(ev);
 		return OUT_INVALID_PAYLOAD;
 	}
 	if (jsonget_validate(ev->root, fields, sizeof(fields) / sizeof(fields[0]), &bad,
@@ -197,9 +264,13 @@ subscription_event_parse(const char *raw, size_t len, struct subscription_event 
 	ev->id = jsonget_str(ev->root, "id");
 	ev->type = jsonget_str(ev->root, "type");
 	ev->created = created;
-	ev->raw = raw;
-	ev->raw_len = len;
+	ev->raw = ev->fit.text;
+	ev->raw_len = ev->fit.len;
 	log_note("event", ev->type);
+	if (ev->fit.left_out > 0)
+		log_msg("event %s: %d value(s) jsonb cannot store left out: %s", ev->id,
+		    ev->fit.left_out, json_object_to_json_string_ext(ev->fit.paths,
+		    JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
 	return OUT_OK;
 }
 
@@ -209,6 +280,7 @@ subscription_event_free(struct subscription_event *ev)
 	if (ev == NULL)
 		return;
 	json_object_put(ev->root);
+	jsonb_fit_free(&ev->fit);
 	memset(ev, 0, sizeof(*ev));
 }
 
@@ -225,8 +297,11 @@ const char *const subscription_event_types[] = {
 	"customer.subscription.updated",
 	"customer.subscription.deleted",
 	"customer.subscription.trial_will_end",
+	"checkout.session.expired",
+	"customer.updated",
 	"invoice.paid",
 	"invoice.payment_failed",
+	"invoice.payment_action_required",
 	NULL,
 };
 
@@ -239,6 +314,13 @@ is_subscription_event(const struct subscription_event *ev)
 	    is_type(ev, "customer.subscription.trial_will_end");
 }
 
+static int
+is_invoice_event(const struct subscription_event *ev)
+{
+	return is_type(ev, "invoice.paid") || is_type(ev, "invoice.payment_failed") ||
+	    is_type(ev, "invoice.payment_action_required");
+}
+
 /* The subscription an invoice belongs to: basil's parent, else the pre-2025 field. */
 static const char *
 invoice_subscription(struct json_object *inv)
@@ -246,6 +328,13 @@ invoice_subscription(struct json_object *inv)
 	const char *s = id_of(inv, "parent.subscription_details.subscription");
 
 	return s ? s : id_of(inv, "subscription");
+}
+
+/* A JSON array of paths as text for SQL, or NULL for none. */
+static const char *
+paths_json(struct json_object *paths)
+{
+	return paths ? json_object_to_json_string_ext(paths, JSON_C_TO_STRING_PLAIN) : NULL;
 }
 
 /*
@@ -257,83 +346,50 @@ record_event(struct apply *a)
 {
 	const struct subscription_event *ev = a->ev;
 	struct json_object *o = ev->object;
-	const char *sub = NULL, *customer = id_of(o, "customer"), *user = NULL;
-	const char *amount = NULL, *currency = jsonget_str(o, "currency"), *status = NULL;
-	const char *attempts = NULL, *payload;
+	const char *sub = NULL, *customer = id_of(o, "customer");
+	const char *amount = NULL, *currency = column_text(a, o, IN_EVENT, "currency", 16);
+	const char *status = NULL, *attempts = NULL;
 	char amount_buf[24], attempts_buf[24], created[24];
 	struct db_rows *rows = NULL;
 	int r;
 
+	/* user_id is the owner (customers decides), set when the event has been applied. */
 	if (is_subscription_event(ev)) {
 		sub = id_of(o, "id");
-		status = jsonget_str(o, "status");
-		user = user_at(o, "metadata.userId");
+		status = column_text(a, o, IN_EVENT, "status", 64);
 	} else if (is_type(ev, "checkout.session.completed")) {
 		sub = id_of(o, "subscription");
-		status = jsonget_str(o, "status");
-		amount = int_at(o, "amount_total", amount_buf, sizeof(amount_buf));
-		user = user_at(o, "client_reference_id");
-		if (user == NULL)
-			user = user_at(o, "metadata.userId");
-	} else if (is_type(ev, "invoice.paid") || is_type(ev, "invoice.payment_failed")) {
+		status = column_text(a, o, IN_EVENT, "status", 64);
+		amount = BIGINT(a, o, IN_EVENT, "amount_total", amount_buf);
+	} else if (is_invoice_event(ev)) {
 		int paid = is_type(ev, "invoice.paid");
 
 		sub = invoice_subscription(o);
-		status = paid ? "paid" : "failed";
-		amount = int_at(o, paid ? "amount_paid" : "amount_due", amount_buf,
-		    sizeof(amount_buf));
-		attempts = int_at(o, "attempt_count", attempts_buf, sizeof(attempts_buf));
-		user = user_at(o, "parent.subscription_details.metadata.userId");
-		if (user == NULL)
-			user = user_at(o, "metadata.userId");
+		status = paid ? "paid" : is_type(ev, "invoice.payment_failed") ? "failed" :
+		    "action_required";
+		amount = BIGINT(a, o, IN_EVENT, paid ? "amount_paid" : "amount_due", amount_buf);
+		attempts = INTEGER(a, o, IN_EVENT, "attempt_count", attempts_buf);
+	} else if (is_type(ev, "customer.updated")) {
+		customer = id_of(o, "id");
 	}
-	if (currency && strlen(currency) > 16)
-		currency = NULL;
-	if (status && strlen(status) > 64)
-		status = NULL;
 	snprintf(created, sizeof(created), "%lld", ev->created);
-	/*
-	 * jsonb refuses \u0000 (SQLSTATE 22P05); such an event is still
-	 * recorded and applied, without its payload copy.
-	 */
-	payload = memmem(ev->raw, ev->raw_len, "\\u0000", 6) ? NULL : ev->raw;
 	r = Q(a, &rows,
 	    "INSERT INTO billing_events (stripe_event_id, event_type, stripe_subscription_id,"
-	    " stripe_customer_id, user_id, amount, currency, status, attempt_count, occurred_at,"
-	    " processed_at, payload, source)"
-	    " VALUES ($1, $2, $3, $4, $5, $6::bigint, $7, $8, $9::integer,"
-	    " to_timestamp($10::bigint), now(), $11::jsonb, coalesce($12, 'webhook'))"
+	    " stripe_customer_id, amount, currency, status, attempt_count, occurred_at,"
+	    " processed_at, payload, left_out, source)"
+	    " VALUES ($1, $2, $3, $4, $5::bigint, $6, $7, $8::integer,"
+	    " to_timestamp($9::bigint), now(), $10::jsonb,"
+	    " CASE WHEN $11::jsonb IS NOT NULL"
+	    " THEN ARRAY(SELECT jsonb_array_elements_text($11::jsonb)) END, coalesce($12, 'webhook'))"
 	    " ON CONFLICT (stripe_event_id) DO NOTHING RETURNING id",
-	    ev->id, ev->type, sub, customer, user, amount, currency, status, attempts, created,
-	    payload, ev->source);
+	    ev->id, ev->type, sub, customer, amount, currency, status, attempts, created,
+	    ev->raw, paths_json(ev->fit.paths), ev->source);
 	if (r == 0) {
 		if (db_rows_count(rows) == 0)
 			a->duplicate = 1;
 		else
 			a->event_row = mem_strdup(db_rows_get(rows, 0, 0));
 	}
-	db_rows_free(rows);
-	return r;
-}
-
-/*
- * customers is the authority over who a Stripe customer belongs to: a
- * link is made only when neither the user nor the customer is linked
- * yet, and never moved.  *linked says whether this call made it.
- */
-static int
-link_customer(struct apply *a, const char *user, const char *customer, int *linked)
-{
-	struct db_rows *rows = NULL;
-	int r;
-
-	*linked = 0;
-	r = Q(a, &rows, "INSERT INTO customers (user_id, stripe_customer_id) VALUES ($1, $2)"
-	    " ON CONFLICT DO NOTHING RETURNING user_id", user, customer);
-	if (r == 0 && db_rows_count(rows) == 0)
-		log_msg("customer link exists already (user or customer): kept as it was");
-	if (r == 0)
-		*linked = db_rows_count(rows) == 1;
 	db_rows_free(rows);
 	return r;
 }
@@ -371,28 +427,122 @@ read_row(struct apply *a, const char *sub, struct sub_row *row)
 	return r;
 }
 
-/* The user of a customer from customers, or NULL.  Caller frees. */
-static int
-customer_user(struct apply *a, const char *customer, char **user)
-{
-	struct db_rows *rows = NULL;
-	int r;
-
-	*user = NULL;
-	if (customer == NULL)
-		return 0;
-	r = Q(a, &rows, "SELECT user_id FROM customers WHERE stripe_customer_id = $1", customer);
-	if (r == 0 && db_rows_get(rows, 0, 0))
-		*user = mem_strdup(db_rows_get(rows, 0, 0));
-	db_rows_free(rows);
-	return r;
-}
-
 static void
 remember_user(struct apply *a, const char *user)
 {
 	if (user && a->user_id == NULL)
 		a->user_id = mem_strdup(user);
+}
+
+/* An ownership_conflicts row (once per event and kind) and a log line. */
+static int
+record_conflict(struct apply *a, const char *kind, const char *claimed, const char *customer,
+    const char *owner_user, const char *owner_customer, const char *sub, const char *other_sub)
+{
+	log_msg("ownership conflict %s: event %s names user %s, customer %s; customers links"
+	    " user %s, customer %s; subscriptions %s %s: no ownership changed", kind, a->ev->id,
+	    claimed ? claimed : "-", customer ? customer : "-", owner_user ? owner_user : "-",
+	    owner_customer ? owner_customer : "-", sub ? sub : "-", other_sub ? other_sub : "-");
+	return Q(a, NULL,
+	    "INSERT INTO ownership_conflicts (stripe_event_id, event_type, kind, claimed_user_id,"
+	    " stripe_customer_id, owner_user_id, owner_customer_id, stripe_subscription_id,"
+	    " other_subscription_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+	    " ON CONFLICT (stripe_event_id, kind) DO NOTHING",
+	    a->ev->id, a->ev->type, kind, claimed, customer, owner_user, owner_customer, sub,
+	    other_sub);
+}
+
+/*
+ * Who owns what an event names; customers is the authority.  claimed is
+ * the user the event names (client_reference_id, metadata.userId; may be
+ * NULL), customer its Stripe customer (may be NULL).  *owner (caller
+ * frees, may be NULL):
+ *   - the customer is linked: its user, whatever the event claims (a
+ *     different claim is recorded as customer_of_other_user);
+ *   - else the claimed user, when it is not linked to another customer:
+ *     the link is made now (neither side was linked); a user linked to
+ *     another customer is recorded as user_has_other_customer and owns
+ *     nothing here;
+ *   - no customer: the claimed user (nothing to check it against).
+ * A session with a chosen client_reference_id can come from outside this
+ * app (Payment Links, Pricing Tables, another integration of the same
+ * Stripe account), so a claim never moves a link.
+ */
+static int
+resolve_owner(struct apply *a, const char *claimed, const char *customer, char **owner)
+{
+	struct db_rows *rows = NULL;
+	const char *cus_user = NULL, *user_cus = NULL;
+	int r = 0, tries, i;
+
+	*owner = NULL;
+	if (customer == NULL) {
+		*owner = claimed ? mem_strdup(claimed) : NULL;
+		return 0;
+	}
+	/* Twice at most: a concurrent link makes our INSERT do nothing, then we read it. */
+	for (tries = 0; tries < 2; tries++) {
+		db_rows_free(rows);
+		rows = NULL;
+		cus_user = user_cus = NULL;
+		if ((r = Q(a, &rows, "SELECT user_id, stripe_customer_id FROM customers"
+		    " WHERE stripe_customer_id = $1 OR user_id = $2", customer, claimed)) != 0)
+			break;
+		for (i = 0; i < db_rows_count(rows); i++) {
+			if (strcmp(db_rows_get(rows, i, 1), customer) == 0)
+				cus_user = db_rows_get(rows, i, 0);
+			else
+				user_cus = db_rows_get(rows, i, 1);
+		}
+		if (cus_user != NULL) {
+			if (claimed != NULL && strcmp(claimed, cus_user) != 0)
+				r = record_conflict(a, "customer_of_other_user", claimed, customer,
+				    cus_user, user_cus, NULL, NULL);
+			*owner = mem_strdup(cus_user);
+			break;
+		}
+		if (claimed == NULL)
+			break;
+		if (user_cus != NULL) {
+			r = record_conflict(a, "user_has_other_customer", claimed, customer, NULL,
+			    user_cus, NULL, NULL);
+			break;
+		}
+		db_rows_free(rows);
+		if ((r = Q(a, &rows, "INSERT INTO customers (user_id, stripe_customer_id)"
+		    " VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING user_id", claimed,
+		    customer)) != 0)
+			break;
+		if (db_rows_count(rows) == 1) {
+			log_msg("customer %s linked to user %s", customer, claimed);
+			*owner = mem_strdup(claimed);
+			break;
+		}
+	}
+	db_rows_free(rows);
+	return r;
+}
+
+/*
+ * After storing a live subscription of user: another live one of the
+ * same user is recorded (second_subscription).  Both stay the user's;
+ * user_live_subscription picks the higher tier.
+ */
+static int
+check_second_subscription(struct apply *a, const char *user, const char *sub,
+    const char *customer)
+{
+	struct db_rows *rows = NULL;
+	int r;
+
+	r = Q(a, &rows, "SELECT stripe_subscription_id FROM subscriptions WHERE user_id = $1"
+	    " AND stripe_subscription_id <> $2 AND status IN ('trialing', 'active', 'past_due')"
+	    " ORDER BY id LIMIT 1", user, sub);
+	if (r == 0 && db_rows_count(rows) == 1)
+		r = record_conflict(a, "second_subscription", NULL, customer, user, NULL, sub,
+		    db_rows_get(rows, 0, 0));
+	db_rows_free(rows);
+	return r;
 }
 
 /* Tier and interval of a subscription object (rules in subscription.h). */
@@ -431,18 +581,21 @@ resolve_plan(struct json_object *sub, const struct sub_row *row, const char **ti
 /*
  * Writes a subscription object.  force: the object is Stripe's current
  * state (refetch), applied whatever the order; otherwise the event-mode
- * rule decides.  user: a user known from elsewhere (checkout), or NULL.
+ * rule decides.  known_user: the user the checkout session names, or
+ * NULL.  The owner is its customer's user (resolve_owner, claimed by
+ * metadata.userId, else known_user).
  */
 static int
 store_subscription(struct apply *a, struct json_object *sub, int force, int deletion,
     const char *known_user)
 {
 	const struct subscription_event *ev = a->ev;
+	const char *where = force ? IN_REFETCHED : IN_EVENT;
 	struct sub_row row;
 	const char *id = id_of(sub, "id"), *status = jsonget_str(sub, "status");
-	const char *customer = id_of(sub, "customer"), *user = user_at(sub, "metadata.userId");
+	const char *customer = id_of(sub, "customer"), *claimed = user_at(sub, "metadata.userId");
 	const char *tier, *interval, *price, *currency, *reason, *ended;
-	char *lookup = NULL;
+	char *user = NULL;
 	char amount[24], ts[24], te[24], ps[24], pe[24], ca[24], ea[24], created[24];
 	const char *pps, *ppe;
 	int cape = 0, r;
@@ -459,41 +612,34 @@ store_subscription(struct apply *a, struct json_object *sub, int force, int dele
 		a->ignored = 1;
 		return 0;
 	}
-	if ((r = read_row(a, id, &row)) != 0)
+	if ((r = read_row(a, id, &row)) != 0 ||
+	    (r = resolve_owner(a, claimed ? claimed : known_user, customer, &user)) != 0)
 		return r;
+	remember_user(a, user);
 	if (!force && !should_apply(&row, status, ev->created, deletion)) {
 		log_note("applied", "no (older or would resurrect)");
+		free(user);
 		return 0;
 	}
-	if (user == NULL)
-		user = known_user;
-	if (user == NULL) {
-		if ((r = customer_user(a, customer, &lookup)) != 0)
-			return r;
-		user = lookup;
-	}
-	remember_user(a, user);
 	resolve_plan(sub, &row, &tier, &interval);
 	price = jsonget_path_str(sub, "items.data.0.price.id");
-	currency = jsonget_str(sub, "currency");
-	if (currency == NULL)
-		currency = jsonget_path_str(sub, "items.data.0.price.currency");
-	if (currency && strlen(currency) > 16)
-		currency = NULL;
-	if (price && !stripe_id_valid(price))
+	if (price && !stripe_id_valid(price)) {
+		left_out(a, where, "items.data.0.price.id");
 		price = NULL;
-	reason = jsonget_path_str(sub, "cancellation_details.reason");
-	if (reason && (strlen(reason) > 64 || !jsonget_clean_utf8(reason, strlen(reason))))
-		reason = NULL;
-	pps = int_at(sub, "items.data.0.current_period_start", ps, sizeof(ps));
+	}
+	currency = column_text(a, sub, where, "currency", 16);
+	if (currency == NULL)
+		currency = column_text(a, sub, where, "items.data.0.price.currency", 16);
+	reason = column_text(a, sub, where, "cancellation_details.reason", 64);
+	pps = UNIXTIME(a, sub, where, "items.data.0.current_period_start", ps);
 	if (pps == NULL)
-		pps = int_at(sub, "current_period_start", ps, sizeof(ps));
-	ppe = int_at(sub, "items.data.0.current_period_end", pe, sizeof(pe));
+		pps = UNIXTIME(a, sub, where, "current_period_start", ps);
+	ppe = UNIXTIME(a, sub, where, "items.data.0.current_period_end", pe);
 	if (ppe == NULL)
-		ppe = int_at(sub, "current_period_end", pe, sizeof(pe));
+		ppe = UNIXTIME(a, sub, where, "current_period_end", pe);
 	jsonget_bool(sub, "cancel_at_period_end", &cape);
 	snprintf(created, sizeof(created), "%lld", ev->created);
-	ended = int_at(sub, "ended_at", ea, sizeof(ea));
+	ended = UNIXTIME(a, sub, where, "ended_at", ea);
 	if (ended == NULL && deletion)
 		ended = created;
 	r = Q(a, NULL,
@@ -506,7 +652,7 @@ store_subscription(struct apply *a, struct json_object *sub, int force, int dele
 	    " $14::boolean, to_timestamp($15::bigint), to_timestamp($16::bigint), $17,"
 	    " to_timestamp($18::bigint), $19)"
 	    " ON CONFLICT (stripe_subscription_id) DO UPDATE SET"
-	    " user_id = coalesce(s.user_id, EXCLUDED.user_id),"
+	    " user_id = coalesce(EXCLUDED.user_id, s.user_id),"
 	    " stripe_customer_id = coalesce(EXCLUDED.stripe_customer_id, s.stripe_customer_id),"
 	    " tier = EXCLUDED.tier, status = EXCLUDED.status,"
 	    " billing_interval = EXCLUDED.billing_interval,"
@@ -520,15 +666,17 @@ store_subscription(struct apply *a, struct json_object *sub, int force, int dele
 	    " canceled_at = EXCLUDED.canceled_at, ended_at = EXCLUDED.ended_at,"
 	    " cancellation_reason = coalesce(EXCLUDED.cancellation_reason, s.cancellation_reason),"
 	    " last_event_created = greatest(s.last_event_created, EXCLUDED.last_event_created),"
-	    " last_event_id = coalesce(EXCLUDED.last_event_id, s.last_event_id)",
+	    " last_event_id = EXCLUDED.last_event_id",
 	    user, customer, id, tier, status, interval, price,
-	    int_at(sub, "items.data.0.price.unit_amount", amount, sizeof(amount)), currency,
-	    int_at(sub, "trial_start", ts, sizeof(ts)), int_at(sub, "trial_end", te, sizeof(te)),
-	    pps, ppe, cape ? "true" : "false", int_at(sub, "canceled_at", ca, sizeof(ca)), ended,
+	    BIGINT(a, sub, where, "items.data.0.price.unit_amount", amount), currency,
+	    UNIXTIME(a, sub, where, "trial_start", ts), UNIXTIME(a, sub, where, "trial_end", te),
+	    pps, ppe, cape ? "true" : "false", UNIXTIME(a, sub, where, "canceled_at", ca), ended,
 	    reason, created, ev->id);
 	if (r == 0)
 		log_note("applied", status);
-	free(lookup);
+	if (r == 0 && user != NULL && status_live(status))
+		r = check_second_subscription(a, user, id, customer);
+	free(user);
 	return r;
 }
 
@@ -565,20 +713,6 @@ refetch(struct apply *a, const char *sub, const char *known_user, int *stored,
 	return r;
 }
 
-/* trial_will_end: a message for the mailer, once per event. */
-static int
-queue_trial_notice(struct apply *a, const char *sub)
-{
-	char te[24];
-
-	return Q(a, NULL,
-	    "INSERT INTO notifications (user_id, kind, payload, dedupe_key)"
-	    " VALUES ($1, 'trial_will_end', jsonb_build_object('stripe_subscription_id', $2::text,"
-	    " 'trial_end', billing_iso_utc(to_timestamp($3::bigint)), 'stripe_event_id', $4::text),"
-	    " $4 || ':trial_will_end') ON CONFLICT (dedupe_key) DO NOTHING",
-	    a->user_id, sub, int_at(a->ev->object, "trial_end", te, sizeof(te)), a->ev->id);
-}
-
 static int
 apply_subscription_event(struct apply *a, enum outcome *fatal)
 {
@@ -597,48 +731,57 @@ apply_subscription_event(struct apply *a, enum outcome *fatal)
 		return r;
 	if (!stored && (r = store_subscription(a, a->ev->object, 0, deletion, NULL)) != 0)
 		return r;
-	if (is_type(a->ev, "customer.subscription.trial_will_end")) {
-		if (a->user_id == NULL) {
-			char *u = NULL;
+	/* The mailer's trial notice needs the owner even when the row has none yet. */
+	if (is_type(a->ev, "customer.subscription.trial_will_end") && a->user_id == NULL) {
+		char *u = NULL;
 
-			if ((r = customer_user(a, id_of(a->ev->object, "customer"), &u)) != 0)
-				return r;
-			a->user_id = u;
-		}
-		return queue_trial_notice(a, sub);
+		if ((r = resolve_owner(a, user_at(a->ev->object, "metadata.userId"),
+		    id_of(a->ev->object, "customer"), &u)) != 0)
+			return r;
+		a->user_id = u;
 	}
 	return 0;
 }
 
+/*
+ * checkout.session.completed: the session's user (client_reference_id,
+ * else metadata.userId) is only a claim; the owner comes from customers
+ * (resolve_owner).  Our checkout_sessions row becomes complete.
+ */
 static int
 apply_checkout(struct apply *a, enum outcome *fatal)
 {
 	struct json_object *o = a->ev->object;
-	const char *user = user_at(o, "client_reference_id"), *mode = jsonget_str(o, "mode");
+	const char *claimed = user_at(o, "client_reference_id"), *mode = jsonget_str(o, "mode");
 	const char *customer = id_of(o, "customer"), *sub = id_of(o, "subscription");
+	const char *session = id_of(o, "id");
 	const char *tier = NULL, *interval = NULL;
+	char *owner = NULL;
 	struct sub_row row;
 	enum plan_tier t;
 	enum plan_interval i;
-	int stored = 0, linked, r;
+	int stored = 0, r;
 
-	if (user == NULL)
-		user = user_at(o, "metadata.userId");
+	if (claimed == NULL)
+		claimed = user_at(o, "metadata.userId");
 	if (mode == NULL || strcmp(mode, "subscription") != 0) {
 		a->ignored = 1;
 		return 0;
 	}
-	remember_user(a, user);
-	if (user && customer && (r = link_customer(a, user, customer, &linked)) != 0)
+	if (session && (r = Q(a, NULL, "UPDATE checkout_sessions SET status = 'complete'"
+	    " WHERE stripe_session_id = $1 AND status <> 'complete'", session)) != 0)
 		return r;
+	/* The subscription's lock first, then customers: the order every event takes. */
+	if ((sub && (r = lock_subscription(a, sub)) != 0) ||
+	    (r = resolve_owner(a, claimed, customer, &owner)) != 0)
+		goto out;
+	remember_user(a, owner);
 	if (sub) {
-		if ((r = lock_subscription(a, sub)) != 0)
-			return r;
 		if (a->mode == SYNC_REFETCH &&
-		    ((r = refetch(a, sub, user, &stored, fatal)) != 0 || *fatal != OUT_OK))
-			return r;
+		    ((r = refetch(a, sub, owner, &stored, fatal)) != 0 || *fatal != OUT_OK))
+			goto out;
 		if ((r = read_row(a, sub, &row)) != 0)
-			return r;
+			goto out;
 		if (!row.exists) {
 			/* Until the subscription itself is known: session metadata, status incomplete. */
 			if (plan_tier_parse(jsonget_path_str(o, "metadata.tier"), &t) == 0)
@@ -654,43 +797,56 @@ apply_checkout(struct apply *a, enum outcome *fatal)
 			    " stripe_subscription_id, tier, status, billing_interval)"
 			    " VALUES ($1, $2, $3, $4, 'incomplete', $5)"
 			    " ON CONFLICT (stripe_subscription_id) DO NOTHING",
-			    user, customer, sub, tier, interval);
+			    owner, customer, sub, tier, interval);
 			if (r != 0)
-				return r;
+				goto out;
 		}
 	}
-	if (user == NULL)
-		return 0;
-	/* Link what arrived before the user was known. */
+	if (owner == NULL)
+		goto out;
+	/*
+	 * Link what arrived before the owner was known; a subscription follows
+	 * its customer's owner, whoever an earlier event said.
+	 */
 	r = Q(a, NULL,
 	    "UPDATE subscriptions SET user_id = $1,"
 	    " stripe_customer_id = coalesce(stripe_customer_id, $2)"
-	    " WHERE user_id IS NULL AND (stripe_subscription_id = $3 OR stripe_customer_id = $2)",
-	    user, customer, sub);
+	    " WHERE (stripe_customer_id = $2 AND user_id IS DISTINCT FROM $1)"
+	    " OR (stripe_subscription_id = $3 AND user_id IS NULL)",
+	    owner, customer, sub);
 	if (r == 0)
 		r = Q(a, NULL,
 		    "UPDATE billing_events SET user_id = $1 WHERE user_id IS NULL"
 		    " AND (stripe_subscription_id = $3 OR stripe_customer_id = $2)",
-		    user, customer, sub);
+		    owner, customer, sub);
 	if (r == 0)
 		r = Q(a, NULL,
 		    "UPDATE notifications SET user_id = $1 WHERE user_id IS NULL"
-		    " AND payload->>'stripe_subscription_id' = $2", user, sub);
+		    " AND payload->>'stripe_subscription_id' = $2", owner, sub);
+out:
+	free(owner);
 	return r;
 }
 
 static int
 apply_invoice(struct apply *a, enum outcome *fatal)
 {
-	const char *sub = invoice_subscription(a->ev->object);
-	char created[24];
+	struct json_object *o = a->ev->object;
+	const char *sub = invoice_subscription(o);
+	const char *claimed = user_at(o, "parent.subscription_details.metadata.userId");
+	char created[24], *owner = NULL;
 	struct sub_row row;
 	int stored = 0, r;
 
+	if (claimed == NULL)
+		claimed = user_at(o, "metadata.userId");
+	if ((sub && (r = lock_subscription(a, sub)) != 0) ||
+	    (r = resolve_owner(a, claimed, id_of(o, "customer"), &owner)) != 0)
+		return r;
+	remember_user(a, owner);
+	free(owner);
 	if (sub == NULL)
 		return 0;	/* a one-off invoice: recorded only */
-	if ((r = lock_subscription(a, sub)) != 0)
-		return r;
 	if (a->mode == SYNC_REFETCH &&
 	    ((r = refetch(a, sub, NULL, &stored, fatal)) != 0 || *fatal != OUT_OK || stored))
 		return r;
@@ -712,6 +868,93 @@ apply_invoice(struct apply *a, enum outcome *fatal)
 	return r;
 }
 
+/*
+ * customers.email from checkout.session.completed (customer_details.email)
+ * and customer.updated (email; null clears it), unless an event created
+ * later set it already.  An address the mailer could not use is stored
+ * as none: the row's notifications are then marked no_email, not sent.
+ */
+static int
+keep_email(struct apply *a)
+{
+	struct json_object *o = a->ev->object;
+	const char *customer, *email;
+	char created[24];
+
+	if (is_type(a->ev, "checkout.session.completed")) {
+		customer = id_of(o, "customer");
+		if ((email = jsonget_path_str(o, "customer_details.email")) == NULL)
+			return 0;
+	} else if (is_type(a->ev, "customer.updated")) {
+		customer = id_of(o, "id");
+		email = jsonget_str(o, "email");
+	} else
+		return 0;
+	if (customer == NULL)
+		return 0;
+	if (email && !mail_address_valid(email)) {
+		log_msg("customer email is not an address we can send to: stored as none");
+		email = NULL;
+	}
+	snprintf(created, sizeof(created), "%lld", a->ev->created);
+	return Q(a, NULL,
+	    "UPDATE customers SET email = $2, email_event_created = to_timestamp($3::bigint)"
+	    " WHERE stripe_customer_id = $1 AND (email_event_created IS NULL"
+	    " OR email_event_created <= to_timestamp($3::bigint))", customer, email, created);
+}
+
+/* The lifecycle notification an applied event queues for billing-mailer (notify.h). */
+static int
+queue_notice(struct apply *a)
+{
+	static const struct {
+		const char *type;
+		enum notify_kind kind;
+	} kinds[] = {
+		{ "customer.subscription.trial_will_end", NOTIFY_TRIAL_WILL_END },
+		{ "customer.subscription.deleted", NOTIFY_SUBSCRIPTION_CANCELED },
+		{ "invoice.payment_failed", NOTIFY_PAYMENT_FAILED },
+		{ "invoice.payment_action_required", NOTIFY_PAYMENT_ACTION_REQUIRED },
+		{ "checkout.session.completed", NOTIFY_WELCOME },
+	};
+	struct json_object *o = a->ev->object;
+	struct notify_event n = { a->ev->id, a->ev->created, o, a->user_id,
+		id_of(o, "customer"), NULL };
+	size_t i;
+
+	for (i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
+		if (is_type(a->ev, kinds[i].type))
+			break;
+	if (i == sizeof(kinds) / sizeof(kinds[0]))
+		return 0;
+	if (is_subscription_event(a->ev))
+		n.subscription_id = id_of(o, "id");
+	else if (is_invoice_event(a->ev))
+		n.subscription_id = invoice_subscription(o);
+	else
+		n.subscription_id = id_of(o, "subscription");
+	/* Every mail is about a subscription; a one-off invoice has none to tell of. */
+	if (n.subscription_id == NULL)
+		return 0;
+	return fail(a, notify_queue(a->db, kinds[i].kind, &n));
+}
+
+/* The owner of customer per customers (never a claim), for the event's row. */
+static int
+customer_owner(struct apply *a, const char *customer)
+{
+	struct db_rows *rows = NULL;
+	int r;
+
+	if (customer == NULL || a->user_id != NULL)
+		return 0;
+	r = Q(a, &rows, "SELECT user_id FROM customers WHERE stripe_customer_id = $1", customer);
+	if (r == 0 && db_rows_get(rows, 0, 0) != NULL)
+		a->user_id = mem_strdup(db_rows_get(rows, 0, 0));
+	db_rows_free(rows);
+	return r;
+}
+
 /* One transaction; 0 or a db_result, with *fatal set for non-database failures. */
 static int
 apply_once(struct apply *a, enum outcome *fatal)
@@ -727,18 +970,61 @@ apply_once(struct apply *a, enum outcome *fatal)
 		r = apply_subscription_event(a, fatal);
 	else if (is_type(ev, "checkout.session.completed"))
 		r = apply_checkout(a, fatal);
-	else if (is_type(ev, "invoice.paid") || is_type(ev, "invoice.payment_failed"))
+	else if (is_invoice_event(ev))
 		r = apply_invoice(a, fatal);
+	else if (is_type(ev, "checkout.session.expired"))
+		r = id_of(ev->object, "id") == NULL ? 0 : Q(a, NULL,
+		    "UPDATE checkout_sessions SET status = 'expired' WHERE stripe_session_id = $1"
+		    " AND status IN ('creating', 'open')", id_of(ev->object, "id"));
+	else if (is_type(ev, "customer.updated"))	/* its email is all we keep */
+		r = customer_owner(a, id_of(ev->object, "id"));
 	else
 		a->ignored = 1;
-	if (r == 0 && a->user_id)
-		r = Q(a, NULL, "UPDATE billing_events SET user_id = $2 WHERE id = $1::bigint"
-		    " AND user_id IS NULL", a->event_row, a->user_id);
+	if (r == 0 && *fatal == OUT_OK && !a->ignored)
+		r = keep_email(a);
+	if (r == 0 && *fatal == OUT_OK && !a->ignored)
+		r = queue_notice(a);
+	if (r == 0 && a->left_out)
+		log_msg("event %s: value(s) beyond their column's range left out: %s", ev->id,
+		    json_object_to_json_string_ext(a->left_out,
+		    JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+	if (r == 0 && (a->user_id || a->left_out))
+		r = Q(a, NULL, "UPDATE billing_events SET user_id = coalesce(user_id, $2),"
+		    " left_out = CASE WHEN $3::jsonb IS NULL THEN left_out ELSE coalesce(left_out,"
+		    " '{}') || ARRAY(SELECT jsonb_array_elements_text($3::jsonb)) END"
+		    " WHERE id = $1::bigint", a->event_row, a->user_id, paths_json(a->left_out));
 out:
 	if (r == 0 && *fatal == OUT_OK)
 		r = fail(a, db_commit(a->db));
 	else
 		db_rollback(a->db);
+	return r;
+}
+
+/*
+ * The database refused the event's data in a way no redelivery changes
+ * (SQLSTATE class 22 or 23): record it unapplied (processed_at NULL),
+ * with its payload if that fits, so that Stripe stops redelivering and an
+ * operator finds it.  0 or a db_result.
+ */
+static int
+record_unapplied(struct db *db, const struct subscription_event *ev)
+{
+	char created[24];
+	int r, with_payload;
+
+	log_msg("event %s: the database refuses its data: recorded without being applied",
+	    ev->id);
+	snprintf(created, sizeof(created), "%lld", ev->created);
+	for (with_payload = 1; with_payload >= 0; with_payload--) {
+		r = (int)DB_QUERY(db, NULL,
+		    "INSERT INTO billing_events (stripe_event_id, event_type, occurred_at, payload,"
+		    " left_out) VALUES ($1, $2, to_timestamp($3::bigint), $4::jsonb,"
+		    " ARRAY['(not applied)']) ON CONFLICT (stripe_event_id) DO NOTHING",
+		    ev->id, ev->type, created, with_payload ? ev->raw : NULL);
+		if (r != DB_CHECK_VIOLATION)
+			break;
+	}
 	return r;
 }
 
@@ -749,10 +1035,11 @@ subscription_apply_event(struct db *db, const struct subscription_event *ev,
 	struct apply a;
 	enum sync_mode mode;
 	enum outcome rc, fatal;
+	unsigned kinds;
 	int r = DB_ERROR, tries;
 
 	*reply = NULL;
-	if ((rc = sync_mode(&mode)) != OUT_OK)
+	if ((rc = sync_mode(&mode)) != OUT_OK || (rc = notify_kinds(&kinds)) != OUT_OK)
 		return rc;
 	for (tries = 0; tries < APPLY_TRIES; tries++) {
 		memset(&a, 0, sizeof(a));
@@ -763,8 +1050,13 @@ subscription_apply_event(struct db *db, const struct subscription_event *ev,
 		r = apply_once(&a, &fatal);
 		free(a.event_row);
 		free(a.user_id);
+		json_object_put(a.left_out);
 		if (fatal != OUT_OK)
 			return fatal;
+		if (r == DB_CHECK_VIOLATION && (r = record_unapplied(db, ev)) == 0) {
+			a.ignored = 1;
+			break;
+		}
 		if (r == 0 || !db_retryable((enum db_result)r))
 			break;
 		log_msg("transaction retried (serialization failure or deadlock)");
@@ -796,16 +1088,17 @@ subscription_apply_event(struct db *db, const struct subscription_event *ev,
 
 enum outcome
 subscription_store_listed(struct db *db, struct json_object *sub, long long listed_at,
-    const char *claimed_user, struct subscription_stored *out)
+    const char *source, const char *claimed_user, struct subscription_stored *out)
 {
-	struct subscription_event ev;
-	struct apply a;
+	const char *id = id_of(sub, "id"), *customer = id_of(sub, "customer");
+	struct subscription_event ev = { .id = source, .type = "billing-sync",
+	    .created = listed_at - LISTED_CLOCK_MARGIN_S, .object = sub };
+	struct apply a = { .db = db, .ev = &ev, .mode = SYNC_REFETCH };
 	struct sub_row row;
 	struct db_rows *rows = NULL;
-	const char *id = id_of(sub, "id"), *customer = id_of(sub, "customer");
-	char *before = NULL, *owner = NULL;
+	char *before = NULL;
 	enum outcome fatal = OUT_OK;
-	int stored = 0, r;
+	int stored = 0, was_linked, r;
 
 	memset(out, 0, sizeof(*out));
 	if (id == NULL) {
@@ -813,14 +1106,6 @@ subscription_store_listed(struct db *db, struct json_object *sub, long long list
 		out->skipped = 1;
 		return OUT_OK;
 	}
-	memset(&ev, 0, sizeof(ev));
-	ev.type = "billing-sync";
-	ev.created = listed_at - LISTED_CLOCK_MARGIN_S;
-	ev.object = sub;
-	memset(&a, 0, sizeof(a));
-	a.db = db;
-	a.ev = &ev;
-	a.mode = SYNC_REFETCH;
 	if ((r = lock_subscription(&a, id)) != 0 ||
 	    (r = Q(&a, &rows, "SELECT to_jsonb(s) FROM subscriptions s"
 	    " WHERE stripe_subscription_id = $1", id)) != 0)
@@ -829,29 +1114,25 @@ subscription_store_listed(struct db *db, struct json_object *sub, long long list
 		before = mem_strdup(db_rows_get(rows, 0, 0));
 	db_rows_free(rows);
 	rows = NULL;
-	if ((r = read_row(&a, id, &row)) != 0)
+	if ((r = customer_owner(&a, customer)) != 0 || (r = read_row(&a, id, &row)) != 0)
 		goto out;
-	if (claimed_user && customer && auth_user_id_valid(claimed_user)) {
-		if ((r = customer_user(&a, customer, &owner)) != 0 ||
-		    (owner == NULL && (r = link_customer(&a, claimed_user, customer,
-		    &out->linked)) != 0))
-			goto out;
-	}
+	was_linked = a.user_id != NULL;
+	free(a.user_id);
+	a.user_id = NULL;
+	/* claimed_user is the customer's metadata.userId; the subscription's own comes first. */
 	if (row.exists && row.has_last && row.last > ev.created) {
 		/* A webhook stored a newer state after the listing: refetch mode's own step. */
 		out->refetched = 1;
-		if ((r = refetch(&a, id, NULL, &stored, &fatal)) != 0 || fatal != OUT_OK)
+		if ((r = refetch(&a, id, claimed_user, &stored, &fatal)) != 0 || fatal != OUT_OK)
 			goto out;
 		out->gone = !stored;
-	} else if ((r = store_subscription(&a, sub, 1, 0, NULL)) != 0) {
+	} else if ((r = store_subscription(&a, sub, 1, 0, claimed_user)) != 0) {
 		goto out;
 	}
 	out->skipped = a.ignored;
-	/* The owner is the customer's user, whatever the row said. */
-	if ((r = Q(&a, NULL, "UPDATE subscriptions s SET user_id = c.user_id FROM customers c"
-	    " WHERE s.stripe_subscription_id = $1 AND c.stripe_customer_id = s.stripe_customer_id"
-	    " AND s.user_id IS DISTINCT FROM c.user_id", id)) != 0)
-		goto out;
+	if (a.left_out != NULL)
+		log_msg("subscription %s: value(s) beyond their column left out: %s", id,
+		    paths_json(a.left_out));
 	r = Q(&a, &rows,
 	    "SELECT (SELECT jsonb_object_agg(k, jsonb_build_array($2::jsonb -> k, x.now -> k))"
 	    "  FROM jsonb_object_keys(x.now) AS k WHERE k NOT IN (" NOT_STATE ")"
@@ -862,6 +1143,7 @@ subscription_store_listed(struct db *db, struct json_object *sub, long long list
 	if (r == 0 && db_rows_count(rows) == 1) {
 		out->created = before == NULL;
 		out->unlinked = strcmp(db_rows_get(rows, 0, 1), "t") == 0;
+		out->linked = customer != NULL && !was_linked && !out->unlinked;
 		if (db_rows_get(rows, 0, 0) != NULL &&
 		    jsonget_parse(db_rows_get(rows, 0, 0), strlen(db_rows_get(rows, 0, 0)),
 		    &out->changes) != OUT_OK)
@@ -869,9 +1151,9 @@ subscription_store_listed(struct db *db, struct json_object *sub, long long list
 	}
 out:
 	free(before);
-	free(owner);
 	free(a.user_id);
 	free(a.event_row);
+	json_object_put(a.left_out);
 	db_rows_free(rows);
 	if (fatal != OUT_OK)
 		return fatal;
@@ -919,11 +1201,50 @@ subscription_columns_of(struct json_object *sub, const char *row_tier, const cha
 enum outcome
 subscription_customer_user(struct db *db, const char *customer, char **user)
 {
-	struct apply a;
+	struct apply a = { .db = db };
 	int r;
 
-	memset(&a, 0, sizeof(a));
-	a.db = db;
-	r = customer_user(&a, customer, user);
+	r = customer_owner(&a, customer);
+	*user = a.user_id;
 	return r == 0 ? OUT_OK : db_outcome((enum db_result)r);
+}
+
+enum outcome
+subscription_lock(struct db *db, const char *stripe_subscription_id)
+{
+	struct apply a = { .db = db };
+	int r;
+
+	if (!stripe_id_valid(stripe_subscription_id))
+		return OUT_INTERNAL;
+	r = lock_subscription(&a, stripe_subscription_id);
+	return r == 0 ? OUT_OK : db_outcome((enum db_result)r);
+}
+
+enum outcome
+subscription_store_object(struct db *db, struct json_object *sub, long long seen,
+    const char *source, const char *user_id)
+{
+	/*
+	 * Stripe's answer to a call made under the lock is its current
+	 * state, stored as refetch stores a fetched subscription; `seen`
+	 * becomes last_event_created, which events must then be newer than.
+	 */
+	struct subscription_event ev = { .id = source, .type = "api", .created = seen,
+	    .object = sub };
+	struct apply a = { .db = db, .ev = &ev, .mode = SYNC_REFETCH };
+	const char *id = id_of(sub, "id");
+	int r;
+
+	if (id == NULL) {
+		log_msg("stripe answered a subscription without a valid id");
+		return OUT_STRIPE_ERROR;
+	}
+	r = lock_subscription(&a, id);
+	if (r == 0)
+		r = store_subscription(&a, sub, 1, 0, user_id);
+	free(a.user_id);
+	if (r != 0)
+		return db_outcome((enum db_result)r);
+	return a.ignored ? OUT_STRIPE_ERROR : OUT_OK;
 }

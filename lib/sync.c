@@ -27,6 +27,14 @@
 /* The default pace: well under Stripe's test-mode limit of 25 requests a second. */
 #define DEFAULT_MAX_RPS 10
 
+/*
+ * Stripe calls outside a transaction (list pages, customers) may wait out
+ * a rate limit; those inside one (the refetch of a subscription under its
+ * lock, an event in refetch mode) keep to the request budget that
+ * DB_IDLE_IN_TRANSACTION_TIMEOUT_MS is sized for.  Both are paced.
+ */
+static struct stripe_policy patient, brief;
+
 /* One run of subscriptions or events (a sync_runs row this process owns). */
 struct run {
 	struct db *db;
@@ -96,15 +104,42 @@ sync_setup(void)
 		.retry_after_max_ms = LIMIT_SYNC_RETRY_AFTER_MS,
 		.max_response = LIMIT_SYNC_RESPONSE,
 	};
+	struct stripe_policy q = {
+		.tries = LIMIT_HTTP_TRIES,
+		.call_ms = LIMIT_HTTP_TOTAL_MS,
+		.try_ms = LIMIT_HTTP_TRY_MS,
+		.backoff_cap_ms = 2000,
+		.retry_after_max_ms = 2000,
+		.max_response = LIMIT_HTTP_RESPONSE,
+	};
 	long rps;
 	enum outcome rc;
 
 	if ((rc = config_get_long("SYNC_MAX_RPS", DEFAULT_MAX_RPS, 1, LIMIT_SYNC_MAX_RPS,
 	    &rps)) != OUT_OK)
 		return rc;
-	p.interval_ms = (1000 + rps - 1) / rps;
-	stripe_set_policy(&p);
+	p.interval_ms = q.interval_ms = (1000 + rps - 1) / rps;
+	patient = p;
+	brief = q;
+	stripe_set_policy(&patient);
 	return OUT_OK;
+}
+
+/* Begins a transaction during which Stripe calls keep to a request's budget. */
+static int
+begin(struct run *r)
+{
+	if (db_begin(r->db) != DB_OK)
+		return -1;
+	stripe_set_policy(&brief);
+	return 0;
+}
+
+/* After commit or rollback: Stripe calls may wait again. */
+static void
+ended(void)
+{
+	stripe_set_policy(&patient);
 }
 
 /* "2026-11-24T12:00:00Z", or "-" for a negative time. */
@@ -389,7 +424,7 @@ handle_subscription(struct run *r, struct json_object *sub, long long listed_at)
 	const char *claimed = jsonget_path_str(sub, "metadata.userId");
 	const char *why = "metadata.userId of the subscription", *reason;
 	struct subscription_stored st = { 0 };
-	char *fetched = NULL;
+	char *fetched = NULL, source[320];
 	enum outcome rc;
 	int ret = -1;
 
@@ -410,10 +445,13 @@ handle_subscription(struct run *r, struct json_object *sub, long long listed_at)
 	 * No wait for the commit's flush: a crash can lose only the last few
 	 * commits, and with each its cursor step, so they are redone.
 	 */
-	if (db_begin(r->db) != DB_OK ||
+	if (begin(r) != 0 ||
 	    db_exec(r->db, NULL, "SET LOCAL synchronous_commit TO off", 0, NULL) != DB_OK)
 		goto out;
-	if ((rc = subscription_store_listed(r->db, sub, listed_at, claimed, &st)) != OUT_OK)
+	/* last_event_id, and the event id of an ownership conflict it records. */
+	snprintf(source, sizeof(source), "sync:%s:%s", r->id, id);
+	if ((rc = subscription_store_listed(r->db, sub, listed_at, source, claimed, &st)) !=
+	    OUT_OK)
 		goto out;
 	if (st.linked && record_change(r, "customer_linked", id, customer, claimed, NULL, why) != 0)
 		goto out;
@@ -457,6 +495,7 @@ out:
 		db_rollback(r->db);
 		log_msg("subscription %s could not be stored: this run stops here", id);
 	}
+	ended();
 	subscription_stored_free(&st);
 	free(fetched);
 	return ret;
@@ -578,6 +617,7 @@ handle_event(struct run *r, struct json_object *obj)
 	const char *id = jsonget_str(obj, "id");
 	struct subscription_event ev = { 0 };
 	struct json_object *reply = NULL;
+	enum outcome rc;
 	int dup = 0, ignored = 0, ret = -1;
 
 	if (raw == NULL || subscription_event_parse(raw, strlen(raw), &ev) != OUT_OK) {
@@ -587,7 +627,10 @@ handle_event(struct run *r, struct json_object *obj)
 		goto out;
 	}
 	ev.source = "sync";
-	if (subscription_apply_event(r->db, &ev, &reply) != OUT_OK) {
+	stripe_set_policy(&brief);
+	rc = subscription_apply_event(r->db, &ev, &reply);
+	ended();
+	if (rc != OUT_OK) {
 		log_msg("event %s (%s) could not be applied: this run stops here", ev.id, ev.type);
 		goto out;
 	}

@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config.h"
 #include "jsonget.h"
 #include "limits.h"
 #include "log.h"
@@ -48,7 +49,8 @@ static const char sql_read[] =
 static const char sql_track[] =
     "SELECT t.allowed, t.used, t.monthly_limit, t.remaining, "
     "billing_iso_utc(usage_period_start(now())::timestamp AT TIME ZONE 'UTC'), "
-    "billing_iso_utc(usage_period_end(now())::timestamp AT TIME ZONE 'UTC') "
+    "billing_iso_utc(usage_period_end(now())::timestamp AT TIME ZONE 'UTC'), "
+    "user_effective_tier($1) "
     "FROM track_usage($1, $2, $3::bigint) AS t";
 
 /*
@@ -77,6 +79,17 @@ static const char sql_stored[] =
 static const char sql_store[] =
     "UPDATE usage_idempotency SET status = $3::integer, response = $4::jsonb "
     "WHERE user_id = $1 AND idempotency_key = $2 RETURNING response::text";
+
+/*
+ * The per-user cap: the user's newest $2 keys stay, older ones are
+ * forgotten (usage_idempotency_user_created_idx makes this one index
+ * range).  Keys of transactions still in progress are not visible here,
+ * so they are never removed under a running request.
+ */
+static const char sql_cap[] =
+    "DELETE FROM usage_idempotency WHERE user_id = $1 AND idempotency_key IN ("
+    "SELECT idempotency_key FROM usage_idempotency WHERE user_id = $1 "
+    "ORDER BY created_at DESC, idempotency_key DESC OFFSET $2::integer)";
 
 int
 usage_idempotency_key_valid(const char *key)
@@ -291,6 +304,9 @@ track(struct db *db, const struct usage_record *rec, struct usage_answer *answer
 	add_period(body, db_rows_get(rows, 0, 4), db_rows_get(rows, 0, 5));
 	answer->outcome = is_true(db_rows_get(rows, 0, 0)) ? OUT_OK : OUT_QUOTA_EXCEEDED;
 	answer->body = body;
+	answer->usage_type = rec->usage_type;
+	snprintf(answer->tier, sizeof(answer->tier), "%s",
+	    db_rows_get(rows, 0, 6) ? db_rows_get(rows, 0, 6) : "");
 	db_rows_free(rows);
 	return DB_OK;
 }
@@ -326,7 +342,7 @@ from_stored(const char *status, const char *response, struct usage_answer *answe
  */
 static enum db_result
 track_once_keyed(struct db *db, const struct usage_record *rec, const char *key,
-		 struct usage_answer *answer)
+		 const char *max_keys, struct usage_answer *answer)
 {
 	struct db_rows *claim = NULL, *stored = NULL;
 	const char *metadata = NULL, *hash;
@@ -348,6 +364,18 @@ track_once_keyed(struct db *db, const struct usage_record *rec, const char *key,
 	}
 	if (strcmp(db_rows_get(claim, 0, 0), "1") == 0) {
 		if ((r = track(db, rec, answer)) != DB_OK)
+			goto out;
+		if (answer->outcome != OUT_OK) {
+			/*
+			 * Refused: nothing was counted, so nothing is kept, not even
+			 * the key (a user over quota could otherwise grow the table
+			 * without bound).  A retry is judged afresh, which is safe:
+			 * it cannot count twice what was never counted.
+			 */
+			db_rollback(db);
+			goto out;
+		}
+		if ((r = DB_QUERY(db, NULL, sql_cap, rec->user_id, max_keys)) != DB_OK)
 			goto out;
 		snprintf(status, sizeof(status), "%d", outcome_status(answer->outcome));
 		r = DB_QUERY(db, &stored, sql_store, rec->user_id, key, status,
@@ -390,11 +418,18 @@ usage_track(struct db *db, const struct usage_record *rec, const char *key,
 	    struct usage_answer *answer)
 {
 	enum db_result r = DB_ERROR;
+	enum outcome o;
+	char max_keys[24];
+	long cap;
 	int tries;
 
 	memset(answer, 0, sizeof(*answer));
+	if ((o = config_get_long("USAGE_IDEMPOTENCY_MAX_KEYS", LIMIT_USAGE_IDEMPOTENCY_KEYS, 1,
+				 LIMIT_USAGE_IDEMPOTENCY_KEYS_MAX, &cap)) != OUT_OK)
+		return o;
+	snprintf(max_keys, sizeof(max_keys), "%ld", cap);
 	for (tries = 0; tries < USAGE_TRIES; tries++) {
-		r = key ? track_once_keyed(db, rec, key, answer) : track(db, rec, answer);
+		r = key ? track_once_keyed(db, rec, key, max_keys, answer) : track(db, rec, answer);
 		if (!db_retryable(r))
 			break;
 	}

@@ -45,6 +45,9 @@ struct usage_answer {
 	enum outcome outcome;
 	struct json_object *body; /* owned */
 	int replayed; /* 1: the stored first answer to this Idempotency-Key */
+	/* For the metrics of a record counted or refused now (not replayed): */
+	char tier[16];		/* the user's effective tier, "" if unknown */
+	const char *usage_type;	/* borrowed from the record */
 };
 
 
@@ -78,11 +81,18 @@ enum outcome usage_read(struct db *db, const char *user_id, struct usage_answer 
 /*
  * Records rec atomically (track_usage): answer OUT_OK with the new
  * totals, or OUT_QUOTA_EXCEEDED with usageType/used/limit and nothing
- * changed.  With an idempotency key (NULL = none) the first answer is
- * stored in the same transaction and a retry of the same request gets
- * it back without counting again; the same key with a different request
- * is OUT_IDEMPOTENCY_CONFLICT.  Returns OUT_OK when *answer is to be sent, or the
- * database outcome when nothing could be done (nothing changed).
+ * changed.  With an idempotency key (NULL = none) a 200 is stored in the
+ * same transaction and a retry of the same request gets it back without
+ * counting again; the same key with a different request is
+ * OUT_IDEMPOTENCY_CONFLICT.  A 402 counted nothing and is not stored (a
+ * retry is judged afresh), so refusals cannot grow the store.  At most
+ * USAGE_IDEMPOTENCY_MAX_KEYS keys are kept per user (default
+ * LIMIT_USAGE_IDEMPOTENCY_KEYS): a new one makes the user's oldest go.
+ * Forgetting the oldest rather than refusing new keys keeps a busy
+ * client working, and only the user's own keys can be pushed out; a
+ * retry of a forgotten key counts again.  Returns OUT_OK when *answer is
+ * to be sent, OUT_MISCONFIGURED for a bad setting, or the database
+ * outcome when nothing could be done (nothing changed).
  */
 enum outcome usage_track(struct db *db, const struct usage_record *rec, const char *key,
 			 struct usage_answer *answer) __attribute__((warn_unused_result));

@@ -113,6 +113,10 @@ CREATE TABLE IF NOT EXISTS customers (
 	created_at		timestamptz	NOT NULL DEFAULT now(),
 	updated_at		timestamptz	NOT NULL DEFAULT now()
 );
+-- The `created` of the Stripe event that set email (checkout.session.completed
+-- or customer.updated): an older event never overwrites a newer address.
+-- NULL when the address came from create-checkout-session.
+ALTER TABLE customers ADD COLUMN IF NOT EXISTS email_event_created timestamptz;
 CALL pg_temp.ensure_constraint('customers', 'customers_user_id_length',
 	$c$CHECK (length(user_id) BETWEEN 1 AND 128)$c$);
 CALL pg_temp.ensure_constraint('customers', 'customers_stripe_customer_id_key',
@@ -282,11 +286,110 @@ CALL pg_temp.ensure_constraint('billing_events', 'billing_events_source_check',
 	$c$CHECK (source IN ('webhook', 'sync'))$c$);
 CREATE INDEX IF NOT EXISTS billing_events_user_id_idx ON billing_events (user_id);
 CREATE INDEX IF NOT EXISTS billing_events_stripe_subscription_id_idx ON billing_events (stripe_subscription_id);
+-- A signed event is always recorded, even when part of it cannot be stored:
+-- left_out lists the JSON paths of the values that were left out (strings
+-- holding \u0000 or a lone surrogate, numbers or times beyond a column's
+-- range); the payload keeps everything else.  processed_at NULL = recorded
+-- but not applied (the database refused the event's data; see the log).
+ALTER TABLE billing_events ADD COLUMN IF NOT EXISTS left_out text[];
 
 ------------------------------------------------------------------------------
--- notifications: outbox of messages to send (e-mail etc.).  dedupe_key (e.g.
--- the Stripe event id plus kind) is unique when set, so a redelivered event
--- cannot queue the same message twice: INSERT ... ON CONFLICT DO NOTHING.
+-- ownership_conflicts: events that named a user the customers table does not
+-- agree with, and users who ended up with a second live subscription.
+-- customers is the authority on who owns a Stripe customer: a link is made
+-- only while neither the user nor the customer is linked (or it is the same
+-- link), and a subscription belongs to its customer's user.  An event that
+-- claims otherwise changes no ownership; it is recorded here (and logged) for
+-- an operator to look at.  kind:
+--   customer_of_other_user  the event's customer is linked to owner_user_id,
+--                           the event names claimed_user_id;
+--   user_has_other_customer the claimed user is linked to owner_customer_id,
+--                           the event's customer is another (unlinked) one;
+--   second_subscription     owner_user_id now has two live (trialing, active,
+--                           past_due) subscriptions: stripe_subscription_id
+--                           and other_subscription_id.  The user gets the
+--                           higher tier (user_live_subscription); refunding or
+--                           canceling the extra one is the operator's call.
+------------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS ownership_conflicts (
+	id			bigserial	PRIMARY KEY,
+	stripe_event_id		text		NOT NULL,
+	event_type		text		NOT NULL,
+	kind			text		NOT NULL,
+	claimed_user_id		text,
+	stripe_customer_id	text,
+	owner_user_id		text,
+	owner_customer_id	text,
+	stripe_subscription_id	text,
+	other_subscription_id	text,
+	created_at		timestamptz	NOT NULL DEFAULT now()
+);
+CALL pg_temp.ensure_constraint('ownership_conflicts', 'ownership_conflicts_kind_check',
+	$c$CHECK (kind IN ('customer_of_other_user', 'user_has_other_customer',
+			   'second_subscription'))$c$);
+CALL pg_temp.ensure_constraint('ownership_conflicts', 'ownership_conflicts_event_kind_key',
+	$c$UNIQUE (stripe_event_id, kind)$c$);
+
+------------------------------------------------------------------------------
+-- checkout_sessions: the Checkout Sessions create-checkout-session made.  A
+-- user has at most one live row (status creating or open: the unique index
+-- below), so at most one open session to pay: paying two would make two
+-- subscriptions.  A new checkout for the same order (same request_body, the
+-- exact form sent to Stripe) gets the open session back; for another order the
+-- open one is expired at Stripe first.  status:
+--   creating   the Stripe call is under way, or its answer was lost; the next
+--              checkout of the user repeats it with the same idempotency_key
+--              and request_body, so Stripe answers with the same session;
+--   open       created; url is where to send the browser until expires_at;
+--   complete   paid (checkout.session.completed, or Stripe said so);
+--   expired    expired by Stripe or by a newer checkout of the user;
+--   abandoned  Stripe refused it, or it stayed creating for a day (any
+--              session it made has expired by then).
+------------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS checkout_sessions (
+	id			bigserial	PRIMARY KEY,
+	user_id			text		NOT NULL,
+	tier			text		NOT NULL,
+	billing_interval	text		NOT NULL,
+	stripe_customer_id	text		NOT NULL,
+	idempotency_key		text		NOT NULL,
+	request_body		text		NOT NULL,
+	stripe_session_id	text,
+	url			text,
+	status			text		NOT NULL DEFAULT 'creating',
+	expires_at		timestamptz,
+	created_at		timestamptz	NOT NULL DEFAULT now(),
+	updated_at		timestamptz	NOT NULL DEFAULT now()
+);
+CALL pg_temp.ensure_constraint('checkout_sessions', 'checkout_sessions_user_id_length',
+	$c$CHECK (length(user_id) BETWEEN 1 AND 128)$c$);
+CALL pg_temp.ensure_constraint('checkout_sessions', 'checkout_sessions_status_check',
+	$c$CHECK (status IN ('creating', 'open', 'complete', 'expired', 'abandoned'))$c$);
+CALL pg_temp.ensure_constraint('checkout_sessions', 'checkout_sessions_tier_check',
+	$c$CHECK (tier IN ('basic', 'pro', 'enterprise'))$c$);
+CALL pg_temp.ensure_constraint('checkout_sessions', 'checkout_sessions_billing_interval_check',
+	$c$CHECK (billing_interval IN ('monthly', 'yearly'))$c$);
+CALL pg_temp.ensure_constraint('checkout_sessions', 'checkout_sessions_stripe_session_id_key',
+	$c$UNIQUE (stripe_session_id)$c$);
+CREATE UNIQUE INDEX IF NOT EXISTS checkout_sessions_one_live_per_user
+	ON checkout_sessions (user_id) WHERE status IN ('creating', 'open');
+CREATE INDEX IF NOT EXISTS checkout_sessions_idempotency_key_idx
+	ON checkout_sessions (idempotency_key);
+CREATE OR REPLACE TRIGGER checkout_sessions_touch_updated_at
+	BEFORE UPDATE ON checkout_sessions
+	FOR EACH ROW EXECUTE FUNCTION billing_touch_updated_at();
+
+------------------------------------------------------------------------------
+-- notifications: the outbox of lifecycle mails, written by webhook.cgi in the
+-- event's transaction and sent by billing-mailer (lib/outbox.h).  dedupe_key
+-- ("<event id>:<kind>") is unique when set, so a redelivered event cannot
+-- queue the same message twice: INSERT ... ON CONFLICT DO NOTHING.
+--
+-- status: pending (sent by the first run after next_attempt_at), sent
+-- (sent_at, message_id, recipient), failed (last_error says why; never
+-- retried unless an operator sets it back to pending) or no_email (the user
+-- had no customers.email when its turn came).  attempts counts SMTP
+-- attempts; a temporary failure moves next_attempt_at back exponentially.
 ------------------------------------------------------------------------------
 CREATE TABLE IF NOT EXISTS notifications (
 	id			bigserial	PRIMARY KEY,
@@ -297,15 +400,40 @@ CREATE TABLE IF NOT EXISTS notifications (
 	created_at		timestamptz	NOT NULL DEFAULT now(),
 	sent_at			timestamptz
 );
+ALTER TABLE notifications ADD COLUMN IF NOT EXISTS status text NOT NULL DEFAULT 'pending';
+ALTER TABLE notifications ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 0;
+ALTER TABLE notifications ADD COLUMN IF NOT EXISTS next_attempt_at timestamptz NOT NULL DEFAULT now();
+ALTER TABLE notifications ADD COLUMN IF NOT EXISTS last_error text;
+ALTER TABLE notifications ADD COLUMN IF NOT EXISTS message_id text;
+ALTER TABLE notifications ADD COLUMN IF NOT EXISTS recipient text;
+ALTER TABLE notifications ADD COLUMN IF NOT EXISTS updated_at timestamptz NOT NULL DEFAULT now();
+-- Rows from before the status column: the ones with sent_at were sent.
+UPDATE notifications SET status = 'sent' WHERE sent_at IS NOT NULL AND status = 'pending';
 CALL pg_temp.ensure_constraint('notifications', 'notifications_user_id_length',
 	$c$CHECK (length(user_id) BETWEEN 1 AND 128)$c$);
 CALL pg_temp.ensure_constraint('notifications', 'notifications_dedupe_key_key',
 	$c$UNIQUE (dedupe_key)$c$);
-CREATE INDEX IF NOT EXISTS notifications_unsent_idx ON notifications (created_at) WHERE sent_at IS NULL;
+CALL pg_temp.ensure_constraint('notifications', 'notifications_kind_check',
+	$c$CHECK (kind IN ('trial_will_end', 'payment_failed', 'payment_action_required',
+			   'subscription_canceled', 'welcome'))$c$);
+CALL pg_temp.ensure_constraint('notifications', 'notifications_status_check',
+	$c$CHECK (status IN ('pending', 'sent', 'failed', 'no_email'))$c$);
+CALL pg_temp.ensure_constraint('notifications', 'notifications_sent_at_check',
+	$c$CHECK ((status = 'sent') = (sent_at IS NOT NULL))$c$);
+CALL pg_temp.ensure_constraint('notifications', 'notifications_attempts_check',
+	$c$CHECK (attempts >= 0)$c$);
+-- billing-mailer walks the pending rows in id order.
+DROP INDEX IF EXISTS notifications_unsent_idx;
+CREATE INDEX IF NOT EXISTS notifications_pending_idx ON notifications (id) WHERE status = 'pending';
+CREATE OR REPLACE TRIGGER notifications_touch_updated_at
+	BEFORE UPDATE ON notifications
+	FOR EACH ROW EXECUTE FUNCTION billing_touch_updated_at();
 
 ------------------------------------------------------------------------------
--- usage_idempotency: usage.cgi's Idempotency-Key store.  Keys are kept at
--- least 24 hours; prune_usage_idempotency() deletes older ones.
+-- usage_idempotency: usage.cgi's Idempotency-Key store.  Only answers that
+-- counted something (200) are kept; a 402 changed nothing and is not stored.
+-- Keys are kept 24 hours (prune_usage_idempotency() deletes older ones), and
+-- at most USAGE_IDEMPOTENCY_MAX_KEYS per user (the oldest go first).
 -- status NULL = request still in progress.
 ------------------------------------------------------------------------------
 CREATE TABLE IF NOT EXISTS usage_idempotency (
@@ -322,6 +450,9 @@ CALL pg_temp.ensure_constraint('usage_idempotency', 'usage_idempotency_user_id_l
 CALL pg_temp.ensure_constraint('usage_idempotency', 'usage_idempotency_key_length',
 	$c$CHECK (length(idempotency_key) BETWEEN 1 AND 255)$c$);
 CREATE INDEX IF NOT EXISTS usage_idempotency_created_at_idx ON usage_idempotency (created_at);
+-- The per-user cap (USAGE_IDEMPOTENCY_MAX_KEYS) forgets a user's oldest keys.
+CREATE INDEX IF NOT EXISTS usage_idempotency_user_created_idx
+	ON usage_idempotency (user_id, created_at);
 
 -- Deletes idempotency keys older than 24 hours; returns how many.
 CREATE OR REPLACE FUNCTION prune_usage_idempotency()
@@ -406,16 +537,26 @@ CREATE TABLE IF NOT EXISTS sync_seen (
 -- Subscription and quota functions
 ------------------------------------------------------------------------------
 
+-- Order of the tiers, lowest first.
+CREATE OR REPLACE FUNCTION billing_tier_rank(tier text)
+RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+	SELECT array_position(ARRAY['free', 'basic', 'pro', 'enterprise']::text[], $1)
+$fn$;
+
 -- The subscription that counts for a user: zero or one subscriptions row.
--- Rows with status trialing/active/past_due first (latest current_period_end,
--- then latest updated_at); otherwise the most recently updated row (so a
--- canceled subscription can still be shown); no row if the user has none.
+-- Rows with status trialing/active/past_due first: the highest tier (a user
+-- paying for two live subscriptions gets the better one, see
+-- ownership_conflicts), then the latest current_period_end, then the latest
+-- updated_at; otherwise the most recently updated row (so a canceled
+-- subscription can still be shown); no row if the user has none.
 CREATE OR REPLACE FUNCTION user_live_subscription(p_user_id text)
 RETURNS SETOF subscriptions LANGUAGE sql STABLE ROWS 1 AS $fn$
 	SELECT s.*
 	FROM subscriptions s
 	WHERE s.user_id = p_user_id
 	ORDER BY (s.status IN ('trialing', 'active', 'past_due')) DESC,
+		 CASE WHEN s.status IN ('trialing', 'active', 'past_due')
+		      THEN billing_tier_rank(s.tier) END DESC NULLS LAST,
 		 CASE WHEN s.status IN ('trialing', 'active', 'past_due')
 		      THEN s.current_period_end END DESC NULLS LAST,
 		 s.updated_at DESC,
@@ -598,6 +739,91 @@ BEGIN
 	remaining := CASE WHEN v_limit IS NULL THEN NULL ELSE greatest(v_limit - v_used, 0) END;
 	RETURN NEXT;
 END
+$fn$;
+
+------------------------------------------------------------------------------
+-- rate_limits: the state of the per-caller and per-address rate limits
+-- (lib/ratelimit.c, GCRA).  One row per policy and subject, key e.g.
+-- 'checkout user:42' or 'usage_ip 203.0.113.7': tat is the subject's
+-- theoretical arrival time (a request is allowed while tat - now stays within
+-- the window), allowed the decision of the last check (RETURNING cannot show
+-- the old row in PostgreSQL 15).  Each check is one INSERT ... ON CONFLICT DO
+-- UPDATE on this table, outside any transaction.
+-- UNLOGGED: no WAL for a write per request; after a crash the table is empty
+-- and every limit starts afresh, which is harmless.  fillfactor 70 leaves room
+-- for HOT updates (tat is not indexed).  Rows whose tat has passed mean the
+-- same as no row: the checks delete them in small batches (no cron job).
+------------------------------------------------------------------------------
+CREATE UNLOGGED TABLE IF NOT EXISTS rate_limits (
+	key			text		NOT NULL PRIMARY KEY,
+	tat			timestamptz	NOT NULL,
+	allowed			boolean		NOT NULL
+) WITH (fillfactor = 70);
+
+------------------------------------------------------------------------------
+-- metrics_gauges(): the business figures GET /metrics exposes (lib/metrics.c
+-- names and renders them), read at scrape time: one row per series,
+-- (metric, label1, label2, value).
+--
+--   subscriptions (tier, status)   subscriptions rows; every tier x status,
+--                                  zeros included, so that alerts see 0
+--   trials (tier)                  subscriptions in status trialing
+--   mrr (currency)                 monthly recurring revenue in minor units
+--                                  (cents): unit_amount of the active and
+--                                  past_due subscriptions, a yearly one
+--                                  divided by 12 (no interval: monthly);
+--                                  trialing, incomplete, unpaid, paused and
+--                                  canceled ones count nothing (Stripe
+--                                  Billing's MRR rule).  One row per currency
+--                                  with such subscriptions.
+--   notifications (status)         notifications not sent: 'pending' (still
+--                                  to send) and 'failed' (given up).  The
+--                                  status is the mailer's status column when
+--                                  the table has one (read through to_jsonb,
+--                                  so this works with and without it), else
+--                                  every unsent row is pending.
+--   notification_oldest_pending_age  seconds since the oldest pending
+--                                  notification was queued; 0 when none
+------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION metrics_gauges()
+RETURNS TABLE (metric text, label1 text, label2 text, value double precision)
+LANGUAGE sql STABLE AS $fn$
+	WITH tiers(tier) AS (VALUES ('free'), ('basic'), ('pro'), ('enterprise')),
+	statuses(status) AS (VALUES ('incomplete'), ('incomplete_expired'), ('trialing'),
+				    ('active'), ('past_due'), ('canceled'), ('unpaid'), ('paused')),
+	unsent AS (
+		SELECT coalesce(to_jsonb(n) ->> 'status', 'pending') AS status, n.created_at
+		FROM notifications n
+		WHERE n.sent_at IS NULL
+	)
+	SELECT 'subscriptions', t.tier, st.status, count(s.id)::float8
+	FROM tiers t CROSS JOIN statuses st
+	LEFT JOIN subscriptions s ON s.tier = t.tier AND s.status = st.status
+	GROUP BY t.tier, st.status
+	UNION ALL
+	SELECT 'trials', t.tier, NULL, count(s.id)::float8
+	FROM tiers t
+	LEFT JOIN subscriptions s ON s.tier = t.tier AND s.status = 'trialing'
+	GROUP BY t.tier
+	UNION ALL
+	SELECT 'mrr', lower(s.currency), NULL,
+	       sum(CASE WHEN s.billing_interval = 'yearly' THEN s.unit_amount / 12.0
+			ELSE s.unit_amount END)::float8
+	FROM subscriptions s
+	WHERE s.status IN ('active', 'past_due') AND s.unit_amount IS NOT NULL
+	  AND s.currency IS NOT NULL
+	GROUP BY lower(s.currency)
+	UNION ALL
+	SELECT 'notifications', k.status, NULL, count(u.status)::float8
+	FROM (VALUES ('pending'), ('failed')) AS k(status)
+	LEFT JOIN unsent u ON u.status = k.status
+	GROUP BY k.status
+	UNION ALL
+	SELECT 'notification_oldest_pending_age', NULL, NULL,
+	       coalesce(extract(epoch FROM now() - min(u.created_at)), 0)::float8
+	FROM unsent u
+	WHERE u.status = 'pending'
+	ORDER BY 1, 2, 3
 $fn$;
 
 DROP PROCEDURE pg_temp.ensure_constraint(regclass, text, text);

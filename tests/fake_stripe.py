@@ -45,7 +45,14 @@ GET|POST|DELETE /v1/subscriptions/{id} (POST: items, proration_behavior,
   cancellation_details; DELETE: prorate, invoice_now),
 POST /v1/invoices/create_preview (customer, subscription, subscription_details),
 GET /v1/invoices/{id} (also upcoming_in_... previews), GET /v1/events,
-GET /v1/events/{id}.
+GET /v1/events/{id}, POST /v1/checkout/sessions/{id}/expire (only an open
+session: else 400), GET /v1/customers/search.
+
+Customer search follows Stripe's query language for the forms we use
+(field:'value', metadata['key']:'value', AND/OR, negation, ~) and answers
+{"object":"search_result","data":[...],"has_more":...}.  Stripe's search
+index is eventually consistent; PUT /_fake/search-lag makes customers
+invisible to search for that many seconds after their creation.
 
 Reference data (data/): parameter names stripe_params.json; object shapes and
 the price catalogue (every price object in events/*.json) events/; portal
@@ -54,6 +61,8 @@ session shape objects/billing_portal.session.json.
 Control API (no auth, JSON in and out; errors 400 {"error": "..."}):
   POST   /_fake/reset                 forget requests, keys, objects, events, failure
                                       rules and declines; prices back to the catalogue
+  PUT    /_fake/search-lag            {"seconds": 0..3600}: customer search lags creation
+  POST   /_fake/checkout/sessions/{id}/complete   an open session becomes complete (paid)
   GET    /_fake/requests              list of recorded API requests, oldest first
   POST   /_fake/fail                  add a failure rule: {"mode", "path" prefix (default
                                       "/"), "method", "at" (fire from the at-th matching
@@ -86,6 +95,8 @@ Control API (no auth, JSON in and out; errors 400 {"error": "..."}):
                                       billing_portal_sessions, invoices, invoice_previews,
                                       pending_invoice_items, prices, declines, events
   GET    /_fake/in-flight             idempotency keys whose first request is executing
+  PUT    /_fake/search-lag            {"seconds": N}: new customers unsearchable for N s
+  POST   /_fake/checkout/sessions/{id}/complete   the customer paid: status complete
 """
 import argparse
 import calendar
@@ -118,9 +129,10 @@ KEY_RE = re.compile(r"^(?:sk_test_|sk_live_|rk_)[A-Za-z0-9_]+$")
 DOCS = "https://stripe.com/docs/error-codes/"
 ALNUM = string.ascii_letters + string.digits
 
-# Parameter trees of operations missing from the OpenAPI subset we generate
-# from, written down by hand (with where they came from).  None at present.
-EXTRA_TREES = {}
+# GET /v1/customers/{customer} and the expire call are not part of the
+# OpenAPI subset we generate from; both accept expand[] and nothing else.
+EXTRA_TREES = {"GET /v1/customers/{customer}": {"p": {"expand": {"a": "s"}}},
+               "POST /v1/checkout/sessions/{session}/expire": {"p": {"expand": {"a": "s"}}}}
 
 
 def rand_id(n):
@@ -466,6 +478,8 @@ class State:
             self.declines = {}        # customer id -> decline_code
             self.order = {}           # object id -> insertion number (list order)
             self.counter = 0
+            self.search_lag = 0
+            self.created_at = {}    # customer id -> time.time() of creation
 
     def placed(self, oid):
         """Insertion number of an object: breaks ties between equal created times."""
@@ -1432,6 +1446,7 @@ def op_create_customer(ctx, p):
         STATE.customers[c["id"]] = c
         STATE.placed(c["id"])
         record_event(ctx, "customer.created", c)
+        STATE.created_at[c["id"]] = time.time()  # search sees it STATE.search_lag s later
     return 200, expand(c, p)
 
 
@@ -1445,7 +1460,10 @@ def op_search_customers(ctx, p):
     if not 1 <= limit <= 100:
         raise invalid("This value must be between 1 and 100.", None, "limit")
     with STATE.lock:
-        found = [c for c in STATE.customers.values() if search_match(c, terms, join)]
+        indexed = time.time() - STATE.search_lag
+        found = [c for c in STATE.customers.values()
+                 if STATE.created_at.get(c["id"], 0) <= indexed and
+                 search_match(c, terms, join)]
         found.sort(key=lambda c: c["created"], reverse=True)
         data = [expand(c, {}) for c in found[:limit]]
     return 200, {"object": "search_result", "data": data, "has_more": len(found) > limit,
@@ -1467,6 +1485,18 @@ def op_get_session(ctx, p, sid):
         s = STATE.sessions.get(sid)
         if s is None:
             raise missing("checkout.session", sid)
+        return 200, expand(s, p, STATE.line_items.get(sid, []))
+
+
+def op_expire_session(ctx, p, sid):
+    with STATE.lock:
+        s = STATE.sessions.get(sid)
+        if s is None:
+            raise missing("checkout.session", sid)
+        if s["status"] != "open":
+            raise invalid("Only Checkout Sessions with a status in [\"open\"] can be expired. "
+                          "This Checkout Session has a status of \"%s\"." % s["status"])
+        s["status"] = "expired"
         return 200, expand(s, p, STATE.line_items.get(sid, []))
 
 
@@ -1780,6 +1810,8 @@ ROUTES = [
     ("POST", r"/v1/checkout/sessions", "POST /v1/checkout/sessions", op_create_session),
     ("GET", r"/v1/checkout/sessions/([^/]+)", "GET /v1/checkout/sessions/{session}",
      op_get_session),
+    ("POST", r"/v1/checkout/sessions/([^/]+)/expire",
+     "POST /v1/checkout/sessions/{session}/expire", op_expire_session),
     ("POST", r"/v1/billing_portal/sessions", "POST /v1/billing_portal/sessions",
      op_create_portal),
     ("GET", r"/v1/subscriptions", "GET /v1/subscriptions", op_list_subscriptions),
@@ -1952,6 +1984,21 @@ def control_call(method, path, doc):
                 "invoices": STATE.invoices, "invoice_previews": STATE.previews,
                 "pending_invoice_items": STATE.pending_items, "prices": STATE.prices,
                 "declines": STATE.declines, "events": STATE.events})
+    if route_ == ("PUT", "search-lag", 1):
+        lag = doc.get("seconds") if isinstance(doc, dict) else None
+        if not isinstance(lag, (int, float)) or isinstance(lag, bool) or not 0 <= lag <= 3600:
+            raise ValueError("body must be {\"seconds\": 0..3600}")
+        with STATE.lock:
+            STATE.search_lag = lag
+        return 200, {"seconds": lag}
+    if route_ == ("POST", "checkout", 4) and parts[1] == "sessions" and parts[3] == "complete":
+        with STATE.lock:
+            sess = STATE.sessions.get(parts[2])
+            if sess is None or sess["status"] != "open":
+                return 409, {"error": "no open session %s" % parts[2]}
+            sess["status"] = "complete"
+            sess["payment_status"] = "paid"
+            return 200, copy.deepcopy(sess)
     if route_ == ("POST", "subscriptions", 1):
         return control_add_subscriptions(doc)
     if route_ == ("PUT", "subscriptions", 2):

@@ -44,9 +44,16 @@ When run as root the servers run as an unprivileged user (postgres, else
 nobody).  A PostgreSQL template cluster is cached per machine in
 $TMPDIR/billing-harness-pg-<uid>-<key> (PG_TEMPLATE_CACHE=0: plain initdb).
 
+SmtpServer(directory, *options), a context manager: tests/smtp_server.py (aiosmtpd)
+  on loopback with that script's options: .host, .port, .accepted() and
+  .refused() -> [(message bytes, envelope dict)], .stop(); smtp_python() is
+  the interpreter that runs it.
+
 Module helpers: stripe_signature(secret, payload, t=None), make_jwt(claims,
 secret=None, alg="HS256", key_file=None, header=None), gen_keys(dir),
-parse_cgi_output(bytes), processes_using(path), free_port().
+parse_cgi_output(bytes), processes_using(path), free_port(), parallel(n, fn)
+(fn(i) for i < n on n threads released together; the results in order, an
+exception in place of a result that raised).
 
 Environment: BUILDDIR (build tree holding cgi-bin/*.cgi; default: cwd),
 SRCDIR (source tree; default: the directory above this file), KEEP_TMP=1
@@ -87,8 +94,9 @@ import time
 import traceback
 import urllib.parse
 
-__all__ = ["Tap", "Stack", "Resp", "PsqlError", "StackError", "stripe_signature",
-           "make_jwt", "gen_keys", "processes_using", "DEFAULT_SETTINGS"]
+__all__ = ["Tap", "Stack", "Resp", "PsqlError", "StackError", "stripe_signature", "parallel",
+           "make_jwt", "gen_keys", "processes_using", "DEFAULT_SETTINGS", "SmtpServer",
+           "smtp_python"]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -103,6 +111,17 @@ DEFAULT_SETTINGS = {
     "ALLOWED_REDIRECT_HOSTS": "app.example.test",
     "CORS_ALLOWED_ORIGINS": "https://app.example.test",
     "USAGE_API_KEY": "usage-test-key-0123456789abcdef",
+    # The suites send hundreds of requests as one user from one address: the
+    # limits are checked on every request but never reached.
+    # tests/test_ratelimit.py sets its own (and None brings the defaults back).
+    "RATE_LIMIT_CHECKOUT": "1000000/1s",
+    "RATE_LIMIT_CHECKOUT_IP": "1000000/1s",
+    "RATE_LIMIT_USAGE": "1000000/1s",
+    "RATE_LIMIT_USAGE_IP": "1000000/1s",
+    "RATE_LIMIT_PORTAL": "1000000/1s",
+    "RATE_LIMIT_PORTAL_IP": "1000000/1s",
+    "RATE_LIMIT_SUBSCRIPTION": "1000000/1s",
+    "RATE_LIMIT_SUBSCRIPTION_IP": "1000000/1s",
 }
 
 # URL path of each endpoint (SCRIPT_NAME for st.cgi()).
@@ -110,6 +129,9 @@ ENDPOINTS = {
     "create-checkout-session": "/api/stripe/create-checkout-session",
     "webhook": "/api/stripe/webhook",
     "usage": "/api/usage",
+    "portal-session": "/api/stripe/portal-session",
+    "subscription": "/api/subscription",
+    "metrics": "/metrics",
 }
 
 # Passed through to CGIs (sanitizer builds) when set in our environment.
@@ -398,6 +420,28 @@ def _body_bytes(body):
 # Processes, users, ports
 
 
+def parallel(n, fn):
+    """fn(i) for i in range(n), each on its own thread, all released at once by
+    a barrier (to race for real); the results in order.  An exception (a
+    transport error) takes the place of the result it replaced."""
+    out = [None] * n
+    barrier = threading.Barrier(n)
+
+    def one(i):
+        barrier.wait()
+        try:
+            out[i] = fn(i)
+        except Exception as e:  # noqa: BLE001 - the caller judges every outcome
+            out[i] = e
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return out
+
+
 def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -484,6 +528,93 @@ def _apache_quote(value):
     if any(c in value for c in "\r\n\0") or "${" in value or value.endswith("\\"):
         raise ValueError(f"value cannot be written to httpd.conf: {value!r}")
     return '"' + value.replace('"', '\\"') + '"'
+
+
+# ---------------------------------------------------------------------------
+# SMTP server (aiosmtpd)
+
+
+def smtp_python():
+    """An interpreter that can import aiosmtpd: Debian's python3-aiosmtpd is in
+    /usr/lib/python3/dist-packages, which a pyenv or venv python does not see.
+    Ours if it can, else /usr/bin/python3; StackError (with the fix) if none."""
+    for py in (sys.executable, "/usr/bin/python3"):
+        if py and os.access(py, os.X_OK) and subprocess.run(
+                [py, "-c", "import aiosmtpd"], capture_output=True).returncode == 0:
+            return py
+    raise StackError("no Python with aiosmtpd: apt-get install python3-aiosmtpd (tools/deps)")
+
+
+class SmtpServer:
+    """tests/smtp_server.py on loopback; options are that script's (see its doc)."""
+
+    def __init__(self, directory, *options, host="127.0.0.1"):
+        self.dir = directory
+        self.host = host
+        script = os.path.join(HERE, "smtp_server.py")
+        os.makedirs(directory, exist_ok=True)
+        self._log = open(os.path.join(directory, "server.log"), "ab")
+        self._p = subprocess.Popen(
+            _pdeathsig_prefix("TERM") + [smtp_python(), script, "--dir", directory,
+                                          "--host", host, *options],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log,
+            process_group=0)
+        line = b""
+        deadline = time.monotonic() + 15
+        fd = self._p.stdout.fileno()
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            r, _, _ = select.select([fd], [], [], max(left, 0))
+            chunk = os.read(fd, 256) if r else b""
+            if not chunk:
+                self.stop()
+                raise StackError("SMTP server did not start:\n" + open(
+                    self._log.name, errors="replace").read()[-2000:])
+            line += chunk
+        m = re.fullmatch(rb"listening on [^ ]+:(\d+)\s*", line)
+        if not m:
+            self.stop()
+            raise StackError(f"SMTP server said {line!r}")
+        self.port = int(m.group(1))
+
+    def _messages(self, where):
+        d = os.path.join(self.dir, where)
+        if not os.path.isdir(d):
+            return []
+        out = []
+        for name in sorted(f for f in os.listdir(d) if f.endswith(".eml")):
+            with open(os.path.join(d, name), "rb") as f:
+                raw = f.read()
+            with open(os.path.join(d, name[:-4] + ".json")) as f:
+                out.append((raw, json.load(f)))
+        return out
+
+    def accepted(self):
+        return self._messages("accepted")
+
+    def refused(self):
+        return self._messages("refused")
+
+    def stop(self):
+        p, self._p = self._p, None
+        if p is not None and p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        if p is not None:
+            p.stdout.close()
+        self._log.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
 
 
 # ---------------------------------------------------------------------------
@@ -965,6 +1096,17 @@ log_checkpoints = off
         p, self._pg = self._pg, None
         self._stop_proc(p, (signal.SIGINT, False, 20), (signal.SIGQUIT, False, 5))
 
+    def retry_while_pooler_recovers(self, call, seconds=5.0):
+        """Through PgBouncer, right after PostgreSQL comes back: repeat call()
+        while it answers 503, for at most `seconds` (PgBouncer refuses
+        logins until its next retry, server_login_retry); the last answer."""
+        deadline = time.monotonic() + seconds
+        r = call()
+        while r.status == 503 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            r = call()
+        return r
+
     def pg_stop_immediate(self):
         """Kill the PostgreSQL server as a crash would (immediate shutdown:
         no goodbye to clients, recovery at the next start); data stays."""
@@ -1034,6 +1176,9 @@ default_pool_size = 10
 server_reset_query =
 # After PostgreSQL comes back, try it again at once (default: 15 s later).
 server_login_retry = 0
+# With PostgreSQL down a query waits for a server connection this long,
+# then fails (default 120 s, longer than any request may take).
+query_wait_timeout = 5
 ignore_startup_parameters = extra_float_digits
 logfile = {self.tmp}/logs/pgbouncer.log
 pidfile = {self.pgb_run}/pgbouncer.pid

@@ -142,6 +142,9 @@ is "tables and view exist" \
 	   'notifications','plan_quotas','subscriptions','usage_idempotency','usage_tracking']) c
 	 WHERE to_regclass(c) IS NOT NULL" \
 	"billing_events,current_usage,customers,notifications,plan_quotas,subscriptions,usage_idempotency,usage_tracking"
+is "issue 15 tables exist" \
+	"SELECT count(*) FROM unnest(ARRAY['checkout_sessions','ownership_conflicts']) c
+	 WHERE to_regclass(c) IS NOT NULL" "2"
 
 is "functions exist with the documented signatures" \
 	"SELECT count(*) FROM unnest(ARRAY['effective_tier(text,text)','user_live_subscription(text)',
@@ -165,6 +168,8 @@ is "indexes for every endpoint lookup" \
 	   ('billing_events','user_id'), ('usage_tracking','user_id,period_start'),
 	   ('usage_tracking','user_id,usage_type,period_start'),
 	   ('usage_idempotency','user_id,idempotency_key'), ('usage_idempotency','created_at'),
+	   ('usage_idempotency','user_id,created_at'), ('checkout_sessions','user_id'),
+	   ('checkout_sessions','idempotency_key'), ('checkout_sessions','stripe_session_id'),
 	   ('notifications','dedupe_key')) w(t, c)
 	 WHERE NOT EXISTS (
 	   SELECT 1 FROM pg_index i
@@ -174,13 +179,13 @@ is "indexes for every endpoint lookup" \
 		  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum) = w.c)" \
 	""
 
-is "unique: stripe ids, event id, dedupe key; partial index on unsent notifications" \
+is "unique: stripe ids, event id, dedupe key; partial index on pending notifications" \
 	"SELECT string_agg(c.relname, ',' ORDER BY c.relname) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
 	 WHERE (i.indisunique AND c.relname IN ('customers_stripe_customer_id_key',
 		'subscriptions_stripe_subscription_id_key', 'billing_events_stripe_event_id_key',
 		'notifications_dedupe_key_key', 'usage_tracking_user_type_period_key'))
-	    OR (c.relname = 'notifications_unsent_idx' AND i.indpred IS NOT NULL)" \
-	"billing_events_stripe_event_id_key,customers_stripe_customer_id_key,notifications_dedupe_key_key,notifications_unsent_idx,subscriptions_stripe_subscription_id_key,usage_tracking_user_type_period_key"
+	    OR (c.relname = 'notifications_pending_idx' AND i.indpred IS NOT NULL)" \
+	"billing_events_stripe_event_id_key,customers_stripe_customer_id_key,notifications_dedupe_key_key,notifications_pending_idx,subscriptions_stripe_subscription_id_key,usage_tracking_user_type_period_key"
 
 is "usage periods are UTC calendar months whatever the session time zone" \
 	"SELECT current_setting('TimeZone') || ' ' || usage_period_start('2026-01-31 23:30:00+00') || ' '
@@ -261,6 +266,31 @@ else
 	fail "re-apply adds a missing constraint and index"
 	diag <"$tmp/apply.log"
 fi
+
+# Upgrade path: a notifications outbox from before billing-mailer (no status
+# columns): rows with sent_at become sent, the others pending and due now.
+DB=postgres run "CREATE DATABASE billing_outbox"
+DB=billing_outbox run "CREATE TABLE notifications (id bigserial PRIMARY KEY, user_id text,
+	kind text NOT NULL, payload jsonb NOT NULL DEFAULT '{}'::jsonb, dedupe_key text,
+	created_at timestamptz NOT NULL DEFAULT now(), sent_at timestamptz);
+     CREATE INDEX notifications_unsent_idx ON notifications (created_at) WHERE sent_at IS NULL;
+     INSERT INTO notifications (user_id, kind, dedupe_key, sent_at) VALUES
+	('u1', 'trial_will_end', 'evt_a:trial_will_end', now()),
+	('u2', 'trial_will_end', 'evt_b:trial_will_end', NULL)"
+if apply "$SCHEMA_SQL" billing_outbox; then
+	DB=billing_outbox is "an old outbox upgrades: sent rows sent, others pending and due, old index gone" \
+		"SELECT string_agg(user_id || '=' || status || '/' || attempts || '/' || (next_attempt_at <= now()), ' '
+			ORDER BY id) || ' ' || (to_regclass('notifications_unsent_idx') IS NULL)
+		 FROM notifications" \
+		"u1=sent/0/true u2=pending/0/true true"
+else
+	fail "an old outbox upgrades"
+	diag <"$tmp/apply.log"
+fi
+rejects "a notification of an unknown kind is refused" \
+	"INSERT INTO notifications (kind) VALUES ('newsletter')" "notifications_kind_check"
+rejects "sent and sent_at go together" \
+	"INSERT INTO notifications (kind, status) VALUES ('welcome', 'sent')" "notifications_sent_at_check"
 
 # A failed apply must change nothing (one transaction).
 DB=postgres run "CREATE DATABASE billing_fail"
@@ -537,9 +567,10 @@ is "notifications: a redelivered event cannot queue twice; NULL dedupe keys are 
 	"WITH a AS (INSERT INTO notifications (user_id, kind, dedupe_key) VALUES ('u-keep', 'welcome', 'evt_1:welcome')
 		    ON CONFLICT (dedupe_key) DO NOTHING RETURNING 1)
 	 SELECT (SELECT count(*) FROM a)" "0"
-run "INSERT INTO notifications (user_id, kind) VALUES ('u-keep', 'a'), ('u-keep', 'b')"
-is "notifications: unsent rows are those with sent_at NULL" \
-	"SELECT count(*) FROM notifications WHERE sent_at IS NULL AND user_id = 'u-keep'" "3"
+run "INSERT INTO notifications (user_id, kind) VALUES ('u-keep', 'trial_will_end'), ('u-keep', 'payment_failed')"
+is "notifications: new rows are pending, due now, unsent" \
+	"SELECT count(*) FROM notifications WHERE sent_at IS NULL AND status = 'pending' AND attempts = 0
+	   AND next_attempt_at <= now() AND user_id = 'u-keep'" "3"
 
 # ---------------------------------------------------------------- misc
 run "INSERT INTO usage_idempotency (user_id, idempotency_key, request_hash, created_at) VALUES
@@ -557,6 +588,43 @@ is "updated_at is refreshed on update unless set explicitly" \
 is "subscriptions.user_id may be NULL and linked later" \
 	"UPDATE subscriptions SET user_id = 'u-linked' WHERE stripe_subscription_id = 'sub_orphan' AND user_id IS NULL;
 	 SELECT user_id FROM subscriptions WHERE stripe_subscription_id = 'sub_orphan'" "u-linked"
+
+# ---------------------------------------------------------------- issue 15
+run "INSERT INTO checkout_sessions (user_id, tier, billing_interval, stripe_customer_id,
+	idempotency_key, request_body) VALUES ('u-cs', 'pro', 'monthly', 'cus_cs', 'k1', 'b1')"
+rejects "checkout_sessions: a second live session of one user is refused" \
+	"INSERT INTO checkout_sessions (user_id, tier, billing_interval, stripe_customer_id,
+	   idempotency_key, request_body) VALUES ('u-cs', 'basic', 'monthly', 'cus_cs', 'k2', 'b2')" \
+	"checkout_sessions_one_live_per_user"
+is "checkout_sessions: once the first has ended another may be created" \
+	"UPDATE checkout_sessions SET status = 'expired' WHERE user_id = 'u-cs';
+	 INSERT INTO checkout_sessions (user_id, tier, billing_interval, stripe_customer_id,
+	   idempotency_key, request_body) VALUES ('u-cs', 'basic', 'monthly', 'cus_cs', 'k2', 'b2');
+	 SELECT string_agg(status, ',' ORDER BY id) FROM checkout_sessions WHERE user_id = 'u-cs'" \
+	"expired,creating"
+rejects "ownership_conflicts: kinds are checked" \
+	"INSERT INTO ownership_conflicts (stripe_event_id, event_type, kind) VALUES ('e', 't', 'other')" \
+	"ownership_conflicts_kind_check"
+is "a user with two live subscriptions gets the higher tier, not the later period end" \
+	"INSERT INTO subscriptions (user_id, stripe_subscription_id, tier, status, current_period_end)
+	 VALUES ('u-two', 'sub_two_pro', 'pro', 'active', now() + interval '5 days'),
+		('u-two', 'sub_two_basic', 'basic', 'active', now() + interval '25 days');
+	 SELECT (SELECT stripe_subscription_id FROM user_live_subscription('u-two')) || ' '
+		|| user_effective_tier('u-two')" \
+	"sub_two_pro pro"
+is "billing_events.left_out holds the paths left out" \
+	"INSERT INTO billing_events (stripe_event_id, event_type, left_out)
+	 VALUES ('evt_lo', 't', ARRAY['data.object.attempt_count']);
+	 SELECT left_out[1] FROM billing_events WHERE stripe_event_id = 'evt_lo'" \
+	"data.object.attempt_count"
+if apply "$SCHEMA_SQL"; then
+	is "re-applying keeps checkout_sessions and ownership_conflicts rows" \
+		"SELECT (SELECT count(*) FROM checkout_sessions) || ' ' || (SELECT count(*) FROM billing_events
+		 WHERE left_out IS NOT NULL)" "2 1"
+else
+	fail "schema re-applies with the issue 15 objects"
+	diag <"$tmp/apply.log"
+fi
 
 echo "1..$n"
 if [ "$failed" -gt 0 ]; then

@@ -41,6 +41,11 @@ STATUSES = ("active", "trialing", "past_due", "canceled", "incomplete", "incompl
             "unpaid", "paused")
 STATE_COLS = [c for c in SUB_COLS if c not in ("last_event_created", "last_event_id")]
 SYNC_TABLES = "sync_changes, sync_seen, sync_runs"
+# The event types webhook.cgi acts on (lib/subscription.c).
+HANDLED = ("checkout.session.completed", "checkout.session.expired", "customer.updated",
+           "customer.subscription.created", "customer.subscription.updated",
+           "customer.subscription.deleted", "customer.subscription.trial_will_end",
+           "invoice.paid", "invoice.payment_failed", "invoice.payment_action_required")
 
 
 class Result:
@@ -113,8 +118,8 @@ def cursors(reqs, name="starting_after"):
 
 
 def reset_db(st):
-    st.psql(f"TRUNCATE billing_events, subscriptions, customers, notifications, {SYNC_TABLES}"
-            " RESTART IDENTITY")
+    st.psql(f"TRUNCATE billing_events, subscriptions, customers, notifications,"
+            f" ownership_conflicts, {SYNC_TABLES} RESTART IDENTITY")
 
 
 # -- the account ------------------------------------------------------------------
@@ -504,7 +509,7 @@ def test_pace_and_errors(t, st):
     r = run(st, "check", env={"SYNC_MAX_RPS": "4"})
     times = [x["time"] for x in st.stripe.requests()[n0:]]
     gaps = [b - a for a, b in zip(times, times[1:])]
-    t.ok(r.status in (0, 1) and len(times) == 3 and min(gaps) >= 0.23,
+    t.ok(r.status in (0, 1) and len(times) == 3 and min(gaps) >= 0.249,
          "SYNC_MAX_RPS=4: requests at least 250 ms apart", repr((gaps, r)))
     r = run(st, "check", env={"SYNC_MAX_RPS": "0"})
     t.ok(r.status == 2 and "SYNC_MAX_RPS" in r.stderr, "SYNC_MAX_RPS=0: exit 2, named", repr(r))
@@ -557,10 +562,7 @@ def events_rows_match(t, st, subs, name):
 
 
 def handled(st):
-    return [e for e in st.stripe.events() if e["type"] in (
-        "customer.subscription.created", "customer.subscription.updated",
-        "customer.subscription.deleted", "customer.subscription.trial_will_end",
-        "checkout.session.completed", "invoice.paid", "invoice.payment_failed")]
+    return [e for e in st.stripe.events() if e["type"] in HANDLED]
 
 
 def test_events(t, st):
@@ -591,10 +593,7 @@ def test_events(t, st):
          "events: types we do not handle are not asked for")
     reqs = [urllib.parse.parse_qs(x["query"]) for x in st.stripe.requests()[n0:]
             if x["path"] == "/v1/events"]
-    eq(t, reqs[0].get("types[]") and sorted(reqs[0]["types[]"]),
-         sorted(["checkout.session.completed", "customer.subscription.created",
-                 "customer.subscription.updated", "customer.subscription.deleted",
-                 "customer.subscription.trial_will_end", "invoice.paid", "invoice.payment_failed"]),
+    eq(t, reqs[0].get("types[]") and sorted(reqs[0]["types[]"]), sorted(HANDLED),
          "events: types[] lists every type webhook.cgi handles")
     eq(t, [(q.get("limit"), q.get("ending_before")) for q in reqs[1:]],
          [(["100"], [old_ids[0]]), (["100"], [new_evs[99]["id"]])],
@@ -605,11 +604,12 @@ def test_events(t, st):
     eq(t, count(st, "sync_changes", "kind = 'event_applied'"), len(new_evs),
          "events: each recorded in sync_changes")
 
+    queued = count(st, "notifications")
     r = run(st, "events")
     s = r.summary()
     eq(t, (r.status, s.get("applied"), s.get("duplicates")), (0, "0", str(len(new_evs))),
          "events again: every one a duplicate")
-    eq(t, count(st, "notifications"), len(trials), "events again: no notification twice")
+    eq(t, count(st, "notifications"), queued, "events again: no notification twice")
 
     r = run(st, "events", "--since", "31d")
     t.ok(r.status == 2 and "30 days" in r.stderr, "--since past 30 days refused, saying why",

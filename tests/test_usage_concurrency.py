@@ -5,11 +5,11 @@ usage past the limit, and parallel retries of one Idempotency-Key count once.
 
 import os
 import sys
-import threading
 from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import DEFAULT_SETTINGS, Stack, Tap  # noqa: E402
+from harness import parallel as harness_parallel  # noqa: E402
 
 KEY = {"Authorization": "Bearer " + DEFAULT_SETTINGS["USAGE_API_KEY"]}
 N = 30
@@ -19,23 +19,10 @@ t = Tap()
 
 
 def parallel(st, bodies, headers_list):
-    """POSTs all bodies at once (released together by a barrier); the Resps in order."""
-    out = [None] * len(bodies)
-    barrier = threading.Barrier(len(bodies))
-
-    def one(i):
-        barrier.wait()
-        try:
-            out[i] = st.http("POST", "/api/usage", headers=headers_list[i], body=bodies[i])
-        except Exception as e:  # noqa: BLE001 - a transport error is a failed request
-            out[i] = e
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(bodies))]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    return out
+    """POSTs all bodies at once; the Resps (or transport errors) in order."""
+    return harness_parallel(len(bodies), lambda i: st.http("POST", "/api/usage",
+                                                           headers=headers_list[i],
+                                                           body=bodies[i]))
 
 
 def statuses(rs):

@@ -238,7 +238,7 @@ def test_event_types(t):
              ("77", "free", "trialing", "yearly", 1795770000),
              "trial_will_end: row stored, unknown tier stored as free")
         t.eq(st.psql("SELECT user_id, kind, payload->>'trial_end', payload->>'stripe_subscription_id'"
-                     " FROM notifications"),
+                     " FROM notifications WHERE kind = 'trial_will_end'"),
              [["77", "trial_will_end", "2026-11-27T09:00:00Z", SUB77]],
              "trial_will_end: notification queued with trial_end")
 
@@ -254,7 +254,8 @@ def test_event_types(t):
         r = deliver(st, event("customer.subscription.trial_will_end"), "http")
         t.eq((r.status, r.json()), (200, {"received": True, "duplicate": True}),
              "redelivery -> duplicate")
-        t.eq((count(st, "billing_events"), count(st, "notifications")), (before, 1),
+        t.eq((count(st, "billing_events"), count(st, "notifications", "kind = 'trial_will_end'")),
+             (before, 1),
              "redelivery changes nothing (no second notification)")
 
 
@@ -345,7 +346,10 @@ def test_database_down(t):
         r = deliver(st, ev, "http")
         t.eq(r.status, 503, "database down through Apache -> 503")
         st.pg_start()
-        r = deliver(st, ev, "http")
+        # PgBouncer refuses logins for a moment after PostgreSQL returns
+        # (server_login_retry); Stripe redelivers, and that must work soon.
+        r = (st.retry_while_pooler_recovers(lambda: deliver(st, ev, "http"))
+             if st.want_pgbouncer else deliver(st, ev, "http"))
         t.eq((r.status, sub_row(st, SUB42)["status"], count(st, "billing_events")),
              (200, "incomplete", 1), "redelivery after the database is back is applied once")
 

@@ -21,6 +21,7 @@ main(void)
 {
 	int fd = mkstemp(path);
 	long n;
+	int b = -1;
 
 	close(fd);
 	unsetenv("BILLING_CONFIG");
@@ -79,5 +80,14 @@ main(void)
 	ok(!config_list_contains("HOSTS", "", 0, 0), "list: empty item never matches");
 	ok(!config_list_contains("UNSET_LIST", "a", 1, 0), "list: unset");
 	unlink(path);
+	unsetenv("FLAG");
+	ok(config_get_bool("FLAG", 1, &b) == OUT_OK && b == 1, "bool: default when unset");
+	setenv("FLAG", "false", 1);
+	ok(config_get_bool("FLAG", 1, &b) == OUT_OK && b == 0, "bool: false");
+	setenv("FLAG", "true", 1);
+	ok(config_get_bool("FLAG", 0, &b) == OUT_OK && b == 1, "bool: true");
+	setenv("FLAG", "yes", 1);
+	ok(config_get_bool("FLAG", 0, &b) == OUT_MISCONFIGURED, "bool: anything else refused");
+	unsetenv("FLAG");
 	return done_testing();
 }

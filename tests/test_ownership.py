@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""Who owns a Stripe customer (issue 15): `customers` is the authority.
+
+A link user <-> customer is made only while neither side is linked (or it
+is the same link).  An event whose client_reference_id or metadata.userId
+names another user than customers says changes no ownership: it is
+recorded in ownership_conflicts and logged, and a subscription belongs to
+its customer's user.  A user with two live subscriptions is recorded and
+gets the higher tier.  Before the fix the event's claim won: a session
+from a Payment Link naming user U gave U the subscription of someone
+else's customer.
+
+Real webhook.cgi (piped and through Apache), create-checkout-session.cgi,
+PostgreSQL and the fake Stripe.
+"""
+import os
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Stack, Tap, make_jwt  # noqa: E402
+from test_webhook import SETTINGS, body_of, deliver, event, signed, sub_row  # noqa: E402
+
+t = Tap()
+N = [0]
+
+
+def uniq(prefix):
+    N[0] += 1
+    return f"{prefix}{N[0]}"
+
+
+def link(st, user, customer):
+    st.psql(f"INSERT INTO customers (user_id, stripe_customer_id) VALUES ('{user}', '{customer}')")
+
+
+def links(st, where):
+    return st.psql(f"SELECT user_id, stripe_customer_id FROM customers WHERE {where} ORDER BY 1")
+
+
+def conflicts(st, evt_id):
+    return st.psql("SELECT kind, claimed_user_id, stripe_customer_id, owner_user_id,"
+                   " owner_customer_id FROM ownership_conflicts"
+                   f" WHERE stripe_event_id = '{evt_id}' ORDER BY kind")
+
+
+def session_event(customer, sub, claimed, via_metadata=False):
+    ev = event("checkout.session.completed", id=uniq("evt_ses_"))
+    o = ev["data"]["object"]
+    o["id"] = uniq("cs_test_own_")
+    o["customer"] = customer
+    o["subscription"] = sub
+    o["client_reference_id"] = None if via_metadata else claimed
+    o["metadata"] = {"userId": claimed, "tier": "pro", "interval": "monthly"} if via_metadata \
+        else {"tier": "pro", "interval": "monthly"}
+    return ev
+
+
+def sub_event(customer, sub, claimed=None, name="customer.subscription.updated", **fields):
+    ev = event(name, id=uniq("evt_sub_"))
+    o = ev["data"]["object"]
+    o["id"] = sub
+    o["customer"] = customer
+    o["metadata"] = {"userId": claimed} if claimed else {}
+    o.update(fields)
+    return ev
+
+
+def test_session_for_linked_customer(st):
+    """The issue's case: a session naming U whose customer is someone else's."""
+    for via_metadata in (False, True):
+        how = "metadata.userId" if via_metadata else "client_reference_id"
+        alice, mallory = uniq("alice-"), uniq("mallory-")
+        cus, sub = uniq("cus_alice"), uniq("sub_alice")
+        link(st, alice, cus)
+        ev = session_event(cus, sub, mallory, via_metadata)
+        r = deliver(st, ev)
+        t.eq(r.status, 200, f"{how}: session naming {mallory} for {alice}'s customer: 200")
+        t.eq(sub_row(st, sub)["user_id"], alice,
+             f"{how}: the subscription follows the customer's owner, not the claim")
+        t.eq(links(st, f"user_id IN ('{alice}', '{mallory}')"), [[alice, cus]],
+             f"{how}: customers unchanged, {mallory} not linked")
+        t.eq(conflicts(st, ev["id"]), [["customer_of_other_user", mallory, cus, alice, None]],
+             f"{how}: recorded in ownership_conflicts")
+        t.ok("ownership conflict customer_of_other_user" in r.stderr, f"{how}: logged", r.stderr)
+        t.eq(st.psql_one(f"SELECT user_id FROM billing_events WHERE stripe_event_id = '{ev['id']}'"),
+             alice, f"{how}: billing_events names the owner")
+
+
+def test_session_for_linked_user(st):
+    """A session naming a user already linked to another customer links nothing."""
+    bob, cus_bob = uniq("bob-"), uniq("cus_bob")
+    link(st, bob, cus_bob)
+    cus_new, sub = uniq("cus_paylink"), uniq("sub_paylink")
+    ev = session_event(cus_new, sub, bob)
+    r = deliver(st, ev, via="http")
+    t.eq(r.status, 200, "session naming a user linked elsewhere: 200")
+    t.eq(links(st, f"user_id = '{bob}' OR stripe_customer_id = '{cus_new}'"), [[bob, cus_bob]],
+         "no link made, the user keeps their customer")
+    t.eq(sub_row(st, sub)["user_id"], None, "the subscription is nobody's")
+    t.eq(conflicts(st, ev["id"]), [["user_has_other_customer", bob, cus_new, None, cus_bob]],
+         "recorded as user_has_other_customer")
+    # The user's next checkout through this API still uses their own customer.
+    tok = make_jwt({"sub": bob, "exp": int(time.time()) + 600})
+    r = st.http("POST", "/api/stripe/create-checkout-session",
+                headers={"Authorization": "Bearer " + tok},
+                body={"userId": bob, "tier": "pro", "interval": "monthly",
+                      "successUrl": "https://app.example.test/ok",
+                      "cancelUrl": "https://app.example.test/no"})
+    ses = [q for q in st.stripe.requests() if q["path"] == "/v1/checkout/sessions"]
+    t.ok(r.status == 200 and ses and ses[-1]["params"]["customer"] == cus_bob,
+         "the user's next checkout is created on their own customer", repr(r))
+
+
+def test_neither_linked(st):
+    """The one case a webhook links: neither side is linked yet."""
+    carol, cus, sub = uniq("carol-"), uniq("cus_carol"), uniq("sub_carol")
+    ev = session_event(cus, sub, carol)
+    r = deliver(st, ev)
+    t.eq((r.status, links(st, f"user_id = '{carol}'")), (200, [[carol, cus]]),
+         "neither linked: the session links them")
+    t.eq(sub_row(st, sub)["user_id"], carol, "and the subscription is the user's")
+    again = session_event(cus, uniq("sub_carol"), carol)
+    r = deliver(st, again)
+    t.eq((r.status, conflicts(st, again["id"])), (200, []), "the same link again: no conflict")
+
+
+def test_subscription_metadata(st):
+    """The same rule for metadata.userId on subscription events."""
+    alice, mallory = uniq("alice-"), uniq("mallory-")
+    cus, sub = uniq("cus_alice"), uniq("sub_alice")
+    link(st, alice, cus)
+    ev = sub_event(cus, sub, mallory, "customer.subscription.created")
+    r = deliver(st, ev)
+    t.eq((r.status, sub_row(st, sub)["user_id"]), (200, alice),
+         "subscription event claiming another user: the customer's owner keeps it")
+    t.eq([c[0] for c in conflicts(st, ev["id"])], ["customer_of_other_user"], "recorded")
+
+    bob, cus_bob = uniq("bob-"), uniq("cus_bob")
+    link(st, bob, cus_bob)
+    cus2, sub2 = uniq("cus_other"), uniq("sub_other")
+    ev = sub_event(cus2, sub2, bob, "customer.subscription.created")
+    r = deliver(st, ev)
+    t.eq((r.status, sub_row(st, sub2)["user_id"]), (200, None),
+         "claiming a user linked to another customer: the subscription is nobody's")
+    t.eq(links(st, f"stripe_customer_id = '{cus2}'"), [], "and no link is made")
+    t.eq([c[0] for c in conflicts(st, ev["id"])], ["user_has_other_customer"], "recorded")
+
+    # A row an earlier event gave to the wrong user follows the customer's owner.
+    dave, cus_d, sub_d = uniq("dave-"), uniq("cus_dave"), uniq("sub_dave")
+    link(st, dave, cus_d)
+    st.psql("INSERT INTO subscriptions (user_id, stripe_customer_id, stripe_subscription_id,"
+            f" tier, status) VALUES ('someone-else', '{cus_d}', '{sub_d}', 'pro', 'incomplete')")
+    r = deliver(st, sub_event(cus_d, sub_d))
+    t.eq((r.status, sub_row(st, sub_d)["user_id"]), (200, dave),
+         "an existing row's owner becomes the customer's owner")
+
+    # An invoice's claim (parent.subscription_details.metadata.userId) likewise.
+    inv = event("invoice.paid", id=uniq("evt_inv_"))
+    inv["data"]["object"]["customer"] = cus
+    inv["data"]["object"]["parent"]["subscription_details"]["subscription"] = sub
+    inv["data"]["object"]["parent"]["subscription_details"]["metadata"] = {"userId": mallory}
+    r = deliver(st, inv)
+    t.eq((r.status, st.psql_one(f"SELECT user_id FROM billing_events WHERE stripe_event_id = '{inv['id']}'")),
+         (200, alice), "invoice naming another user: billing event is the owner's")
+
+
+def test_second_subscription(st):
+    """Two live subscriptions of one user: recorded, the higher tier counts."""
+    erin, cus = uniq("erin-"), uniq("cus_erin")
+    link(st, erin, cus)
+    pro = sub_event(cus, uniq("sub_erin_pro"), erin, "customer.subscription.created",
+                    status="active")
+    deliver(st, pro)
+    basic = sub_event(cus, uniq("sub_erin_basic"), erin, "customer.subscription.created",
+                      status="active")
+    item = basic["data"]["object"]["items"]["data"][0]
+    item["price"]["id"] = "price_basic_monthly"
+    item["current_period_end"] += 86400 * 20  # ends later than the pro one
+    r = deliver(st, basic)
+    t.eq(r.status, 200, "a second live subscription: 200")
+    rows = st.psql("SELECT kind, owner_user_id, stripe_subscription_id, other_subscription_id"
+                   f" FROM ownership_conflicts WHERE stripe_event_id = '{basic['id']}'")
+    t.eq(rows, [["second_subscription", erin, basic["data"]["object"]["id"],
+                 pro["data"]["object"]["id"]]], "recorded as second_subscription")
+    t.ok("ownership conflict second_subscription" in r.stderr, "logged", r.stderr)
+    t.eq(st.psql_one(f"SELECT get_user_subscription('{erin}')->>'tier'"), "pro",
+         "the user gets the higher tier, though the basic one ends later")
+    t.eq(st.psql(f"SELECT count(*) FROM subscriptions WHERE user_id = '{erin}'"), [["2"]],
+         "both stay the user's (the operator decides about refunds)")
+
+
+def test_concurrent_claims(st):
+    """Two sessions naming two users for one new customer, delivered at once: one link."""
+    cus = uniq("cus_race")
+    users = [uniq("racer-"), uniq("racer-")]
+    evs = [session_event(cus, uniq("sub_race"), u) for u in users]
+    bodies = [body_of(e) for e in evs]
+    results = [None, None]
+    barrier = threading.Barrier(2)
+
+    def one(i):
+        barrier.wait()
+        results[i] = st.http("POST", "/api/stripe/webhook", headers=signed(bodies[i]),
+                             body=bodies[i])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    t.eq([r.status for r in results], [200, 200], "both deliveries answered 200")
+    owner = links(st, f"stripe_customer_id = '{cus}'")
+    t.ok(len(owner) == 1 and owner[0][0] in users, "exactly one link", repr(owner))
+    n = st.psql_one("SELECT count(*) FROM ownership_conflicts WHERE stripe_event_id IN"
+                    f" ('{evs[0]['id']}', '{evs[1]['id']}')")
+    t.eq(n, "1", "the other claim is recorded as a conflict")
+    t.eq(st.psql(f"SELECT DISTINCT user_id FROM subscriptions WHERE stripe_customer_id = '{cus}'"),
+         [[owner[0][0]]] if owner else [], "both subscriptions belong to the winner")
+
+
+def test_refetch_mode(t_, settings):
+    with Stack(settings=settings) as st:
+        alice, mallory = uniq("alice-"), uniq("mallory-")
+        cus, sub = uniq("cus_alice"), uniq("sub_alice")
+        link(st, alice, cus)
+        obj = sub_event(cus, sub, mallory)["data"]["object"]
+        st.stripe.put_subscription(sub, obj)
+        r = deliver(st, session_event(cus, sub, mallory))
+        t.eq((r.status, sub_row(st, sub)["user_id"]), (200, alice),
+             "refetch mode: the refetched subscription's claim loses to customers too")
+
+
+def main():
+    with t.guard("ownership stack"), Stack(settings=dict(SETTINGS, STRIPE_SYNC_MODE="event")) as st:
+        for fn in (test_session_for_linked_customer, test_session_for_linked_user,
+                   test_neither_linked, test_subscription_metadata, test_second_subscription,
+                   test_concurrent_claims):
+            t.run(fn, st)
+    t.run(test_refetch_mode, t, dict(SETTINGS, STRIPE_SYNC_MODE="refetch"))
+    return t.done()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
