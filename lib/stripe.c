@@ -26,9 +26,9 @@
 
 /*
  * Within one request: a Retry-After or backoff over 2 s means "not within
- * this request".  Process-wide, set by stripe_set_policy.
+ * this request".  A program may set another (stripe_set_policy).
  */
-static const struct stripe_policy request_policy = {
+const struct stripe_policy stripe_request_policy = {
 	.tries = LIMIT_HTTP_TRIES,
 	.call_ms = LIMIT_HTTP_TOTAL_MS,
 	.try_ms = LIMIT_HTTP_TRY_MS,
@@ -37,7 +37,9 @@ static const struct stripe_policy request_policy = {
 	.max_response = LIMIT_HTTP_RESPONSE,
 	.interval_ms = 0,
 };
-static struct stripe_policy policy = request_policy;
+/* The policy in force: the request policy, or a copy of the one a program set. */
+static struct stripe_policy custom_policy;
+static const struct stripe_policy *policy = &stripe_request_policy;
 /* Pacing: when the next request may start (CLOCK_MONOTONIC ms; see pace()). */
 static long next_start_ms;
 static unsigned long requests_sent;
@@ -83,8 +85,8 @@ backoff_ms(int tries_done)
 	long d = tries_done < 20 ? (long)BACKOFF_BASE_MS << (tries_done - 1) : 0;
 	unsigned int r = 0;
 
-	if (d > policy.backoff_cap_ms || d <= 0)
-		d = policy.backoff_cap_ms;
+	if (d > policy->backoff_cap_ms || d <= 0)
+		d = policy->backoff_cap_ms;
 	if (RAND_bytes((unsigned char *)&r, sizeof(r)) != 1)
 		r = (unsigned int)now_ms();
 	return d / 2 + (long)(r % (unsigned int)(d / 2 + 1));
@@ -101,7 +103,7 @@ pace(void)
 {
 	long now = now_ms();
 
-	if (policy.interval_ms > 0 && next_start_ms > now)
+	if (policy->interval_ms > 0 && next_start_ms > now)
 		sleep_ms(next_start_ms - now);
 	requests_sent++;
 }
@@ -109,8 +111,8 @@ pace(void)
 static void
 paced(void)
 {
-	if (policy.interval_ms > 0)
-		next_start_ms = now_ms() + policy.interval_ms;
+	if (policy->interval_ms > 0)
+		next_start_ms = now_ms() + policy->interval_ms;
 }
 
 /* Retry-After in whole seconds (RFC 9110 10.2.3; HTTP dates are not used by Stripe). */
@@ -234,11 +236,11 @@ stripe_call(enum http_method method, const char *path, const struct form *params
 
 	for (;;) {
 		pace();
-		left = policy.call_ms - (now_ms() - start);
+		left = policy->call_ms - (now_ms() - start);
 		tries++;
 		http_response_free(&resp);
 		got = http_request(method, buf_str(&url), headers, body, body_len,
-				   left < policy.try_ms ? left : policy.try_ms, policy.max_response,
+				   left < policy->try_ms ? left : policy->try_ms, policy->max_response,
 				   &resp);
 		paced();
 		if (got == 0 && resp.status >= 200 && resp.status < 300) {
@@ -266,18 +268,18 @@ stripe_call(enum http_method method, const char *path, const struct form *params
 		}
 		if (got == 0)
 			log_stripe_error(method, path, resp.status, &resp);
-		if (tries >= policy.tries)
+		if (tries >= policy->tries)
 			break;
 		wait = backoff_ms(tries);
 		ra = got == 0 ? retry_after_ms(resp.retry_after) : -1;
-		if (ra > policy.retry_after_max_ms) {
+		if (ra > policy->retry_after_max_ms) {
 			log_msg("stripe %s %s: Retry-After %ld s is longer than we wait",
 				method_names[method], path, ra / 1000);
 			break;
 		}
 		if (ra > wait)
 			wait = ra;
-		left = policy.call_ms - (now_ms() - start);
+		left = policy->call_ms - (now_ms() - start);
 		if (left - wait < MIN_TRY_MS)
 			break;
 		log_msg("stripe %s %s: try %d failed, retrying in %ld ms", method_names[method],
@@ -367,7 +369,9 @@ stripe_list(const char *path, const struct form *query, struct json_object **pag
 void
 stripe_set_policy(const struct stripe_policy *p)
 {
-	policy = p ? *p : request_policy;
+	if (p != NULL)
+		custom_policy = *p;
+	policy = p != NULL ? &custom_policy : &stripe_request_policy;
 }
 
 unsigned long

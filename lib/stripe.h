@@ -77,6 +77,9 @@ struct stripe_policy {
 };
 void stripe_set_policy(const struct stripe_policy *p);
 
+/* The request policy (the numbers above, no pacing). */
+extern const struct stripe_policy stripe_request_policy;
+
 /* Requests sent by this process so far, retries included. */
 unsigned long stripe_requests_sent(void);
 

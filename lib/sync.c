@@ -104,14 +104,7 @@ sync_setup(void)
 		.retry_after_max_ms = LIMIT_SYNC_RETRY_AFTER_MS,
 		.max_response = LIMIT_SYNC_RESPONSE,
 	};
-	struct stripe_policy q = {
-		.tries = LIMIT_HTTP_TRIES,
-		.call_ms = LIMIT_HTTP_TOTAL_MS,
-		.try_ms = LIMIT_HTTP_TRY_MS,
-		.backoff_cap_ms = 2000,
-		.retry_after_max_ms = 2000,
-		.max_response = LIMIT_HTTP_RESPONSE,
-	};
+	struct stripe_policy q = stripe_request_policy;
 	long rps;
 	enum outcome rc;
 
