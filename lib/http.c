@@ -233,7 +233,7 @@ handle_get(void)
 
 int
 http_request(enum http_method method, const char *url, const char *const *headers, const char *body,
-	     size_t len, long timeout_ms, struct http_response *resp)
+	     size_t len, long timeout_ms, size_t max_body, struct http_response *resp)
 {
 	CURL *c = NULL;
 	struct curl_slist *list = NULL, *tmp;
@@ -242,7 +242,7 @@ http_request(enum http_method method, const char *url, const char *const *header
 	int ret = -1;
 
 	memset(resp, 0, sizeof(*resp));
-	buf_init(&resp->body, LIMIT_HTTP_RESPONSE);
+	buf_init(&resp->body, max_body);
 	if ((unsigned)method >= HTTP__MAX || timeout_ms <= 0)
 		return -1;
 	if (!http_url_allowed(url)) {
@@ -274,7 +274,7 @@ http_request(enum http_method method, const char *url, const char *const *header
 			 timeout_ms < LIMIT_HTTP_CONNECT_MS ? timeout_ms
 							    : (long)LIMIT_HTTP_CONNECT_MS);
 	lc.easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
-	lc.easy_setopt(c, CURLOPT_MAXFILESIZE, (long)LIMIT_HTTP_RESPONSE);
+	lc.easy_setopt(c, CURLOPT_MAXFILESIZE, (long)max_body);
 	lc.easy_setopt(c, CURLOPT_HTTPHEADER, list);
 	lc.easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
 	lc.easy_setopt(c, CURLOPT_WRITEDATA, resp);

@@ -20,7 +20,7 @@ enum http_method {
 
 struct http_response {
 	long status;		/* 0 when no response arrived */
-	struct buf body;	/* capped at LIMIT_HTTP_RESPONSE */
+	struct buf body;	/* capped at the caller's max_body */
 	char *should_retry;	/* Stripe-Should-Retry value or NULL (owned) */
 	char *retry_after;	/* Retry-After value or NULL (owned) */
 };
@@ -43,12 +43,12 @@ int http_curl_init(void) __attribute__((warn_unused_result));
 /*
  * Sends one request.  headers: NULL-terminated "Name: value" strings
  * (never logged).  Returns 0 when a complete response arrived (any
- * status), -1 on connect failure, timeout, reset or an oversized
- * response (logged without URL query, headers or body).  *resp must
- * be released with http_response_free in both cases.
+ * status), -1 on connect failure, timeout, reset or a response body
+ * over max_body bytes (logged without URL query, headers or body).
+ * *resp must be released with http_response_free in both cases.
  */
 int http_request(enum http_method method, const char *url, const char *const *headers,
-    const char *body, size_t len, long timeout_ms, struct http_response *resp)
+    const char *body, size_t len, long timeout_ms, size_t max_body, struct http_response *resp)
     __attribute__((warn_unused_result));
 
 void http_response_free(struct http_response *resp);

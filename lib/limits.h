@@ -118,4 +118,21 @@
 #define LIMIT_METRICS_BODY	(1024 * 1024)
 #define LIMIT_PATH		4096
 
+/*
+ * billing-sync, a program that may run for hours, not a request: Stripe
+ * calls may take longer and wait out a rate limit.  A list page holds
+ * 100 objects (an event with an invoice can be 20 KB of JSON).
+ */
+#define LIMIT_SYNC_RESPONSE	(16 * 1024 * 1024)
+#define LIMIT_SYNC_TRY_MS	30000
+#define LIMIT_SYNC_CALL_MS	(10 * 60 * 1000)	/* all tries of one call */
+#define LIMIT_SYNC_TRIES	10
+#define LIMIT_SYNC_BACKOFF_MS	30000	/* longest wait between tries we choose */
+#define LIMIT_SYNC_RETRY_AFTER_MS 120000	/* a longer Retry-After ends the run */
+#define LIMIT_SYNC_MAX_RPS	100	/* Stripe's live-mode limit */
+/* A run whose process is gone, or silent this long, is taken over. */
+#define LIMIT_SYNC_LEASE_S	(LIMIT_SYNC_CALL_MS / 1000 + 300)
+/* Stripe keeps events for 30 days (docs.stripe.com/api/events). */
+#define LIMIT_EVENTS_DAYS	30
+
 #endif

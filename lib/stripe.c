@@ -21,11 +21,28 @@
 
 /* Backoff before try n+1: 250 ms, 500 ms, 1 s ... capped, with jitter. */
 #define BACKOFF_BASE_MS 250
-#define BACKOFF_CAP_MS 2000
-/* A Retry-After we honour; longer ones mean "not within this request". */
-#define RETRY_AFTER_MAX_MS 2000
 /* A try with less time than this left is not worth starting. */
 #define MIN_TRY_MS 500
+
+/*
+ * Within one request: a Retry-After or backoff over 2 s means "not within
+ * this request".  A program may set another (stripe_set_policy).
+ */
+const struct stripe_policy stripe_request_policy = {
+	.tries = LIMIT_HTTP_TRIES,
+	.call_ms = LIMIT_HTTP_TOTAL_MS,
+	.try_ms = LIMIT_HTTP_TRY_MS,
+	.backoff_cap_ms = 2000,
+	.retry_after_max_ms = 2000,
+	.max_response = LIMIT_HTTP_RESPONSE,
+	.interval_ms = 0,
+};
+/* The policy in force: the request policy, or a copy of the one a program set. */
+static struct stripe_policy custom_policy;
+static const struct stripe_policy *policy = &stripe_request_policy;
+/* Pacing: when the next request may start (CLOCK_MONOTONIC ms; see pace()). */
+static long next_start_ms;
+static unsigned long requests_sent;
 
 static const char *const method_names[HTTP__MAX] = {
     [HTTP_GET] = "GET",
@@ -65,14 +82,37 @@ sleep_ms(long ms)
 static long
 backoff_ms(int tries_done)
 {
-	long d = (long)BACKOFF_BASE_MS << (tries_done - 1);
+	long d = tries_done < 20 ? (long)BACKOFF_BASE_MS << (tries_done - 1) : 0;
 	unsigned int r = 0;
 
-	if (d > BACKOFF_CAP_MS || d <= 0)
-		d = BACKOFF_CAP_MS;
+	if (d > policy->backoff_cap_ms || d <= 0)
+		d = policy->backoff_cap_ms;
 	if (RAND_bytes((unsigned char *)&r, sizeof(r)) != 1)
 		r = (unsigned int)now_ms();
 	return d / 2 + (long)(r % (unsigned int)(d / 2 + 1));
+}
+
+/*
+ * Pacing: the next request starts interval_ms after the previous answer
+ * at the earliest.  Counting from the answer rather than from our start
+ * keeps Stripe from seeing two requests closer than that even when one
+ * was slow to leave (loading libcurl, a new TLS connection).
+ */
+static void
+pace(void)
+{
+	long now = now_ms();
+
+	if (policy->interval_ms > 0 && next_start_ms > now)
+		sleep_ms(next_start_ms - now);
+	requests_sent++;
+}
+
+static void
+paced(void)
+{
+	if (policy->interval_ms > 0)
+		next_start_ms = now_ms() + policy->interval_ms;
 }
 
 /* Retry-After in whole seconds (RFC 9110 10.2.3; HTTP dates are not used by Stripe). */
@@ -195,11 +235,14 @@ stripe_call(enum http_method method, const char *path, const struct form *params
 	headers[h] = NULL;
 
 	for (;;) {
-		left = LIMIT_HTTP_TOTAL_MS - (now_ms() - start);
+		pace();
+		left = policy->call_ms - (now_ms() - start);
 		tries++;
 		http_response_free(&resp);
 		got = http_request(method, buf_str(&url), headers, body, body_len,
-				   left < LIMIT_HTTP_TRY_MS ? left : LIMIT_HTTP_TRY_MS, &resp);
+				   left < policy->try_ms ? left : policy->try_ms, policy->max_response,
+				   &resp);
+		paced();
 		if (got == 0 && resp.status >= 200 && resp.status < 300) {
 			if (jsonget_parse(buf_str(&resp.body), resp.body.len, out) != OUT_OK) {
 				log_msg(
@@ -225,15 +268,18 @@ stripe_call(enum http_method method, const char *path, const struct form *params
 		}
 		if (got == 0)
 			log_stripe_error(method, path, resp.status, &resp);
-		if (tries >= LIMIT_HTTP_TRIES)
+		if (tries >= policy->tries)
 			break;
 		wait = backoff_ms(tries);
 		ra = got == 0 ? retry_after_ms(resp.retry_after) : -1;
-		if (ra > RETRY_AFTER_MAX_MS)
+		if (ra > policy->retry_after_max_ms) {
+			log_msg("stripe %s %s: Retry-After %ld s is longer than we wait",
+				method_names[method], path, ra / 1000);
 			break;
+		}
 		if (ra > wait)
 			wait = ra;
-		left = LIMIT_HTTP_TOTAL_MS - (now_ms() - start);
+		left = policy->call_ms - (now_ms() - start);
 		if (left - wait < MIN_TRY_MS)
 			break;
 		log_msg("stripe %s %s: try %d failed, retrying in %ld ms", method_names[method],
@@ -265,6 +311,15 @@ stripe_get(const char *path, struct json_object **out)
 	return stripe_call(HTTP_GET, path, NULL, NULL, out);
 }
 
+/* path?params in target (Stripe takes GET and DELETE parameters in the query string). */
+static int
+path_with_query(struct buf *target, const char *path, const struct form *params)
+{
+	return buf_addstr(target, path) == -1 ||
+	    (params != NULL && form_len(params) > 0 &&
+	     buf_printf(target, "?%s", form_str(params)) == -1) ? -1 : 0;
+}
+
 enum outcome
 stripe_delete(const char *path, const struct form *params, struct json_object **out)
 {
@@ -272,16 +327,57 @@ stripe_delete(const char *path, const struct form *params, struct json_object **
 	enum outcome o;
 
 	*out = NULL;
-	/* Stripe's libraries send DELETE parameters in the query string. */
-	if (buf_addstr(&target, path) == -1 ||
-	    (params != NULL && form_len(params) > 0 &&
-	     buf_printf(&target, "?%s", form_str(params)) == -1)) {
+	if (path_with_query(&target, path, params) == -1) {
 		buf_free(&target);
 		return OUT_INTERNAL;
 	}
 	o = stripe_call(HTTP_DELETE, buf_str(&target), NULL, NULL, out);
 	buf_free(&target);
 	return o;
+}
+
+enum outcome
+stripe_list(const char *path, const struct form *query, struct json_object **page,
+	    struct json_object **data, int *has_more)
+{
+	struct buf url = BUF_INIT(LIMIT_QUERY_STRING);
+	const char *object;
+	enum outcome o;
+
+	*page = *data = NULL;
+	*has_more = 0;
+	if (path_with_query(&url, path, query) == -1) {
+		buf_free(&url);
+		return OUT_INTERNAL;
+	}
+	o = stripe_call(HTTP_GET, buf_str(&url), NULL, NULL, page);
+	if (o == OUT_OK) {
+		object = jsonget_str(*page, "object");
+		*data = jsonget_array(*page, "data");
+		if (object == NULL || strcmp(object, "list") != 0 || *data == NULL ||
+		    jsonget_bool(*page, "has_more", has_more) == -1) {
+			log_msg("stripe GET %s: the answer is not a list", path);
+			json_object_put(*page);
+			*page = *data = NULL;
+			o = OUT_STRIPE_ERROR;
+		}
+	}
+	buf_free(&url);
+	return o;
+}
+
+void
+stripe_set_policy(const struct stripe_policy *p)
+{
+	if (p != NULL)
+		custom_policy = *p;
+	policy = p != NULL ? &custom_policy : &stripe_request_policy;
+}
+
+unsigned long
+stripe_requests_sent(void)
+{
+	return requests_sent;
 }
 
 static char *

@@ -7,10 +7,13 @@
  * LIMIT_HTTP_TRIES tries within LIMIT_HTTP_TOTAL_MS (per call),
  * honouring Stripe-Should-Retry (true: retry even a 4xx; false: never)
  * and a Retry-After of at most 2 s.  Each try lasts at most
- * LIMIT_HTTP_TRY_MS.
+ * LIMIT_HTTP_TRY_MS.  (struct stripe_policy below changes these numbers
+ * for a longer-running program.)
  */
 #ifndef STRIPE_H
 #define STRIPE_H
+
+#include <stddef.h>
 
 #include <json-c/json.h>
 
@@ -45,6 +48,40 @@ enum outcome stripe_get(const char *path, struct json_object **out)
  */
 enum outcome stripe_delete(const char *path, const struct form *params, struct json_object **out)
     __attribute__((warn_unused_result));
+
+/*
+ * One page of a list (docs.stripe.com/api/pagination): GET path?query,
+ * where query holds the filters, limit and the cursor (starting_after or
+ * ending_before) as the caller chose them.  OUT_OK with *page (the caller
+ * puts it), *data its "data" array (owned by *page) and *has_more; an
+ * answer that is no list is OUT_STRIPE_ERROR; otherwise as stripe_get.
+ */
+enum outcome stripe_list(const char *path, const struct form *query, struct json_object **page,
+    struct json_object **data, int *has_more) __attribute__((warn_unused_result));
+
+/*
+ * How hard a call tries.  By default (and with NULL) the request policy
+ * described above, sized for a CGI's answer time; a program that runs
+ * longer (billing-sync) sets a patient one with pacing, for the rest of
+ * the process.  Retries are requests too, and are paced.
+ */
+struct stripe_policy {
+	int tries;			/* at most this many tries per call... */
+	long call_ms;			/* ...all within this long */
+	long try_ms;			/* one try at most this long */
+	long backoff_cap_ms;		/* our own wait between tries at most this long */
+	long retry_after_max_ms;	/* a longer Retry-After gives up at once */
+	size_t max_response;		/* the largest answer body accepted */
+	long interval_ms;		/* at least this long from an answer to the next
+					   request (1000 / requests per second); 0: no pacing */
+};
+void stripe_set_policy(const struct stripe_policy *p);
+
+/* The request policy (the numbers above, no pacing). */
+extern const struct stripe_policy stripe_request_policy;
+
+/* Requests sent by this process so far, retries included. */
+unsigned long stripe_requests_sent(void);
 
 /*
  * Derives a stable Idempotency-Key from parts (e.g. "customer", user

@@ -313,6 +313,21 @@ is_type(const struct subscription_event *ev, const char *type)
 	return strcmp(ev->type, type) == 0;
 }
 
+/* Keep in step with apply_once. */
+const char *const subscription_event_types[] = {
+	"checkout.session.completed",
+	"customer.subscription.created",
+	"customer.subscription.updated",
+	"customer.subscription.deleted",
+	"customer.subscription.trial_will_end",
+	"checkout.session.expired",
+	"customer.updated",
+	"invoice.paid",
+	"invoice.payment_failed",
+	"invoice.payment_action_required",
+	NULL,
+};
+
 static int
 is_subscription_event(const struct subscription_event *ev)
 {
@@ -384,14 +399,14 @@ record_event(struct apply *a)
 	r = Q(a, &rows,
 	    "INSERT INTO billing_events (stripe_event_id, event_type, stripe_subscription_id,"
 	    " stripe_customer_id, amount, currency, status, attempt_count, occurred_at,"
-	    " processed_at, payload, left_out)"
+	    " processed_at, payload, left_out, source)"
 	    " VALUES ($1, $2, $3, $4, $5::bigint, $6, $7, $8::integer,"
 	    " to_timestamp($9::bigint), now(), $10::jsonb,"
 	    " CASE WHEN $11::jsonb IS NOT NULL"
-	    " THEN ARRAY(SELECT jsonb_array_elements_text($11::jsonb)) END)"
+	    " THEN ARRAY(SELECT jsonb_array_elements_text($11::jsonb)) END, coalesce($12, 'webhook'))"
 	    " ON CONFLICT (stripe_event_id) DO NOTHING RETURNING id",
 	    ev->id, ev->type, sub, customer, amount, currency, status, attempts, created,
-	    ev->raw, paths_json(ev->fit.paths));
+	    ev->raw, paths_json(ev->fit.paths), ev->source);
 	if (r == 0) {
 		if (db_rows_count(rows) == 0)
 			a->duplicate = 1;
@@ -1085,6 +1100,142 @@ subscription_apply_event(struct db *db, const struct subscription_event *ev,
 	} else if (a.ignored)
 		response_add(*reply, "ignored", json_object_new_boolean(1));
 	return OUT_OK;
+}
+
+/*
+ * A listing taken at listed_at is older than the row when the row's last
+ * event is newer, give or take this much difference between Stripe's
+ * clock and ours.  billing-sync stores listed_at minus this margin as the
+ * row's last_event_created: an event created before the listing is then
+ * older than what is stored (event mode ignores it), and the next sync's
+ * listing is not taken for older than the previous one.
+ */
+#define LISTED_CLOCK_MARGIN_S 60
+
+/* Columns that are bookkeeping, not Stripe's state: left out of the change record. */
+#define NOT_STATE "'id', 'created_at', 'updated_at', 'last_event_created', 'last_event_id'"
+
+enum outcome
+subscription_store_listed(struct db *db, struct json_object *sub, long long listed_at,
+    const char *source, const char *claimed_user, struct subscription_stored *out)
+{
+	const char *id = id_of(sub, "id"), *customer = id_of(sub, "customer");
+	struct subscription_event ev = { .id = source, .type = "billing-sync",
+	    .created = listed_at - LISTED_CLOCK_MARGIN_S, .object = sub };
+	struct apply a = { .db = db, .ev = &ev, .mode = SYNC_REFETCH };
+	struct sub_row row;
+	struct db_rows *rows = NULL;
+	char *before = NULL;
+	enum outcome fatal = OUT_OK;
+	int stored = 0, was_linked, r;
+
+	memset(out, 0, sizeof(*out));
+	if (id == NULL) {
+		log_msg("listed subscription without a valid id: skipped");
+		out->skipped = 1;
+		return OUT_OK;
+	}
+	if ((r = lock_subscription(&a, id)) != 0 ||
+	    (r = Q(&a, &rows, "SELECT to_jsonb(s) FROM subscriptions s"
+	    " WHERE stripe_subscription_id = $1", id)) != 0)
+		goto out;
+	if (db_rows_get(rows, 0, 0) != NULL)
+		before = mem_strdup(db_rows_get(rows, 0, 0));
+	db_rows_free(rows);
+	rows = NULL;
+	if ((r = customer_owner(&a, customer)) != 0 || (r = read_row(&a, id, &row)) != 0)
+		goto out;
+	was_linked = a.user_id != NULL;
+	free(a.user_id);
+	a.user_id = NULL;
+	/* claimed_user is the customer's metadata.userId; the subscription's own comes first. */
+	if (row.exists && row.has_last && row.last > ev.created) {
+		/* A webhook stored a newer state after the listing: refetch mode's own step. */
+		out->refetched = 1;
+		if ((r = refetch(&a, id, claimed_user, &stored, &fatal)) != 0 || fatal != OUT_OK)
+			goto out;
+		out->gone = !stored;
+	} else if ((r = store_subscription(&a, sub, 1, 0, claimed_user)) != 0) {
+		goto out;
+	}
+	out->skipped = a.ignored;
+	if (a.left_out != NULL)
+		log_msg("subscription %s: value(s) beyond their column left out: %s", id,
+		    paths_json(a.left_out));
+	r = Q(&a, &rows,
+	    "SELECT (SELECT jsonb_object_agg(k, jsonb_build_array($2::jsonb -> k, x.now -> k))"
+	    "  FROM jsonb_object_keys(x.now) AS k WHERE k NOT IN (" NOT_STATE ")"
+	    "  AND coalesce($2::jsonb -> k, 'null') IS DISTINCT FROM (x.now -> k)),"
+	    " NOT EXISTS (SELECT 1 FROM customers c WHERE c.stripe_customer_id = x.customer)"
+	    " FROM (SELECT to_jsonb(s) AS now, s.stripe_customer_id AS customer"
+	    "  FROM subscriptions s WHERE stripe_subscription_id = $1) AS x", id, before);
+	if (r == 0 && db_rows_count(rows) == 1) {
+		out->created = before == NULL;
+		out->unlinked = strcmp(db_rows_get(rows, 0, 1), "t") == 0;
+		out->linked = customer != NULL && !was_linked && !out->unlinked;
+		if (db_rows_get(rows, 0, 0) != NULL &&
+		    jsonget_parse(db_rows_get(rows, 0, 0), strlen(db_rows_get(rows, 0, 0)),
+		    &out->changes) != OUT_OK)
+			r = DB_ERROR;
+	}
+out:
+	free(before);
+	free(a.user_id);
+	free(a.event_row);
+	json_object_put(a.left_out);
+	db_rows_free(rows);
+	if (fatal != OUT_OK)
+		return fatal;
+	return r == 0 ? OUT_OK : db_outcome((enum db_result)r);
+}
+
+void
+subscription_stored_free(struct subscription_stored *out)
+{
+	if (out == NULL)
+		return;
+	json_object_put(out->changes);
+	out->changes = NULL;
+}
+
+void
+subscription_columns_of(struct json_object *sub, const char *row_tier, const char *row_interval,
+    struct subscription_columns *c)
+{
+	struct sub_row row;
+
+	memset(&row, 0, sizeof(row));
+	if (row_tier != NULL) {
+		row.exists = 1;
+		snprintf(row.tier, sizeof(row.tier), "%s", row_tier);
+		snprintf(row.interval, sizeof(row.interval), "%s", row_interval ? row_interval : "");
+	}
+	memset(c, 0, sizeof(*c));
+	c->status = jsonget_str(sub, "status");
+	if (status_rank(c->status) < 0)
+		c->status = NULL;
+	resolve_plan(sub, &row, &c->tier, &c->interval);
+	/* The row's own values, not our copies of them. */
+	if (c->tier == row.tier)
+		c->tier = row_tier;
+	if (c->interval == row.interval)
+		c->interval = row_interval;
+	/* Periods: the item's (API 2025-03-31 and later), else the subscription's. */
+	if (jsonget_path_int(sub, "items.data.0.current_period_end", &c->period_end) == -1 &&
+	    jsonget_path_int(sub, "current_period_end", &c->period_end) == -1)
+		c->period_end = -1;
+	jsonget_bool(sub, "cancel_at_period_end", &c->cancel_at_period_end);
+}
+
+enum outcome
+subscription_customer_user(struct db *db, const char *customer, char **user)
+{
+	struct apply a = { .db = db };
+	int r;
+
+	r = customer_owner(&a, customer);
+	*user = a.user_id;
+	return r == 0 ? OUT_OK : db_outcome((enum db_result)r);
 }
 
 enum outcome

@@ -96,6 +96,10 @@
  * ownership_conflicts (and logged).  A user who ends up with a second
  * live subscription is recorded there too (second_subscription).
  * billing_events.user_id is the owner so resolved (NULL until known).
+ *
+ * billing-sync feeds events it lists from GET /v1/events through the same
+ * subscription_apply_event (source "sync"), and stores the subscriptions
+ * it lists with subscription_store_listed: refetch mode's code and rule.
  */
 #ifndef SUBSCRIPTION_H
 #define SUBSCRIPTION_H
@@ -118,7 +122,12 @@ struct subscription_event {
 	struct jsonb_fit fit;	/* the body as stored: what jsonb cannot hold left out */
 	const char *raw;	/* fit.text: billing_events.payload, and what root was parsed from */
 	size_t raw_len;
+	const char *source;	/* who delivered it, billing_events.source: NULL = the
+				   webhook, "sync" = billing-sync from GET /v1/events */
 };
+
+/* The event types subscription_apply_event acts on, NULL-terminated (others are recorded only). */
+extern const char *const subscription_event_types[];
 
 /*
  * Parses the verified body: a JSON object with string id (1..255
@@ -176,5 +185,61 @@ enum outcome subscription_lock(struct db *db, const char *stripe_subscription_id
  */
 enum outcome subscription_store_object(struct db *db, struct json_object *sub, long long seen,
     const char *source, const char *user_id) __attribute__((warn_unused_result));
+
+/* What subscription_store_listed did. */
+struct subscription_stored {
+	int created;		/* the row is new */
+	int refetched;		/* stored from GET /v1/subscriptions/<id> (see there) */
+	int gone;		/* ...which answered 404: the row was left as it was */
+	int skipped;		/* not storable (no valid id, unknown status): logged */
+	int linked;		/* customers got a link for its customer */
+	int unlinked;		/* its customer is linked to no user */
+	struct json_object *changes;	/* {"column": [before, after], ...}, NULL: none */
+};
+
+/*
+ * Stores sub, a subscription object from a list taken at listed_at (unix
+ * seconds, our clock), in the caller's transaction, by refetch mode's
+ * code and rule: under the subscription's lock, Stripe's state is stored
+ * whatever order things came in (as subscription_store_object, but the
+ * lock cannot be held across a list).  So when the row's last event is
+ * newer than the listing (a webhook got there after the list was read),
+ * the listing is stale: the subscription is fetched again under the lock
+ * and that is stored.  The owner is resolved as for an event (above):
+ * the subscription's metadata.userId, else claimed_user (its customer's
+ * metadata.userId; NULL: none), is a claim.  source goes into
+ * last_event_id and ownership_conflicts ("sync:<run>:<subscription>").
+ * OUT_OK with *out (release it with subscription_stored_free); otherwise
+ * the caller rolls back: OUT_UNAVAILABLE, OUT_STRIPE_ERROR (the
+ * refetch), OUT_INTERNAL.
+ */
+enum outcome subscription_store_listed(struct db *db, struct json_object *sub,
+    long long listed_at, const char *source, const char *claimed_user,
+    struct subscription_stored *out)
+    __attribute__((warn_unused_result));
+
+/* Releases out->changes; safe on a zeroed out. */
+void subscription_stored_free(struct subscription_stored *out);
+
+/* The columns billing-sync check compares, as they would be stored. */
+struct subscription_columns {
+	const char *status;	/* NULL: not a status we know */
+	const char *tier;	/* never NULL */
+	const char *interval;	/* NULL: unknown */
+	long long period_end;	/* current_period_end, -1: none */
+	int cancel_at_period_end;
+};
+
+/*
+ * The values storing sub would give those columns (views into sub, the
+ * row's values or static strings).  row_tier/row_interval: the existing
+ * row's, which an unknown price keeps (NULL: no row).
+ */
+void subscription_columns_of(struct json_object *sub, const char *row_tier,
+    const char *row_interval, struct subscription_columns *c);
+
+/* OUT_OK and *user (caller frees; NULL when unlinked): the user customers links to customer. */
+enum outcome subscription_customer_user(struct db *db, const char *customer, char **user)
+    __attribute__((warn_unused_result));
 
 #endif

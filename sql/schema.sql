@@ -279,6 +279,11 @@ CALL pg_temp.ensure_constraint('billing_events', 'billing_events_stripe_event_id
 	$c$UNIQUE (stripe_event_id)$c$);
 CALL pg_temp.ensure_constraint('billing_events', 'billing_events_user_id_length',
 	$c$CHECK (length(user_id) BETWEEN 1 AND 128)$c$);
+-- Who delivered the event: Stripe's webhook, or billing-sync reading GET
+-- /v1/events (an event the webhook had missed; the first to record it wins).
+ALTER TABLE billing_events ADD COLUMN IF NOT EXISTS source text NOT NULL DEFAULT 'webhook';
+CALL pg_temp.ensure_constraint('billing_events', 'billing_events_source_check',
+	$c$CHECK (source IN ('webhook', 'sync'))$c$);
 CREATE INDEX IF NOT EXISTS billing_events_user_id_idx ON billing_events (user_id);
 CREATE INDEX IF NOT EXISTS billing_events_stripe_subscription_id_idx ON billing_events (stripe_subscription_id);
 -- A signed event is always recorded, even when part of it cannot be stored:
@@ -459,6 +464,74 @@ RETURNS bigint LANGUAGE sql VOLATILE AS $fn$
 	)
 	SELECT count(*) FROM gone
 $fn$;
+
+------------------------------------------------------------------------------
+-- sync_runs: billing-sync's runs of `subscriptions` and `events`.  At most one
+-- open run (finished_at NULL) per command.  cursor is the id of the last
+-- object it handled, moved in the same transaction as that object's change,
+-- so a run that was killed, or stopped by an outage, is continued from there
+-- by the next one (when the next one asks for no more than it covers: same
+-- scope, since not earlier).  owner is host:pid of the process working on
+-- it (NULL: none); a run whose owner is gone, or silent for longer than
+-- billing-sync's lease, is taken over.
+------------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS sync_runs (
+	id			bigserial	PRIMARY KEY,
+	command			text		NOT NULL,
+	scope			text		NOT NULL DEFAULT '',	-- filters: "customer=cus_..."
+	since			timestamptz,	-- objects created from then on; NULL = all
+	cursor			text,
+	owner			text,
+	heartbeat_at		timestamptz	NOT NULL DEFAULT now(),
+	started_at		timestamptz	NOT NULL DEFAULT now(),
+	finished_at		timestamptz,
+	outcome			text,		-- NULL while open
+	resumed			integer		NOT NULL DEFAULT 0,	-- times continued
+	pages			bigint		NOT NULL DEFAULT 0,
+	objects			bigint		NOT NULL DEFAULT 0,
+	changes			bigint		NOT NULL DEFAULT 0,
+	last_error		text
+);
+CALL pg_temp.ensure_constraint('sync_runs', 'sync_runs_command_check',
+	$c$CHECK (command IN ('subscriptions', 'events'))$c$);
+CALL pg_temp.ensure_constraint('sync_runs', 'sync_runs_outcome_check',
+	$c$CHECK (outcome IN ('done', 'abandoned') AND finished_at IS NOT NULL
+		  OR outcome IS NULL AND finished_at IS NULL)$c$);
+CREATE UNIQUE INDEX IF NOT EXISTS sync_runs_open_key ON sync_runs (command) WHERE finished_at IS NULL;
+
+------------------------------------------------------------------------------
+-- sync_changes: what billing-sync changed and why, one row per change:
+--   created / updated   a subscriptions row; changes = {"column": [before,
+--                       after], ...} (bookkeeping columns left out)
+--   customer_linked     customers got user_id <-> stripe_customer_id
+--   event_applied       an event the webhook had missed (its billing_events
+--                       row has source 'sync')
+------------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS sync_changes (
+	id			bigserial	PRIMARY KEY,
+	run_id			bigint		NOT NULL REFERENCES sync_runs (id) ON DELETE CASCADE,
+	at			timestamptz	NOT NULL DEFAULT now(),
+	kind			text		NOT NULL,
+	stripe_subscription_id	text,
+	stripe_customer_id	text,
+	user_id			text,
+	stripe_event_id		text,
+	changes			jsonb,
+	reason			text		NOT NULL
+);
+CALL pg_temp.ensure_constraint('sync_changes', 'sync_changes_kind_check',
+	$c$CHECK (kind IN ('created', 'updated', 'customer_linked', 'event_applied'))$c$);
+CREATE INDEX IF NOT EXISTS sync_changes_run_id_idx ON sync_changes (run_id);
+CREATE INDEX IF NOT EXISTS sync_changes_stripe_subscription_id_idx ON sync_changes (stripe_subscription_id);
+
+-- The subscriptions an open `subscriptions` run has seen in Stripe's list, so
+-- that at its end the rows Stripe does not have can be reported (never
+-- deleted), also when the run was continued.  Emptied when the run ends.
+CREATE TABLE IF NOT EXISTS sync_seen (
+	run_id			bigint		NOT NULL REFERENCES sync_runs (id) ON DELETE CASCADE,
+	stripe_subscription_id	text		NOT NULL,
+	PRIMARY KEY (run_id, stripe_subscription_id)
+);
 
 ------------------------------------------------------------------------------
 -- Subscription and quota functions
