@@ -107,39 +107,6 @@ usage_idempotency_key_valid(const char *key)
 	return 1;
 }
 
-/*
- * Whether a metadata value holds a string with a NUL character (JSON
- * "\u0000"), which PostgreSQL's jsonb cannot store.  Nesting is already
- * bounded by jsonget_parse (LIMIT_JSON_DEPTH).
- */
-static int
-holds_nul(struct json_object *v)
-{
-	size_t i, n;
-
-	switch (json_object_get_type(v)) {
-	case json_type_string:
-		return strlen(json_object_get_string(v)) != (size_t)json_object_get_string_len(v);
-	case json_type_array:
-		n = json_object_array_length(v);
-		for (i = 0; i < n; i++)
-			if (holds_nul(json_object_array_get_idx(v, i)))
-				return 1;
-		return 0;
-	case json_type_object: {
-		json_object_object_foreach(v, key, val)
-		{
-			(void)key;
-			if (holds_nul(val))
-				return 1;
-		}
-		return 0;
-	}
-	default:
-		return 0;
-	}
-}
-
 enum outcome
 usage_parse_record(const char *body, size_t len, struct usage_record *rec, const char **bad,
 		   const char **why)
@@ -159,13 +126,8 @@ usage_parse_record(const char *body, size_t len, struct usage_record *rec, const
 	rec->usage_type = jsonget_str(rec->root, "usageType");
 	if (jsonget_int(rec->root, "amount", &rec->amount) == -1)
 		rec->amount = 1;
+	/* jsonget_parse refused any \u0000, so no string in metadata is cut short. */
 	rec->metadata = jsonget_obj(rec->root, "metadata");
-	if (rec->metadata && holds_nul(rec->metadata)) {
-		usage_record_free(rec);
-		*bad = "metadata";
-		*why = "must not contain NUL characters";
-		return OUT_INVALID_FIELD;
-	}
 	return OUT_OK;
 }
 
