@@ -1,4 +1,4 @@
-#include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -95,46 +95,50 @@ segment_decode(const char *s, size_t n, size_t *len)
 	return p;
 }
 
-/* A JSON NumericDate (RFC 7519 2): integer, or a finite non-integer number. */
+/*
+ * A NumericDate (RFC 7519 2), as we accept it: a JSON integer (no
+ * fraction, no exponent) from 0 to LIMIT_JWT_TIME_MAX (end of year
+ * 9999).  json-c clamps integers beyond int64 and reads 1e300 as a
+ * double: both would otherwise never expire.  0 with *present set, or
+ * -1 when present but not such an integer.
+ */
 static int
-numeric_date(struct json_object *claims, const char *name, int *present, double *out)
+numeric_date(struct json_object *claims, const char *name, int *present, long long *out)
 {
 	struct json_object *v;
+	int64_t n;
 
 	*present = 0;
 	if (!json_object_object_get_ex(claims, name, &v))
 		return 0;
 	*present = 1;
-	if (json_object_is_type(v, json_type_int)) {
-		*out = (double)json_object_get_int64(v);
-		return 0;
-	}
-	if (json_object_is_type(v, json_type_double)) {
-		*out = json_object_get_double(v);
-		return isfinite(*out) ? 0 : -1;
-	}
-	return -1;
+	if (!json_object_is_type(v, json_type_int))
+		return -1;
+	n = json_object_get_int64(v);
+	if (n < 0 || n > LIMIT_JWT_TIME_MAX)
+		return -1;
+	*out = (long long)n;
+	return 0;
 }
 
 static int
 aud_matches(struct json_object *claims, const char *want)
 {
-	struct json_object *aud, *item;
+	struct json_object *aud;
+	const char *s;
 	size_t i, n;
 
 	if (!json_object_object_get_ex(claims, "aud", &aud))
 		return 0;
-	if (json_object_is_type(aud, json_type_string))
-		return strcmp(json_object_get_string(aud), want) == 0;
+	if ((s = jsonget_string(aud)) != NULL)
+		return strcmp(s, want) == 0;
 	if (!json_object_is_type(aud, json_type_array))
 		return 0;
 	n = json_object_array_length(aud);
-	for (i = 0; i < n; i++) {
-		item = json_object_array_get_idx(aud, i);
-		if (json_object_is_type(item, json_type_string) &&
-		    strcmp(json_object_get_string(item), want) == 0)
+	for (i = 0; i < n; i++)
+		if ((s = jsonget_string(json_object_array_get_idx(aud, i))) != NULL &&
+		    strcmp(s, want) == 0)
 			return 1;
-	}
 	return 0;
 }
 
@@ -278,7 +282,7 @@ auth_verify_jwt(const char *token, size_t len, time_t now, char **subject)
 	enum jwt_alg alg = ALG__MAX, key_alg = ALG__MAX;
 	enum outcome o = OUT_UNAUTHORIZED;
 	long leeway = 60;
-	double exp_at = 0, nbf_at = 0, iat_at = 0;
+	long long exp_at = 0, nbf_at = 0, iat_at = 0;
 	int present, good;
 
 	*subject = NULL;
@@ -336,23 +340,30 @@ auth_verify_jwt(const char *token, size_t len, time_t now, char **subject)
 	/* Claims only count once the signature is good. */
 	if (jsonget_parse((const char *)payload_raw, payload_len, &claims) != OUT_OK)
 		REJECT("payload is not a JSON object");
+	/* All three are at most LIMIT_JWT_TIME_MAX, so no sum below overflows. */
 	if (numeric_date(claims, "exp", &present, &exp_at) == -1 || !present)
-		REJECT("exp missing or not a number");
-	if ((double)now >= exp_at + (double)leeway)
+		REJECT("exp missing or not an integer date");
+	if ((long long)now >= exp_at + leeway)
 		REJECT("expired");
 	if (numeric_date(claims, "nbf", &present, &nbf_at) == -1)
-		REJECT("nbf not a number");
-	if (present && (double)now + (double)leeway < nbf_at)
+		REJECT("nbf not an integer date");
+	if (present && (long long)now + leeway < nbf_at)
 		REJECT("not yet valid (nbf)");
 	if (numeric_date(claims, "iat", &present, &iat_at) == -1)
-		REJECT("iat not a number");
-	if (present && (double)now + (double)leeway < iat_at)
+		REJECT("iat not an integer date");
+	if (present && (long long)now + leeway < iat_at)
 		REJECT("issued in the future (iat)");
 	if (issuer != NULL &&
 	    ((iss = jsonget_str(claims, "iss")) == NULL || strcmp(iss, issuer) != 0))
 		REJECT("wrong issuer");
-	if (audience != NULL && !aud_matches(claims, audience))
-		REJECT("wrong audience");
+	/*
+	 * RFC 7519 4.1.3: a recipient that does not find itself in a present
+	 * aud MUST reject the token.  Without AUTH_JWT_AUDIENCE we have no
+	 * name, so a token meant for some audience is not meant for us.
+	 */
+	if (audience != NULL ? !aud_matches(claims, audience)
+			     : json_object_object_get_ex(claims, "aud", NULL))
+		REJECT(audience != NULL ? "wrong audience" : "aud present, AUTH_JWT_AUDIENCE unset");
 	/* sub is a StringOrURI (RFC 7519 4.1.2): a JSON number is refused. */
 	if ((sub = jsonget_str(claims, "sub")) == NULL)
 		REJECT("sub missing or not a string");

@@ -24,6 +24,12 @@
 /* JSON nesting accepted in request bodies and Stripe payloads. */
 #define LIMIT_JSON_DEPTH	64
 
+/*
+ * JWT time claims (exp, nbf, iat): integers from 0 to the last second of
+ * year 9999, 9999-12-31T23:59:59Z, where PostgreSQL and date(1) agree.
+ */
+#define LIMIT_JWT_TIME_MAX	253402300799LL
+
 /* Application user ids (TEXT in the schema, CHECK 1..128). */
 #define LIMIT_USER_ID_LEN	128
 

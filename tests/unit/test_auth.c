@@ -167,6 +167,36 @@ static const char *HS = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
 static const char *RS = "{\"alg\":\"RS256\",\"typ\":\"JWT\"}";
 static const char *ES = "{\"alg\":\"ES256\",\"typ\":\"JWT\"}";
 
+/* exp/nbf/iat: JSON integers from 0 to the end of year 9999, nothing else. */
+static void
+time_claims(void)
+{
+	static const char *const bad_exp[] = {
+	    "1e300", "1e10", "1800000600.0", "99999999999999999999", "9223372036854775807",
+	    "18446744073709551615", "253402300800", "-1", "\"1800000600\"", "true", "[1800000600]",
+	};
+	char payload[256], name[64];
+	size_t i;
+
+	for (i = 0; i < sizeof(bad_exp) / sizeof(bad_exp[0]); i++) {
+		snprintf(payload, sizeof(payload), "{\"sub\":\"u\",\"exp\":%s}", bad_exp[i]);
+		snprintf(name, sizeof(name), "exp %s refused", bad_exp[i]);
+		reject(hs256(HS, payload, SECRET, strlen(SECRET)), OUT_UNAUTHORIZED, name);
+		snprintf(payload, sizeof(payload), "{\"sub\":\"u\",\"exp\":%ld,\"nbf\":%s}",
+			 NOW + 600, bad_exp[i]);
+		snprintf(name, sizeof(name), "nbf %s refused", bad_exp[i]);
+		reject(hs256(HS, payload, SECRET, strlen(SECRET)), OUT_UNAUTHORIZED, name);
+		snprintf(payload, sizeof(payload), "{\"sub\":\"u\",\"exp\":%ld,\"iat\":%s}",
+			 NOW + 600, bad_exp[i]);
+		snprintf(name, sizeof(name), "iat %s refused", bad_exp[i]);
+		reject(hs256(HS, payload, SECRET, strlen(SECRET)), OUT_UNAUTHORIZED, name);
+	}
+	expect(hs256(HS, "{\"sub\":\"u\",\"exp\":253402300799}", SECRET, strlen(SECRET)), OUT_OK,
+	       "u", "exp at the end of year 9999 accepted");
+	expect(hs256(HS, claims(",\"nbf\":0,\"iat\":0"), SECRET, strlen(SECRET)), OUT_OK, "user-42",
+	       "nbf and iat of 0 accepted");
+}
+
 static void
 test_hs256(void)
 {
@@ -218,8 +248,9 @@ test_hs256(void)
 	snprintf(payload, sizeof(payload), "{\"sub\":\"u\",\"exp\":%ld}", NOW);
 	reject(hs256(HS, payload, SECRET, strlen(SECRET)), OUT_UNAUTHORIZED,
 	       "exp == now rejected with no leeway");
-	snprintf(payload, sizeof(payload), "{\"sub\":\"u\",\"exp\":%ld.5}", NOW);
-	expect(hs256(HS, payload, SECRET, strlen(SECRET)), OUT_OK, "u", "fractional exp accepted");
+	snprintf(payload, sizeof(payload), "{\"sub\":\"u\",\"exp\":%ld.5}", NOW + 600);
+	reject(hs256(HS, payload, SECRET, strlen(SECRET)), OUT_UNAUTHORIZED,
+	       "fractional exp refused (integers only)");
 	setenv("AUTH_JWT_LEEWAY", "abc", 1);
 	reject(hs256(HS, claims(""), SECRET, strlen(SECRET)), OUT_MISCONFIGURED,
 	       "bad AUTH_JWT_LEEWAY is misconfigured");
@@ -234,6 +265,7 @@ test_hs256(void)
 	       "nbf within leeway");
 	reject(hs256(HS, claims(",\"nbf\":null"), SECRET, strlen(SECRET)), OUT_UNAUTHORIZED,
 	       "nbf null refused");
+	time_claims();
 	reject(hs256(HS, claims(",\"iat\":1800000500"), SECRET, strlen(SECRET)), OUT_UNAUTHORIZED,
 	       "iat in the future");
 	expect(hs256(HS, claims(",\"iat\":1799999000"), SECRET, strlen(SECRET)), OUT_OK, "user-42",
@@ -246,6 +278,15 @@ test_hs256(void)
 	reject(hs256(HS, payload, SECRET, strlen(SECRET)), OUT_UNAUTHORIZED, "no sub");
 	snprintf(payload, sizeof(payload), "{\"sub\":\"\",\"exp\":%ld}", NOW + 60);
 	reject(hs256(HS, payload, SECRET, strlen(SECRET)), OUT_UNAUTHORIZED, "empty sub");
+	snprintf(payload, sizeof(payload), "{\"sub\":\"user_a\\u0000x\",\"exp\":%ld}", NOW + 60);
+	reject(hs256(HS, payload, SECRET, strlen(SECRET)), OUT_UNAUTHORIZED,
+	       "sub with an embedded NUL refused (not user_a)");
+	snprintf(payload, sizeof(payload), "{\"sub\":\"user_a\\ud800\",\"exp\":%ld}", NOW + 60);
+	reject(hs256(HS, payload, SECRET, strlen(SECRET)), OUT_UNAUTHORIZED,
+	       "sub with a lone surrogate refused");
+	snprintf(payload, sizeof(payload), "{\"sub\":\"u\",\"exp\":%ld,\"x\":NaN}", NOW + 60);
+	reject(hs256(HS, payload, SECRET, strlen(SECRET)), OUT_UNAUTHORIZED,
+	       "payload with NaN is not JSON");
 	snprintf(payload, sizeof(payload), "{\"sub\":\"a\\nb\",\"exp\":%ld}", NOW + 60);
 	reject(hs256(HS, payload, SECRET, strlen(SECRET)), OUT_UNAUTHORIZED,
 	       "sub with a control character");
@@ -277,8 +318,25 @@ test_hs256(void)
 	reject(hs256(HS, claims(",\"iss\":\"https://auth.example.test\",\"aud\":\"other\""), SECRET,
 		     strlen(SECRET)),
 	       OUT_UNAUTHORIZED, "wrong audience");
+	reject(hs256(HS, claims(",\"iss\":\"https://auth.example.test\\u0000x\",\"aud\":\"billing\""),
+		     SECRET, strlen(SECRET)),
+	       OUT_UNAUTHORIZED, "iss with a NUL suffix refused");
+	reject(hs256(HS, claims(",\"iss\":\"https://auth.example.test\",\"aud\":\"billing\\u0000x\""),
+		     SECRET, strlen(SECRET)),
+	       OUT_UNAUTHORIZED, "aud with a NUL suffix refused");
+	reject(hs256(HS, claims(",\"iss\":\"https://auth.example.test\",\"aud\":[\"billing\\u0000\"]"),
+		     SECRET, strlen(SECRET)),
+	       OUT_UNAUTHORIZED, "aud array item with a NUL suffix refused");
 	unsetenv("AUTH_JWT_ISSUER");
 	unsetenv("AUTH_JWT_AUDIENCE");
+
+	/* RFC 7519 4.1.3: without AUTH_JWT_AUDIENCE, any aud names someone else. */
+	reject(hs256(HS, claims(",\"aud\":\"billing\""), SECRET, strlen(SECRET)), OUT_UNAUTHORIZED,
+	       "aud present while AUTH_JWT_AUDIENCE is unset");
+	reject(hs256(HS, claims(",\"aud\":[\"billing\"]"), SECRET, strlen(SECRET)),
+	       OUT_UNAUTHORIZED, "aud array present while AUTH_JWT_AUDIENCE is unset");
+	reject(hs256(HS, claims(",\"aud\":[]"), SECRET, strlen(SECRET)), OUT_UNAUTHORIZED,
+	       "empty aud array present while AUTH_JWT_AUDIENCE is unset");
 
 	/* Short secrets are a configuration error (RFC 7518 3.2). */
 	setenv("AUTH_JWT_SECRET", "short", 1);
