@@ -56,7 +56,11 @@ def error_code(r):
 def expect_error(r, status, code, name, field=None):
     ok = r.status == status and error_code(r) == code
     if field is not None:
-        ok = ok and (r.json()["error"].get("field") == field)
+        # The field is named the way usage names it: "field" and "<field> <why>."
+        err = r.json()["error"]
+        msg = err.get("message") or ""
+        ok = ok and err.get("field") == field and msg.startswith(field + " ") and \
+            msg.endswith(".") and len(msg) > len(field) + 2
     t.ok(ok, name, f"got {r.status} {r.body[:300]!r}")
 
 
@@ -197,7 +201,8 @@ def test_client_idempotency(st):
     t.ok(ses[-1]["idempotency_key"] != ses[0]["idempotency_key"],
          "the client key is scoped to the user")
     r = post(st, user, headers={"Idempotency-Key": "x" * 256})
-    expect_error(r, 400, "bad_request", "Idempotency-Key over 255 characters: 400")
+    expect_error(r, 400, "invalid_field", "Idempotency-Key over 255 characters: 400",
+                 "Idempotency-Key")
     before = len(st.stripe.call("GET", "/_fake/objects")["checkout_sessions"])
     r = post(st, user, headers=h, body=order(user, tier="basic"))
     expect_error(r, 409, "conflict", "same client Idempotency-Key, other order: 409 conflict")
