@@ -50,8 +50,11 @@ enum outcome checkout_parse(struct json_object *body, struct checkout_order *ord
 /*
  * Whether url may be a Checkout return URL: absolute http:// or https://,
  * at most CHECKOUT_URL_MAX visible ASCII bytes (no backslash), no
- * userinfo, host (compared case-insensitively, any port) listed in
- * ALLOWED_REDIRECT_HOSTS.  NULL when fine, else a static reason.
+ * userinfo, and its host and port listed in ALLOWED_REDIRECT_HOSTS: the
+ * host compared case-insensitively; an entry "host:port" matches that
+ * port, an entry "host" only the scheme's default port (80 for http,
+ * 443 for https), whether the URL writes it or not.  NULL when fine,
+ * else a static reason.
  */
 const char *checkout_redirect_problem(const char *url);
 

@@ -259,20 +259,33 @@ config_get_bool(const char *name, int def, int *value)
 }
 
 int
-config_list_contains(const char *name, const char *item, size_t len, int nocase)
+config_list_next(const char **cursor, const char **item, size_t *len)
 {
-	const char *list = config_get(name), *s, *e, *comma;
+	const char *s, *e, *comma;
 
-	if (list == NULL)
-		return 0;
-	for (s = list; ; s = comma + 1) {
+	while (*cursor != NULL) {
+		s = *cursor;
 		comma = strchr(s, ',');
 		e = comma ? comma : s + strlen(s);
+		*cursor = comma ? comma + 1 : NULL;
 		trim(&s, &e);
-		if ((size_t)(e - s) == len && len > 0 &&
-		    (nocase ? strncasecmp(s, item, len) : strncmp(s, item, len)) == 0)
+		if (e > s) {
+			*item = s;
+			*len = (size_t)(e - s);
 			return 1;
-		if (comma == NULL)
-			return 0;
+		}
 	}
+	return 0;
+}
+
+int
+config_list_contains(const char *name, const char *item, size_t len, int nocase)
+{
+	const char *cursor = config_get(name), *s;
+	size_t n;
+
+	while (config_list_next(&cursor, &s, &n))
+		if (n == len && (nocase ? strncasecmp(s, item, len) : strncmp(s, item, len)) == 0)
+			return 1;
+	return 0;
 }

@@ -45,6 +45,14 @@ enum outcome config_get_bool(const char *name, int def, int *value)
  */
 int config_list_contains(const char *name, const char *item, size_t len, int nocase);
 
+/*
+ * Walks a comma-separated list value: *cursor starts at the value (NULL
+ * = empty list); each call sets *item and *len to the next entry, trimmed
+ * of blanks, and returns 1, skipping empty entries; 0 at the end.
+ * Entries are not NUL-terminated (borrowed from the value).
+ */
+int config_list_next(const char **cursor, const char **item, size_t *len);
+
 /* Forgets the loaded file (tests). */
 void config_reset(void);
 
