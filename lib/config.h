@@ -1,7 +1,9 @@
 /*
  * Settings.  Each comes from the process environment (Apache SetEnv or
  * PassEnv) or, for shared hosts where the server config cannot be
- * edited, from a KEY=VALUE file named by BILLING_CONFIG.  The
+ * edited, from a KEY=VALUE file named by BILLING_CONFIG (format in
+ * README "Settings": "#" starts a comment at line start or after a
+ * blank outside quotes; a quoted value keeps everything inside).  The
  * environment wins.  An empty value counts as unset.  Values are
  * secrets as far as logging goes: only names are ever logged.
  */
