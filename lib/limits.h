@@ -30,6 +30,15 @@
  */
 #define LIMIT_JWT_TIME_MAX	253402300799LL
 
+/*
+ * JWT keys: an HS256 secret at least as long as the hash (RFC 7518 3.2),
+ * RSA keys of 2048 bits or more (RFC 7518 3.3), and the PEM file of
+ * AUTH_JWT_PUBLIC_KEY_FILE, a few hundred bytes in practice.
+ */
+#define LIMIT_HS256_MIN_KEY	32
+#define LIMIT_RS256_MIN_BITS	2048
+#define LIMIT_JWT_KEY_FILE	(64 * 1024)
+
 /* Application user ids (TEXT in the schema, CHECK 1..128). */
 #define LIMIT_USER_ID_LEN	128
 

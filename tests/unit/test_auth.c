@@ -2,9 +2,11 @@
  * auth: JWT verification (HS256, RS256, ES256) and caller identification.
  * Keys are generated at run time; tokens are signed here with OpenSSL.
  */
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <openssl/bn.h>
@@ -14,6 +16,7 @@
 #include <openssl/pem.h>
 
 #include "auth.h"
+#include "limits.h"
 #include "tap.h"
 
 #define SECRET "jwt-test-secret-0123456789abcdef0123456789"
@@ -457,6 +460,92 @@ test_asymmetric(void)
 	reject(asym(rsa, RS, claims(""), 0), OUT_MISCONFIGURED, "no key at all");
 }
 
+/* Replaces path's content in place (same inode), optionally keeping its mtime. */
+static void
+rewrite(const char *path, const char *text, size_t n, int keep_mtime)
+{
+	struct stat st;
+	struct timespec times[2];
+	int fd;
+
+	stat(path, &st);
+	fd = open(path, O_WRONLY | O_TRUNC);
+	if (fd == -1 || write(fd, text, n) != (ssize_t)n)
+		printf("# cannot rewrite %s\n", path);
+	if (keep_mtime) {
+		times[0] = st.st_atim;
+		times[1] = st.st_mtim;
+		futimens(fd, times);
+	}
+	close(fd);
+}
+
+/*
+ * AUTH_JWT_PUBLIC_KEY_FILE is read with a size cap, once per process, and
+ * again only when path, inode, size or mtime change.
+ */
+static void
+test_key_file(void)
+{
+	static char key_file[] = "/tmp/test-auth-keyfile-XXXXXX";
+	char ec_pem[1024], junk[4096], *big;
+	size_t n, ec_len;
+	int fd = mkstemp(key_file);
+	FILE *f;
+	BIO *mem;
+
+	close(fd);
+	mem = BIO_new(BIO_s_mem());
+	PEM_write_bio_PUBKEY(mem, ec);
+	ec_len = (size_t)BIO_read(mem, ec_pem, sizeof(ec_pem) - 1);
+	ec_pem[ec_len] = '\0';
+	BIO_free(mem);
+
+	/* A valid key followed by padding: the PEM parser alone would take it. */
+	n = LIMIT_JWT_KEY_FILE + 1;
+	big = malloc(n);
+	memset(big, '\n', n);
+	memcpy(big, rsa_pem, strlen(rsa_pem));
+	rewrite(key_file, big, n, 0);
+	free(big);
+	only_key(key_file);
+	reject(asym(rsa, RS, claims(""), 0), OUT_MISCONFIGURED,
+	       "key file over LIMIT_JWT_KEY_FILE refused, even with a good key in front");
+
+	f = fopen(key_file, "w");
+	fputs(rsa_pem, f);
+	fclose(f);
+	expect(asym(rsa, RS, claims(""), 0), OUT_OK, "user-42", "key file loaded");
+
+	/* Same inode, size and mtime: the key parsed earlier is reused, the file not read. */
+	memset(junk, 'x', sizeof(junk));
+	rewrite(key_file, junk, strlen(rsa_pem), 1);
+	expect(asym(rsa, RS, claims(""), 0), OUT_OK, "user-42",
+	       "unchanged path, size and mtime: the loaded key is reused");
+
+	/* Another mtime: read again (and the junk refused). */
+	rewrite(key_file, junk, strlen(rsa_pem), 0);
+	utimensat(AT_FDCWD, key_file, (struct timespec[2]){{0, UTIME_OMIT}, {12345, 0}}, 0);
+	reject(asym(rsa, RS, claims(""), 0), OUT_MISCONFIGURED, "changed mtime: the file is read again");
+
+	/* A new key in the file is used from the next token on. */
+	rewrite(key_file, ec_pem, ec_len, 0);
+	expect(asym(ec, ES, claims(""), 0), OUT_OK, "user-42", "replaced key used");
+	reject(asym(rsa, RS, claims(""), 0), OUT_UNAUTHORIZED, "old key no longer used");
+
+	/* Another path: that file's key. */
+	only_key(rsa_file);
+	expect(asym(rsa, RS, claims(""), 0), OUT_OK, "user-42", "another path: its own key");
+	only_key(key_file);
+	expect(asym(ec, ES, claims(""), 0), OUT_OK, "user-42", "and back");
+
+	unlink(key_file);
+	reject(asym(ec, ES, claims(""), 0), OUT_MISCONFIGURED, "deleted key file: misconfigured");
+	only_key("/dev/zero");
+	reject(asym(ec, ES, claims(""), 0), OUT_MISCONFIGURED, "not a regular file: misconfigured");
+	unsetenv("AUTH_JWT_PUBLIC_KEY_FILE");
+}
+
 static enum outcome
 identify(int allow, const char *authorization, struct auth_caller *c)
 {
@@ -561,6 +650,7 @@ main(void)
 	test_hs256();
 	test_encoding();
 	test_asymmetric();
+	test_key_file();
 	test_identify();
 
 	unlink(rsa_file);
