@@ -386,7 +386,7 @@ auth_verify_jwt(const char *token, size_t len, time_t now, char **subject)
 	EVP_PKEY *pkey = NULL; /* borrowed from the key cache */
 	enum jwt_alg alg = ALG__MAX, key_alg = ALG__MAX;
 	enum outcome o = OUT_UNAUTHORIZED;
-	long leeway = 60;
+	long leeway = LIMIT_JWT_LEEWAY_DEFAULT_S;
 	long long exp_at = 0, nbf_at = 0, iat_at = 0;
 	int present, good;
 
@@ -399,7 +399,8 @@ auth_verify_jwt(const char *token, size_t len, time_t now, char **subject)
 		log_msg("AUTH_JWT_SECRET is shorter than %d bytes", LIMIT_HS256_MIN_KEY);
 		return OUT_MISCONFIGURED;
 	}
-	if (config_get_long("AUTH_JWT_LEEWAY", 60, 0, 600, &leeway) != OUT_OK)
+	if (config_get_long("AUTH_JWT_LEEWAY", LIMIT_JWT_LEEWAY_DEFAULT_S, 0,
+			    LIMIT_JWT_LEEWAY_MAX_S, &leeway) != OUT_OK)
 		return OUT_MISCONFIGURED;
 	if (key_file != NULL && public_key(key_file, &pkey, &key_alg) != OUT_OK)
 		return OUT_MISCONFIGURED;

@@ -20,11 +20,11 @@ static const char *const interval_choices[] = {"monthly", "yearly", NULL};
 /* The request body, declared once (STYLE: validate by declaration). */
 static const struct jsonget_field order_fields[] = {
     {"userId", JG_STRING, 1, 1, LIMIT_USER_ID_LEN, NULL},
-    {"tier", JG_STRING, 1, 1, 16, tier_choices},
-    {"interval", JG_STRING, 1, 1, 16, interval_choices},
-    {"successUrl", JG_STRING, 1, 1, CHECKOUT_URL_MAX, NULL},
-    {"cancelUrl", JG_STRING, 1, 1, CHECKOUT_URL_MAX, NULL},
-    {"email", JG_STRING, 0, 3, CHECKOUT_EMAIL_MAX, NULL},
+    {"tier", JG_STRING, 1, 1, LIMIT_CHOICE_LEN, tier_choices},
+    {"interval", JG_STRING, 1, 1, LIMIT_CHOICE_LEN, interval_choices},
+    {"successUrl", JG_STRING, 1, 1, LIMIT_URL_LEN, NULL},
+    {"cancelUrl", JG_STRING, 1, 1, LIMIT_URL_LEN, NULL},
+    {"email", JG_STRING, 0, 3, LIMIT_EMAIL_LEN, NULL},
 };
 
 /*
@@ -93,7 +93,7 @@ checkout_redirect_problem(const char *url)
 	size_t n = strlen(url), i;
 	long port, default_port;
 
-	if (n > CHECKOUT_URL_MAX)
+	if (n > LIMIT_URL_LEN)
 		return "is too long";
 	/*
 	 * Visible ASCII only: no blanks or controls (a browser would strip or
@@ -139,8 +139,8 @@ checkout_email_ok(const char *email)
 	const char *at = strchr(email, '@'), *p, *dot;
 	size_t n = strlen(email);
 
-	if (n < 3 || n > CHECKOUT_EMAIL_MAX || at == NULL || at == email ||
-	    strchr(at + 1, '@') != NULL || at - email > 64)
+	if (n < 3 || n > LIMIT_EMAIL_LEN || at == NULL || at == email ||
+	    strchr(at + 1, '@') != NULL || at - email > LIMIT_EMAIL_LOCAL_LEN)
 		return 0;
 	for (p = email; *p; p++)
 		if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f ||
@@ -503,7 +503,7 @@ struct session_row {
 	char *key;		/* idempotency_key */
 	char *session_id;	/* stripe_session_id, NULL while creating */
 	char *url;
-	int fresh;		/* open for at least CHECKOUT_REUSE_MIN_S more */
+	int fresh;		/* open for at least LIMIT_CHECKOUT_REUSE_MIN_S more */
 	int past;		/* expires_at has passed */
 	int stale;		/* creating for longer than Stripe keeps keys */
 };
@@ -547,7 +547,7 @@ read_session_row(struct db *db, const char *user_id, const char *by_key,
 
 	*found = 0;
 	memset(row, 0, sizeof(*row));
-	snprintf(margin, sizeof(margin), "%d", CHECKOUT_REUSE_MIN_S);
+	snprintf(margin, sizeof(margin), "%d", LIMIT_CHECKOUT_REUSE_MIN_S);
 	if (buf_addstr(&sql, sql_row_columns) == -1 ||
 	    buf_addstr(&sql, by_key ? "AND idempotency_key = $2 AND status <> 'abandoned'"
 				      " AND created_at > now() - interval '24 hours'"
@@ -788,7 +788,7 @@ checkout_create_session(struct db *db, const struct checkout_order *order,
 	 * step below moves the user's live row on; a few suffice unless
 	 * concurrent checkouts keep replacing each other.
 	 */
-	for (steps = 0; steps < CHECKOUT_SESSION_STEPS; steps++) {
+	for (steps = 0; steps < LIMIT_CHECKOUT_SESSION_STEPS; steps++) {
 		session_row_free(&row);
 		if ((o = read_session_row(db, order->user_id, NULL, &row, &found)) != OUT_OK)
 			goto out;

@@ -19,13 +19,6 @@
 #define STRIPE_DEFAULT_BASE "https://api.stripe.com"
 #define STRIPE_DEFAULT_VERSION "2026-07-29.dahlia"
 
-/* Backoff before try n+1: 250 ms, 500 ms, 1 s ... capped, with jitter. */
-#define BACKOFF_BASE_MS 250
-#define BACKOFF_CAP_MS 2000
-/* A Retry-After we honour; longer ones mean "not within this request". */
-#define RETRY_AFTER_MAX_MS 2000
-/* A try with less time than this left is not worth starting. */
-#define MIN_TRY_MS 500
 
 static const char *const method_names[HTTP__MAX] = {
     [HTTP_GET] = "GET",
@@ -65,11 +58,11 @@ sleep_ms(long ms)
 static long
 backoff_ms(int tries_done)
 {
-	long d = (long)BACKOFF_BASE_MS << (tries_done - 1);
+	long d = (long)LIMIT_HTTP_BACKOFF_BASE_MS << (tries_done - 1);
 	unsigned int r = 0;
 
-	if (d > BACKOFF_CAP_MS || d <= 0)
-		d = BACKOFF_CAP_MS;
+	if (d > LIMIT_HTTP_BACKOFF_CAP_MS || d <= 0)
+		d = LIMIT_HTTP_BACKOFF_CAP_MS;
 	if (RAND_bytes((unsigned char *)&r, sizeof(r)) != 1)
 		r = (unsigned int)now_ms();
 	return d / 2 + (long)(r % (unsigned int)(d / 2 + 1));
@@ -183,8 +176,7 @@ stripe_call(enum http_method method, const char *path, const struct form *params
 	if (method == HTTP_POST) {
 		headers[h++] = "Content-Type: application/x-www-form-urlencoded";
 		if (idempotency_key != NULL) {
-			/* Stripe: keys up to 255 characters. */
-			if (strlen(idempotency_key) > 255 || !header_safe(idempotency_key) ||
+			if (strlen(idempotency_key) > LIMIT_IDEMPOTENCY_KEY_LEN || !header_safe(idempotency_key) ||
 			    buf_printf(&idem, "Idempotency-Key: %s", idempotency_key) == -1) {
 				o = OUT_INTERNAL;
 				goto out;
@@ -229,12 +221,12 @@ stripe_call(enum http_method method, const char *path, const struct form *params
 			break;
 		wait = backoff_ms(tries);
 		ra = got == 0 ? retry_after_ms(resp.retry_after) : -1;
-		if (ra > RETRY_AFTER_MAX_MS)
+		if (ra > LIMIT_HTTP_RETRY_AFTER_MS)
 			break;
 		if (ra > wait)
 			wait = ra;
 		left = LIMIT_HTTP_TOTAL_MS - (now_ms() - start);
-		if (left - wait < MIN_TRY_MS)
+		if (left - wait < LIMIT_HTTP_MIN_TRY_MS)
 			break;
 		log_msg("stripe %s %s: try %d failed, retrying in %ld ms", method_names[method],
 			path, tries, wait);
@@ -348,7 +340,7 @@ stripe_client_idempotency_key(const char *prefix, const char *user_id, const cha
 	if (client_key == NULL)
 		return stripe_random_idempotency_key(prefix);
 	n = strlen(client_key);
-	if (n == 0 || n > STRIPE_CLIENT_KEY_MAX)
+	if (n == 0 || n > LIMIT_IDEMPOTENCY_KEY_LEN)
 		return NULL;
 	for (i = 0; i < n; i++)
 		if ((unsigned char)client_key[i] < 0x20 || (unsigned char)client_key[i] >= 0x7f)
@@ -365,7 +357,7 @@ stripe_id_valid(const char *s)
 	if (s == NULL)
 		return 0;
 	for (n = 0; s[n] != '\0'; n++)
-		if (n >= STRIPE_ID_MAX ||
+		if (n >= LIMIT_STRIPE_ID_LEN ||
 		    !((s[n] >= 'a' && s[n] <= 'z') || (s[n] >= 'A' && s[n] <= 'Z') ||
 		      (s[n] >= '0' && s[n] <= '9') || s[n] == '_'))
 			return 0;

@@ -22,13 +22,10 @@ static const char *const usage_types[] = {
  */
 static const struct jsonget_field record_fields[] = {
     {"userId", JG_STRING, 1, 1, LIMIT_USER_ID_LEN, NULL},
-    {"usageType", JG_STRING, 1, 1, 32, usage_types},
-    {"amount", JG_INT, 0, 1, USAGE_AMOUNT_MAX, NULL},
-    {"metadata", JG_OBJECT, 0, 0, USAGE_METADATA_MAX, NULL},
+    {"usageType", JG_STRING, 1, 1, LIMIT_CHOICE_LEN, usage_types},
+    {"amount", JG_INT, 0, 1, LIMIT_USAGE_AMOUNT, NULL},
+    {"metadata", JG_OBJECT, 0, 0, LIMIT_USAGE_METADATA, NULL},
 };
-
-/* Transactions that hit a serialization failure or deadlock are retried this often. */
-#define USAGE_TRIES 3
 
 /*
  * The period bounds go out as RFC 3339 UTC text computed in the same
@@ -99,7 +96,7 @@ usage_idempotency_key_valid(const char *key)
 	if (key == NULL)
 		return 1;
 	n = strlen(key);
-	if (n < 1 || n > USAGE_IDEMPOTENCY_KEY_MAX)
+	if (n < 1 || n > LIMIT_IDEMPOTENCY_KEY_LEN)
 		return 0;
 	for (; *key != '\0'; key++)
 		if ((unsigned char)*key < 0x20 || (unsigned char)*key > 0x7e)
@@ -390,7 +387,7 @@ usage_track(struct db *db, const struct usage_record *rec, const char *key,
 				 LIMIT_USAGE_IDEMPOTENCY_KEYS_MAX, &cap)) != OUT_OK)
 		return o;
 	snprintf(max_keys, sizeof(max_keys), "%ld", cap);
-	for (tries = 0; tries < USAGE_TRIES; tries++) {
+	for (tries = 0; tries < LIMIT_DB_TRIES; tries++) {
 		r = key ? track_once_keyed(db, rec, key, max_keys, answer) : track(db, rec, answer);
 		if (!db_retryable(r))
 			break;
