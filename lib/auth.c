@@ -96,7 +96,7 @@ segment_decode(const char *s, size_t n, size_t *len)
 
 /*
  * A NumericDate (RFC 7519 2), as we accept it: a JSON integer (no
- * fraction, no exponent) from 0 to LIMIT_JWT_TIME_MAX (end of year
+ * fraction, no exponent) from 0 to LIMIT_TIMESTAMP_MAX (end of year
  * 9999).  json-c clamps integers beyond int64 and reads 1e300 as a
  * double: both would otherwise never expire.  0 with *present set, or
  * -1 when present but not such an integer.
@@ -114,7 +114,7 @@ numeric_date(struct json_object *claims, const char *name, int *present, long lo
 	if (!json_object_is_type(v, json_type_int))
 		return -1;
 	n = json_object_get_int64(v);
-	if (n < 0 || n > LIMIT_JWT_TIME_MAX)
+	if (n < 0 || n > LIMIT_TIMESTAMP_MAX)
 		return -1;
 	*out = (long long)n;
 	return 0;
@@ -446,7 +446,7 @@ auth_verify_jwt(const char *token, size_t len, time_t now, char **subject)
 	/* Claims only count once the signature is good. */
 	if (jsonget_parse((const char *)payload_raw, payload_len, &claims) != OUT_OK)
 		REJECT("payload is not a JSON object");
-	/* All three are at most LIMIT_JWT_TIME_MAX, so no sum below overflows. */
+	/* All three are at most LIMIT_TIMESTAMP_MAX, so no sum below overflows. */
 	if (numeric_date(claims, "exp", &present, &exp_at) == -1 || !present)
 		REJECT("exp missing or not an integer date");
 	if ((long long)now >= exp_at + leeway)

@@ -71,7 +71,7 @@ void auth_caller_free(struct auth_caller *caller);
  * >= 2048 key file, ES256 only with a P-256 key file, raw r||s); "none"
  * and "crit" refused.  exp is required, nbf and iat optional (iat must
  * not be in the future), each a JSON integer from 0 to
- * LIMIT_JWT_TIME_MAX.  An aud is refused when AUTH_JWT_AUDIENCE is
+ * LIMIT_TIMESTAMP_MAX.  An aud is refused when AUTH_JWT_AUDIENCE is
  * unset (RFC 7519 4.1.3).  sub must be a JSON string of 1..128 bytes
  * without control characters (a number is refused).  OUT_OK and
  * *subject (caller frees),

@@ -25,10 +25,11 @@
 #define LIMIT_JSON_DEPTH	64
 
 /*
- * JWT time claims (exp, nbf, iat): integers from 0 to the last second of
- * year 9999, 9999-12-31T23:59:59Z, where PostgreSQL and date(1) agree.
+ * Unix times we take from outside (JWT exp/nbf/iat, Stripe's created):
+ * integers up to the last second of year 9999, 9999-12-31T23:59:59Z,
+ * which every date type and tool we use can represent.
  */
-#define LIMIT_JWT_TIME_MAX	253402300799LL
+#define LIMIT_TIMESTAMP_MAX	253402300799LL
 
 /*
  * JWT keys: an HS256 secret at least as long as the hash (RFC 7518 3.2),

@@ -191,7 +191,7 @@ column_int(struct apply *a, struct json_object *obj, const char *where, const ch
 	column_int((a), (obj), (where), (path), INT32_MIN, INT32_MAX, (buf), sizeof(buf))
 /* A Unix time for to_timestamp(): within PostgreSQL's range and ours. */
 #define UNIXTIME(a, obj, where, path, buf) \
-	column_int((a), (obj), (where), (path), 0, LIMIT_JWT_TIME_MAX, (buf), sizeof(buf))
+	column_int((a), (obj), (where), (path), 0, LIMIT_TIMESTAMP_MAX, (buf), sizeof(buf))
 
 /*
  * The string at path if it is at most max bytes of clean text: NULL when
@@ -254,7 +254,7 @@ subscription_event_parse(const char *raw, size_t len, struct subscription_event 
 	static const struct jsonget_field fields[] = {
 		{ "id", JG_STRING, 1, 1, LIMIT_STRIPE_ID_LEN, NULL },
 		{ "type", JG_STRING, 1, 1, LIMIT_STRIPE_EVENT_TYPE_LEN, NULL },
-		{ "created", JG_INT, 1, 0, LIMIT_JWT_TIME_MAX, NULL },
+		{ "created", JG_INT, 1, 0, LIMIT_TIMESTAMP_MAX, NULL },
 		{ "data", JG_OBJECT, 1, 0, 0, NULL },
 	};
 	const char *bad, *why;
