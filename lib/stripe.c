@@ -114,7 +114,7 @@ log_stripe_error(enum http_method method, const char *path, long status,
 	const char *type = NULL, *code = NULL, *param = NULL;
 	int key_reused;
 
-	if (jsonget_parse(buf_str(&resp->body), resp->body.len, &root) == OUT_OK) {
+	if (jsonget_parse_loose(buf_str(&resp->body), resp->body.len, &root) == OUT_OK) {
 		type = jsonget_path_str(root, "error.type");
 		code = jsonget_path_str(root, "error.code");
 		param = jsonget_path_str(root, "error.param");
@@ -193,7 +193,13 @@ stripe_call(enum http_method method, const char *path, const struct form *params
 		got = http_request(method, buf_str(&url), headers, body, body_len,
 				   left < LIMIT_HTTP_TRY_MS ? left : LIMIT_HTTP_TRY_MS, &resp);
 		if (got == 0 && resp.status >= 200 && resp.status < 300) {
-			if (jsonget_parse(buf_str(&resp.body), resp.body.len, out) != OUT_OK) {
+			/*
+			 * Loose: Stripe's objects carry text its users typed (metadata,
+			 * names), where JSON may hold a lone surrogate escape; refusing
+			 * it would make that object unreadable for good.  Getters never
+			 * return a string holding \u0000.
+			 */
+			if (jsonget_parse_loose(buf_str(&resp.body), resp.body.len, out) != OUT_OK) {
 				log_msg(
 				    "stripe %s %s: HTTP %ld with a body that is not a JSON object",
 				    method_names[method], path, resp.status);
