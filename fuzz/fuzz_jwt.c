@@ -7,8 +7,10 @@
  *   odd   "<header JSON>\n<payload JSON>", which the target encodes and
  *         signs with the secret, so the header rules and every claim
  *         check behind the signature are reached.
- * A verified token must name a usable user id and have a strictly
- * valid payload; anything else aborts.
+ * Bit 1 of the first byte configures AUTH_JWT_ISSUER and
+ * AUTH_JWT_AUDIENCE, so both aud rules (unset: any aud refused; set: it
+ * must be listed) are reached.  A verified token must name a usable
+ * user id and have a strictly valid payload; anything else aborts.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -22,6 +24,10 @@
 
 #define SECRET "fuzz-jwt-secret-0123456789abcdef0123456789"
 #define NOW 1800000000
+
+/* putenv() with static strings: setenv() in a loop would leak (glibc). */
+static char issuer_var[] = "AUTH_JWT_ISSUER=https://auth.example.test";
+static char audience_var[] = "AUTH_JWT_AUDIENCE=billing";
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -101,6 +107,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (size == 0)
 		return 0;
+	if (data[0] & 2) {
+		putenv(issuer_var);
+		putenv(audience_var);
+	} else {
+		unsetenv("AUTH_JWT_ISSUER");
+		unsetenv("AUTH_JWT_AUDIENCE");
+	}
 	if (data[0] & 1) {
 		if ((nl = memchr(data + 1, '\n', size - 1)) == NULL)
 			return 0;
