@@ -3,7 +3,9 @@
  * over the raw (already verified) body, plus the JSON grading the event
  * path relies on.  Properties checked, besides memory safety:
  *   - a parsed event has an id, a type and an object data.object, and
- *     the body grades JSONGET_STRICT;
+ *     the text it was parsed from (and is stored as, jsonb_fit's output)
+ *     grades JSONGET_STRICT, is no longer than the body, and is the body
+ *     itself when the body was strict and nothing was left out;
  *   - jsonget_grade agrees with the parsers: STRICT text that is an
  *     object parses with jsonget_parse, LOOSE only with
  *     jsonget_parse_loose, INVALID with neither;
@@ -62,8 +64,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (subscription_event_parse(raw, size, &ev) == OUT_OK) {
 		if (ev.id == NULL || ev.type == NULL || ev.object == NULL ||
-		    !json_object_is_type(ev.object, json_type_object) || ev.raw != raw ||
-		    ev.raw_len != size || g != JSONGET_STRICT || *ev.id == '\0')
+		    !json_object_is_type(ev.object, json_type_object) || *ev.id == '\0' ||
+		    ev.raw != ev.fit.text || ev.raw_len != ev.fit.len || ev.raw_len > size ||
+		    jsonget_grade(ev.raw, ev.raw_len) != JSONGET_STRICT)
+			abort();
+		if (g == JSONGET_STRICT && ev.fit.left_out == 0 &&
+		    (ev.raw_len != size || memcmp(ev.raw, raw, size) != 0))
 			abort();
 	}
 	subscription_event_free(&ev);
