@@ -599,8 +599,9 @@ auth_operator(const char *setting)
 
 	if (remote != NULL && *remote != '\0')
 		return OUT_OK;
-	if (secret == NULL || strlen(secret) < 16) {
-		log_msg("%s unset or shorter than 16 bytes, and no Apache authentication", setting);
+	if (secret == NULL || strlen(secret) < LIMIT_OPERATOR_TOKEN_MIN) {
+		log_msg("%s unset or shorter than %d bytes, and no Apache authentication", setting,
+			LIMIT_OPERATOR_TOKEN_MIN);
 		return OUT_MISCONFIGURED;
 	}
 	h = request_header("Authorization");

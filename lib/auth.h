@@ -43,7 +43,8 @@ enum outcome auth_identify(int allow_api_key, struct auth_caller *caller)
  * it (REMOTE_USER), or when its Bearer token equals the secret in setting
  * (e.g. METRICS_TOKEN; constant-time compare).  OUT_UNAUTHORIZED with the
  * challenge queued for missing or other credentials; OUT_MISCONFIGURED
- * (logged by name) when the setting is unset or shorter than 16 bytes
+ * (logged by name) when the setting is unset or shorter than
+ * LIMIT_OPERATOR_TOKEN_MIN (16) bytes
  * and Apache did not authenticate the request.
  */
 enum outcome auth_operator(const char *setting) __attribute__((warn_unused_result));

@@ -40,6 +40,9 @@
 #define LIMIT_RS256_MIN_BITS	2048
 #define LIMIT_JWT_KEY_FILE	(64 * 1024)
 
+/* Operator bearer tokens (auth_operator's settings): at least this many bytes. */
+#define LIMIT_OPERATOR_TOKEN_MIN	16
+
 /* Application user ids (TEXT in the schema, CHECK 1..128). */
 #define LIMIT_USER_ID_LEN	128
 

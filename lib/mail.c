@@ -39,7 +39,7 @@ local_valid(const char *s, size_t n)
 {
 	size_t i;
 
-	if (n == 0 || n > 64 || s[0] == '.' || s[n - 1] == '.')
+	if (n == 0 || n > LIMIT_EMAIL_LOCAL_LEN || s[0] == '.' || s[n - 1] == '.')
 		return 0;
 	for (i = 0; i < n; i++) {
 		if (s[i] == '.') {
