@@ -49,9 +49,8 @@ create_checkout_session(struct serve *srv, struct request *req)
 
 	idem = checkout_idempotency_key(order.user_id, request_header("Idempotency-Key"));
 	if (idem == NULL) {
-		response_error(
-		    OUT_BAD_REQUEST,
-		    "The Idempotency-Key header must be 1 to 255 visible ASCII characters.");
+		response_error_field(OUT_INVALID_FIELD, "Idempotency-Key",
+				     "must be 1 to 255 visible ASCII characters");
 		goto out;
 	}
 	if ((o = serve_db(srv, &db)) != OUT_OK ||

@@ -39,7 +39,6 @@
 #include <string.h>
 
 #include "auth.h"
-#include "buf.h"
 #include "db.h"
 #include "log.h"
 #include "metrics.h"
@@ -109,14 +108,10 @@ respond(const struct usage_answer *a)
 static void
 respond_problem(enum outcome rc, const struct problem *p)
 {
-	struct buf msg = BUF_INIT(512);
-
-	if (rc == OUT_INVALID_FIELD && p->field &&
-	    buf_printf(&msg, "%s %s.", p->field, p->why) == 0)
-		response_error_field(rc, p->field, buf_str(&msg));
+	if (rc == OUT_INVALID_FIELD && p->field)
+		response_error_field(rc, p->field, p->why);
 	else
 		response_error(rc, NULL);
-	buf_free(&msg);
 }
 
 static void

@@ -1,7 +1,11 @@
-#include <math.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
@@ -12,6 +16,7 @@
 #include <openssl/pem.h>
 
 #include "auth.h"
+#include "buf.h"
 #include "config.h"
 #include "jsonget.h"
 #include "limits.h"
@@ -20,12 +25,6 @@
 #include "request.h"
 #include "response.h"
 
-/* RFC 7518 3.2: an HS256 key must be at least as long as the hash (256 bits). */
-#define HS256_MIN_KEY 32
-/* RFC 7518 3.3: RSA keys of 2048 bits or larger. */
-#define RS256_MIN_BITS 2048
-/* A JWT public key file is a few hundred bytes; refuse anything silly. */
-#define KEY_FILE_MAX (64 * 1024)
 
 enum jwt_alg { ALG_HS256, ALG_RS256, ALG_ES256, ALG__MAX };
 
@@ -95,55 +94,84 @@ segment_decode(const char *s, size_t n, size_t *len)
 	return p;
 }
 
-/* A JSON NumericDate (RFC 7519 2): integer, or a finite non-integer number. */
+/*
+ * A NumericDate (RFC 7519 2), as we accept it: a JSON integer (no
+ * fraction, no exponent) from 0 to LIMIT_TIMESTAMP_MAX (end of year
+ * 9999).  json-c clamps integers beyond int64 and reads 1e300 as a
+ * double: both would otherwise never expire.  0 with *present set, or
+ * -1 when present but not such an integer.
+ */
 static int
-numeric_date(struct json_object *claims, const char *name, int *present, double *out)
+numeric_date(struct json_object *claims, const char *name, int *present, long long *out)
 {
 	struct json_object *v;
+	int64_t n;
 
 	*present = 0;
 	if (!json_object_object_get_ex(claims, name, &v))
 		return 0;
 	*present = 1;
-	if (json_object_is_type(v, json_type_int)) {
-		*out = (double)json_object_get_int64(v);
-		return 0;
-	}
-	if (json_object_is_type(v, json_type_double)) {
-		*out = json_object_get_double(v);
-		return isfinite(*out) ? 0 : -1;
-	}
-	return -1;
+	if (!json_object_is_type(v, json_type_int))
+		return -1;
+	n = json_object_get_int64(v);
+	if (n < 0 || n > LIMIT_TIMESTAMP_MAX)
+		return -1;
+	*out = (long long)n;
+	return 0;
 }
 
 static int
 aud_matches(struct json_object *claims, const char *want)
 {
-	struct json_object *aud, *item;
+	struct json_object *aud;
+	const char *s;
 	size_t i, n;
 
 	if (!json_object_object_get_ex(claims, "aud", &aud))
 		return 0;
-	if (json_object_is_type(aud, json_type_string))
-		return strcmp(json_object_get_string(aud), want) == 0;
+	if ((s = jsonget_string(aud)) != NULL)
+		return strcmp(s, want) == 0;
 	if (!json_object_is_type(aud, json_type_array))
 		return 0;
 	n = json_object_array_length(aud);
-	for (i = 0; i < n; i++) {
-		item = json_object_array_get_idx(aud, i);
-		if (json_object_is_type(item, json_type_string) &&
-		    strcmp(json_object_get_string(item), want) == 0)
+	for (i = 0; i < n; i++)
+		if ((s = jsonget_string(json_object_array_get_idx(aud, i))) != NULL &&
+		    strcmp(s, want) == 0)
 			return 1;
+	return 0;
+}
+
+/*
+ * Reads at most LIMIT_JWT_KEY_FILE bytes of the regular file at fd into
+ * out.  -1 (logged) when it is larger or unreadable.
+ */
+static int
+read_key_file(int fd, struct buf *out)
+{
+	char chunk[4096];
+	ssize_t n;
+
+	while ((n = read(fd, chunk, sizeof(chunk))) != 0) {
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			log_msg("AUTH_JWT_PUBLIC_KEY_FILE cannot be read (errno %d)", errno);
+			return -1;
+		}
+		if (buf_add(out, chunk, (size_t)n) == -1) {
+			log_msg("AUTH_JWT_PUBLIC_KEY_FILE is larger than %d bytes", LIMIT_JWT_KEY_FILE);
+			return -1;
+		}
 	}
 	return 0;
 }
 
 /*
- * Reads AUTH_JWT_PUBLIC_KEY_FILE.  OUT_OK with *pkey and *alg (the one
- * algorithm that key type verifies), or OUT_MISCONFIGURED.
+ * Parses a PEM public key and decides the one algorithm it verifies.
+ * OUT_OK with *pkey (caller frees) and *alg, or OUT_MISCONFIGURED.
  */
 static enum outcome
-load_public_key(const char *file, EVP_PKEY **pkey, enum jwt_alg *alg)
+parse_public_key(const struct buf *pem, EVP_PKEY **pkey, enum jwt_alg *alg)
 {
 	BIO *bio = NULL;
 	EVP_PKEY *k = NULL;
@@ -152,18 +180,16 @@ load_public_key(const char *file, EVP_PKEY **pkey, enum jwt_alg *alg)
 	enum outcome o = OUT_MISCONFIGURED;
 
 	*pkey = NULL;
-	if ((bio = BIO_new_file(file, "r")) == NULL) {
-		log_msg("AUTH_JWT_PUBLIC_KEY_FILE cannot be opened");
-		goto out;
-	}
+	if ((bio = BIO_new_mem_buf(buf_str(pem), (int)pem->len)) == NULL)
+		response_fatal("out of memory");
 	if ((k = PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL)) == NULL) {
 		log_msg("AUTH_JWT_PUBLIC_KEY_FILE holds no PEM public key");
 		goto out;
 	}
 	if (EVP_PKEY_is_a(k, "RSA")) {
-		if (EVP_PKEY_get_bits(k) < RS256_MIN_BITS) {
+		if (EVP_PKEY_get_bits(k) < LIMIT_RS256_MIN_BITS) {
 			log_msg("AUTH_JWT_PUBLIC_KEY_FILE: RSA key shorter than %d bits",
-				RS256_MIN_BITS);
+				LIMIT_RS256_MIN_BITS);
 			goto out;
 		}
 		*alg = ALG_RS256;
@@ -186,6 +212,89 @@ load_public_key(const char *file, EVP_PKEY **pkey, enum jwt_alg *alg)
 out:
 	EVP_PKEY_free(k);
 	BIO_free(bio);
+	return o;
+}
+
+/*
+ * The key of AUTH_JWT_PUBLIC_KEY_FILE, parsed once per process: a
+ * FastCGI process verifies many tokens with it.  It is reused while the
+ * path and the file (device, inode, size, modification time) are the
+ * same, and read again on the first request after any of them changes,
+ * so replacing the file (in place or by rename) takes effect without a
+ * restart.  Configuration, not request data; only a good key is kept.
+ */
+static struct {
+	char *path;
+	struct stat st;
+	EVP_PKEY *pkey;
+	enum jwt_alg alg;
+} key_cache;
+
+static int
+same_file(const struct stat *a, const struct stat *b)
+{
+	return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+	       a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+/*
+ * The public key of file: OUT_OK with *pkey (borrowed from the cache,
+ * valid until the next call) and *alg, or OUT_MISCONFIGURED (logged).
+ */
+static enum outcome
+public_key(const char *file, EVP_PKEY **pkey, enum jwt_alg *alg)
+{
+	struct buf pem = BUF_INIT(LIMIT_JWT_KEY_FILE);
+	struct stat st;
+	EVP_PKEY *k = NULL;
+	enum jwt_alg a = ALG__MAX;
+	enum outcome o = OUT_MISCONFIGURED;
+	int fd = -1;
+
+	*pkey = NULL;
+	if (stat(file, &st) == -1) {
+		log_msg("AUTH_JWT_PUBLIC_KEY_FILE cannot be opened (errno %d)", errno);
+		goto out;
+	}
+	if (key_cache.pkey != NULL && strcmp(key_cache.path, file) == 0 &&
+	    same_file(&key_cache.st, &st)) {
+		o = OUT_OK;
+		goto out;
+	}
+	/* Checked before open: opening a FIFO would block. */
+	if (!S_ISREG(st.st_mode)) {
+		log_msg("AUTH_JWT_PUBLIC_KEY_FILE is not a regular file");
+		goto out;
+	}
+	if (st.st_size > LIMIT_JWT_KEY_FILE) {
+		log_msg("AUTH_JWT_PUBLIC_KEY_FILE is larger than %d bytes", LIMIT_JWT_KEY_FILE);
+		goto out;
+	}
+	/* What is cached is described by the file actually read. */
+	if ((fd = open(file, O_RDONLY | O_CLOEXEC | O_NONBLOCK)) == -1 || fstat(fd, &st) == -1) {
+		log_msg("AUTH_JWT_PUBLIC_KEY_FILE cannot be opened (errno %d)", errno);
+		goto out;
+	}
+	if (!S_ISREG(st.st_mode) || read_key_file(fd, &pem) == -1 ||
+	    parse_public_key(&pem, &k, &a) != OUT_OK)
+		goto out;
+	EVP_PKEY_free(key_cache.pkey);
+	free(key_cache.path);
+	key_cache.path = mem_strdup(file);
+	key_cache.st = st;
+	key_cache.pkey = k;
+	key_cache.alg = a;
+	k = NULL;
+	o = OUT_OK;
+out:
+	if (o == OUT_OK) {
+		*pkey = key_cache.pkey;
+		*alg = key_cache.alg;
+	}
+	if (fd != -1)
+		close(fd);
+	EVP_PKEY_free(k);
+	buf_free(&pem);
 	return o;
 }
 
@@ -274,11 +383,11 @@ auth_verify_jwt(const char *token, size_t len, time_t now, char **subject)
 	unsigned char *header_raw = NULL, *payload_raw = NULL, *sig = NULL;
 	size_t header_len = 0, payload_len = 0, sig_len = 0, i;
 	struct json_object *header = NULL, *claims = NULL, *v;
-	EVP_PKEY *pkey = NULL;
+	EVP_PKEY *pkey = NULL; /* borrowed from the key cache */
 	enum jwt_alg alg = ALG__MAX, key_alg = ALG__MAX;
 	enum outcome o = OUT_UNAUTHORIZED;
-	long leeway = 60;
-	double exp_at = 0, nbf_at = 0, iat_at = 0;
+	long leeway = LIMIT_JWT_LEEWAY_DEFAULT_S;
+	long long exp_at = 0, nbf_at = 0, iat_at = 0;
 	int present, good;
 
 	*subject = NULL;
@@ -286,13 +395,14 @@ auth_verify_jwt(const char *token, size_t len, time_t now, char **subject)
 		log_msg("no JWT key configured (AUTH_JWT_SECRET, AUTH_JWT_PUBLIC_KEY_FILE)");
 		return OUT_MISCONFIGURED;
 	}
-	if (secret != NULL && strlen(secret) < HS256_MIN_KEY) {
-		log_msg("AUTH_JWT_SECRET is shorter than %d bytes", HS256_MIN_KEY);
+	if (secret != NULL && strlen(secret) < LIMIT_HS256_MIN_KEY) {
+		log_msg("AUTH_JWT_SECRET is shorter than %d bytes", LIMIT_HS256_MIN_KEY);
 		return OUT_MISCONFIGURED;
 	}
-	if (config_get_long("AUTH_JWT_LEEWAY", 60, 0, 600, &leeway) != OUT_OK)
+	if (config_get_long("AUTH_JWT_LEEWAY", LIMIT_JWT_LEEWAY_DEFAULT_S, 0,
+			    LIMIT_JWT_LEEWAY_MAX_S, &leeway) != OUT_OK)
 		return OUT_MISCONFIGURED;
-	if (key_file != NULL && load_public_key(key_file, &pkey, &key_alg) != OUT_OK)
+	if (key_file != NULL && public_key(key_file, &pkey, &key_alg) != OUT_OK)
 		return OUT_MISCONFIGURED;
 
 	/* Compact serialisation (RFC 7515 7.1): exactly three segments. */
@@ -336,23 +446,30 @@ auth_verify_jwt(const char *token, size_t len, time_t now, char **subject)
 	/* Claims only count once the signature is good. */
 	if (jsonget_parse((const char *)payload_raw, payload_len, &claims) != OUT_OK)
 		REJECT("payload is not a JSON object");
+	/* All three are at most LIMIT_TIMESTAMP_MAX, so no sum below overflows. */
 	if (numeric_date(claims, "exp", &present, &exp_at) == -1 || !present)
-		REJECT("exp missing or not a number");
-	if ((double)now >= exp_at + (double)leeway)
+		REJECT("exp missing or not an integer date");
+	if ((long long)now >= exp_at + leeway)
 		REJECT("expired");
 	if (numeric_date(claims, "nbf", &present, &nbf_at) == -1)
-		REJECT("nbf not a number");
-	if (present && (double)now + (double)leeway < nbf_at)
+		REJECT("nbf not an integer date");
+	if (present && (long long)now + leeway < nbf_at)
 		REJECT("not yet valid (nbf)");
 	if (numeric_date(claims, "iat", &present, &iat_at) == -1)
-		REJECT("iat not a number");
-	if (present && (double)now + (double)leeway < iat_at)
+		REJECT("iat not an integer date");
+	if (present && (long long)now + leeway < iat_at)
 		REJECT("issued in the future (iat)");
 	if (issuer != NULL &&
 	    ((iss = jsonget_str(claims, "iss")) == NULL || strcmp(iss, issuer) != 0))
 		REJECT("wrong issuer");
-	if (audience != NULL && !aud_matches(claims, audience))
-		REJECT("wrong audience");
+	/*
+	 * RFC 7519 4.1.3: a recipient that does not find itself in a present
+	 * aud MUST reject the token.  Without AUTH_JWT_AUDIENCE we have no
+	 * name, so a token meant for some audience is not meant for us.
+	 */
+	if (audience != NULL ? !aud_matches(claims, audience)
+			     : json_object_object_get_ex(claims, "aud", NULL))
+		REJECT(audience != NULL ? "wrong audience" : "aud present, AUTH_JWT_AUDIENCE unset");
 	/* sub is a StringOrURI (RFC 7519 4.1.2): a JSON number is refused. */
 	if ((sub = jsonget_str(claims, "sub")) == NULL)
 		REJECT("sub missing or not a string");
@@ -368,7 +485,6 @@ out:
 	free(header_raw);
 	free(payload_raw);
 	free(sig);
-	EVP_PKEY_free(pkey);
 	return o;
 }
 
@@ -483,8 +599,9 @@ auth_operator(const char *setting)
 
 	if (remote != NULL && *remote != '\0')
 		return OUT_OK;
-	if (secret == NULL || strlen(secret) < 16) {
-		log_msg("%s unset or shorter than 16 bytes, and no Apache authentication", setting);
+	if (secret == NULL || strlen(secret) < LIMIT_OPERATOR_TOKEN_MIN) {
+		log_msg("%s unset or shorter than %d bytes, and no Apache authentication", setting,
+			LIMIT_OPERATOR_TOKEN_MIN);
 		return OUT_MISCONFIGURED;
 	}
 	h = request_header("Authorization");

@@ -43,7 +43,8 @@ enum outcome auth_identify(int allow_api_key, struct auth_caller *caller)
  * it (REMOTE_USER), or when its Bearer token equals the secret in setting
  * (e.g. METRICS_TOKEN; constant-time compare).  OUT_UNAUTHORIZED with the
  * challenge queued for missing or other credentials; OUT_MISCONFIGURED
- * (logged by name) when the setting is unset or shorter than 16 bytes
+ * (logged by name) when the setting is unset or shorter than
+ * LIMIT_OPERATOR_TOKEN_MIN (16) bytes
  * and Apache did not authenticate the request.
  */
 enum outcome auth_operator(const char *setting) __attribute__((warn_unused_result));
@@ -65,13 +66,16 @@ void auth_caller_free(struct auth_caller *caller);
 /*
  * Verifies a compact JWS against the configured key at time now
  * (exp/nbf with AUTH_JWT_LEEWAY seconds, iss/aud when configured).
- * Strict base64url (no padding, canonical); header and payload JSON
- * objects; the key fixes the algorithm (HS256 only with
- * AUTH_JWT_SECRET, RS256 only with an RSA >= 2048 key file, ES256 only
- * with a P-256 key file, raw r||s); "none" and "crit" refused.  exp is
- * required, nbf and iat optional (iat must not be in the future); sub
- * must be a JSON string of 1..128 bytes without control characters
- * (a number is refused).  OUT_OK and *subject (caller frees),
+ * Strict base64url (no padding, canonical); header and payload strict
+ * JSON objects (jsonget_parse: no \u0000 anywhere); the key fixes the
+ * algorithm (HS256 only with AUTH_JWT_SECRET, RS256 only with an RSA
+ * >= 2048 key file, ES256 only with a P-256 key file, raw r||s); "none"
+ * and "crit" refused.  exp is required, nbf and iat optional (iat must
+ * not be in the future), each a JSON integer from 0 to
+ * LIMIT_TIMESTAMP_MAX.  An aud is refused when AUTH_JWT_AUDIENCE is
+ * unset (RFC 7519 4.1.3).  sub must be a JSON string of 1..128 bytes
+ * without control characters (a number is refused).  OUT_OK and
+ * *subject (caller frees),
  * OUT_UNAUTHORIZED (reason logged, never the token), or
  * OUT_MISCONFIGURED (no key, unreadable or unsuitable key file, secret
  * under 32 bytes, bad AUTH_JWT_LEEWAY).

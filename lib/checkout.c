@@ -20,20 +20,80 @@ static const char *const interval_choices[] = {"monthly", "yearly", NULL};
 /* The request body, declared once (STYLE: validate by declaration). */
 static const struct jsonget_field order_fields[] = {
     {"userId", JG_STRING, 1, 1, LIMIT_USER_ID_LEN, NULL},
-    {"tier", JG_STRING, 1, 1, 16, tier_choices},
-    {"interval", JG_STRING, 1, 1, 16, interval_choices},
-    {"successUrl", JG_STRING, 1, 1, CHECKOUT_URL_MAX, NULL},
-    {"cancelUrl", JG_STRING, 1, 1, CHECKOUT_URL_MAX, NULL},
-    {"email", JG_STRING, 0, 3, CHECKOUT_EMAIL_MAX, NULL},
+    {"tier", JG_STRING, 1, 1, LIMIT_CHOICE_LEN, tier_choices},
+    {"interval", JG_STRING, 1, 1, LIMIT_CHOICE_LEN, interval_choices},
+    {"successUrl", JG_STRING, 1, 1, LIMIT_URL_LEN, NULL},
+    {"cancelUrl", JG_STRING, 1, 1, LIMIT_URL_LEN, NULL},
+    {"email", JG_STRING, 0, 3, LIMIT_EMAIL_LEN, NULL},
 };
+
+/*
+ * Splits an authority "host[:port]" in [s, end): the host is a DNS name
+ * or a bracketed IP literal (kept as written, brackets included).
+ * *host_end is set; *port is the explicit port (1..65535) or 0 without
+ * one.  -1 when the port is not 1 to 5 digits in that range.
+ */
+static int
+split_authority(const char *s, const char *end, const char **host_end, long *port)
+{
+	const char *p, *colon;
+
+	*port = 0;
+	if (s < end && *s == '[') {
+		if ((p = memchr(s, ']', (size_t)(end - s))) == NULL)
+			return -1;
+		colon = p + 1;
+		if (colon < end && *colon != ':')
+			return -1;
+	} else if ((colon = memchr(s, ':', (size_t)(end - s))) == NULL)
+		colon = end;
+	*host_end = colon;
+	if (colon == end)
+		return 0;
+	if (end - colon < 2 || end - colon > 6)
+		return -1;
+	for (p = colon + 1; p < end; p++) {
+		if (*p < '0' || *p > '9')
+			return -1;
+		*port = *port * 10 + (*p - '0');
+	}
+	return *port >= 1 && *port <= 65535 ? 0 : -1;
+}
+
+/*
+ * ALLOWED_REDIRECT_HOSTS, compared as origins (RFC 6454 4): the host
+ * case-insensitively, and the port, where an entry or a URL without one
+ * means the scheme's default.  So "app.example.com" allows
+ * https://app.example.com/ and https://app.example.com:443/ but not
+ * :8443, which needs the entry "app.example.com:8443".  An entry that
+ * is not host[:port] never matches.
+ */
+static int
+redirect_allowed(const char *host, size_t host_len, long port, long default_port)
+{
+	const char *cursor = config_get("ALLOWED_REDIRECT_HOSTS"), *item, *item_host_end;
+	size_t n;
+	long item_port;
+
+	while (config_list_next(&cursor, &item, &n)) {
+		if (split_authority(item, item + n, &item_host_end, &item_port) == -1)
+			continue;
+		if ((size_t)(item_host_end - item) == host_len &&
+		    strncasecmp(item, host, host_len) == 0 &&
+		    (item_port ? item_port : default_port) == port)
+			return 1;
+	}
+	return 0;
+}
 
 const char *
 checkout_redirect_problem(const char *url)
 {
 	const char *p, *host, *host_end, *auth_end;
 	size_t n = strlen(url), i;
+	long port, default_port;
 
-	if (n > CHECKOUT_URL_MAX)
+	if (n > LIMIT_URL_LEN)
 		return "is too long";
 	/*
 	 * Visible ASCII only: no blanks or controls (a browser would strip or
@@ -44,47 +104,31 @@ checkout_redirect_problem(const char *url)
 		if ((unsigned char)url[i] <= 0x20 || (unsigned char)url[i] >= 0x7f ||
 		    url[i] == '\\')
 			return "must be a URL of visible ASCII characters";
-	if (strncasecmp(url, "https://", 8) == 0)
+	if (strncasecmp(url, "https://", 8) == 0) {
 		host = url + 8;
-	else if (strncasecmp(url, "http://", 7) == 0)
+		default_port = 443;
+	} else if (strncasecmp(url, "http://", 7) == 0) {
 		host = url + 7;
-	else
+		default_port = 80;
+	} else
 		return "must be an absolute http(s) URL";
 	/* RFC 3986 3.2: the authority ends at the first "/", "?" or "#". */
 	auth_end = host + strcspn(host, "/?#");
 	if (memchr(host, '@', (size_t)(auth_end - host)) != NULL)
 		return "must not contain user information";
-	if (*host == '[') {
-		/* IP literal: compared as written, brackets included. */
-		if ((p = memchr(host, ']', (size_t)(auth_end - host))) == NULL)
-			return "has an invalid host";
-		host_end = p + 1;
-	} else {
-		host_end = memchr(host, ':', (size_t)(auth_end - host));
-		if (host_end == NULL)
-			host_end = auth_end;
+	if (split_authority(host, auth_end, &host_end, &port) == -1)
+		return *host == '[' && memchr(host, ']', (size_t)(auth_end - host)) == NULL
+			   ? "has an invalid host"
+			   : "has an invalid port";
+	if (*host != '[')
 		for (p = host; p < host_end; p++)
 			if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
 			      (*p >= '0' && *p <= '9') || *p == '-' || *p == '.'))
 				return "has an invalid host";
-	}
 	if (host_end == host)
 		return "has no host";
-	if (host_end < auth_end) {
-		/* A port: ":" then 1..5 digits, up to 65535. */
-		long port = 0;
-
-		if (*host_end != ':' || auth_end - host_end < 2 || auth_end - host_end > 6)
-			return "has an invalid port";
-		for (p = host_end + 1; p < auth_end; p++) {
-			if (*p < '0' || *p > '9')
-				return "has an invalid port";
-			port = port * 10 + (*p - '0');
-		}
-		if (port < 1 || port > 65535)
-			return "has an invalid port";
-	}
-	if (!config_list_contains("ALLOWED_REDIRECT_HOSTS", host, (size_t)(host_end - host), 1))
+	if (!redirect_allowed(host, (size_t)(host_end - host), port ? port : default_port,
+			      default_port))
 		return "must point to an allowed host";
 	return NULL;
 }
@@ -95,8 +139,8 @@ checkout_email_ok(const char *email)
 	const char *at = strchr(email, '@'), *p, *dot;
 	size_t n = strlen(email);
 
-	if (n < 3 || n > CHECKOUT_EMAIL_MAX || at == NULL || at == email ||
-	    strchr(at + 1, '@') != NULL || at - email > 64)
+	if (n < 3 || n > LIMIT_EMAIL_LEN || at == NULL || at == email ||
+	    strchr(at + 1, '@') != NULL || at - email > LIMIT_EMAIL_LOCAL_LEN)
 		return 0;
 	for (p = email; *p; p++)
 		if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f ||
@@ -459,7 +503,7 @@ struct session_row {
 	char *key;		/* idempotency_key */
 	char *session_id;	/* stripe_session_id, NULL while creating */
 	char *url;
-	int fresh;		/* open for at least CHECKOUT_REUSE_MIN_S more */
+	int fresh;		/* open for at least LIMIT_CHECKOUT_REUSE_MIN_S more */
 	int past;		/* expires_at has passed */
 	int stale;		/* creating for longer than Stripe keeps keys */
 };
@@ -503,7 +547,7 @@ read_session_row(struct db *db, const char *user_id, const char *by_key,
 
 	*found = 0;
 	memset(row, 0, sizeof(*row));
-	snprintf(margin, sizeof(margin), "%d", CHECKOUT_REUSE_MIN_S);
+	snprintf(margin, sizeof(margin), "%d", LIMIT_CHECKOUT_REUSE_MIN_S);
 	if (buf_addstr(&sql, sql_row_columns) == -1 ||
 	    buf_addstr(&sql, by_key ? "AND idempotency_key = $2 AND status <> 'abandoned'"
 				      " AND created_at > now() - interval '24 hours'"
@@ -744,7 +788,7 @@ checkout_create_session(struct db *db, const struct checkout_order *order,
 	 * step below moves the user's live row on; a few suffice unless
 	 * concurrent checkouts keep replacing each other.
 	 */
-	for (steps = 0; steps < CHECKOUT_SESSION_STEPS; steps++) {
+	for (steps = 0; steps < LIMIT_CHECKOUT_SESSION_STEPS; steps++) {
 		session_row_free(&row);
 		if ((o = read_session_row(db, order->user_id, NULL, &row, &found)) != OUT_OK)
 			goto out;

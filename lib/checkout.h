@@ -13,21 +13,6 @@
 #include "outcome.h"
 #include "plan.h"
 
-/* Longest successUrl/cancelUrl accepted (bytes). */
-#define CHECKOUT_URL_MAX 2048
-/* Longest email accepted (RFC 5321 path limit less the brackets). */
-#define CHECKOUT_EMAIL_MAX 254
-/* Longest client Idempotency-Key (Stripe's own limit for keys). */
-#define CHECKOUT_IDEM_MAX 255
-/* An open session is handed out again only if it stays open this long (seconds). */
-#define CHECKOUT_REUSE_MIN_S 3600
-/*
- * Steps (read the live session, finish or expire it, create) before giving
- * up with OUT_CHECKOUT_SUPERSEDED: only concurrent checkouts of one user
- * for different plans, each replacing the other's, use more than three.
- */
-#define CHECKOUT_SESSION_STEPS 10
-
 struct checkout_order {
 	const char *user_id; /* all strings borrowed from the parsed body */
 	enum plan_tier tier;
@@ -49,9 +34,12 @@ enum outcome checkout_parse(struct json_object *body, struct checkout_order *ord
 
 /*
  * Whether url may be a Checkout return URL: absolute http:// or https://,
- * at most CHECKOUT_URL_MAX visible ASCII bytes (no backslash), no
- * userinfo, host (compared case-insensitively, any port) listed in
- * ALLOWED_REDIRECT_HOSTS.  NULL when fine, else a static reason.
+ * at most LIMIT_URL_LEN visible ASCII bytes (no backslash), no
+ * userinfo, and its host and port listed in ALLOWED_REDIRECT_HOSTS: the
+ * host compared case-insensitively; an entry "host:port" matches that
+ * port, an entry "host" only the scheme's default port (80 for http,
+ * 443 for https), whether the URL writes it or not.  NULL when fine,
+ * else a static reason.
  */
 const char *checkout_redirect_problem(const char *url);
 
@@ -94,7 +82,7 @@ char *checkout_idempotency_key(const char *user_id, const char *client_key);
  * user has at most one open session from this API (paying two would
  * make two subscriptions; checkout_sessions in the schema):
  *   - the same order (the same Stripe request body) while the user's
- *     session is open for at least CHECKOUT_REUSE_MIN_S more: that
+ *     session is open for at least LIMIT_CHECKOUT_REUSE_MIN_S more: that
  *     session again, without calling Stripe;
  *   - another order: the open session is expired at Stripe first (one
  *     already paid: OUT_ALREADY_SUBSCRIBED), then a new one is created;

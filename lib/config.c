@@ -77,8 +77,61 @@ trim(const char **s, const char **e)
 		(*e)--;
 }
 
-/* One line of the file: blank, "# comment", or KEY=VALUE (VALUE may be "quoted"). */
 static int
+blank(char c)
+{
+	return c == ' ' || c == '\t';
+}
+
+/*
+ * The value after "=" in [*vs, *ve), narrowed to what is kept.  Quoted
+ * ("..." or '...'): everything up to the same quote, as it is (no
+ * escapes); after it only blanks and a comment.  Unquoted: up to a "#"
+ * that follows a blank, trimmed.  -1 for an unterminated quote or text
+ * after the closing one.
+ */
+static int
+parse_value(const char **vs, const char **ve)
+{
+	const char *s = *vs, *e = *ve, *q, *p;
+
+	while (s < e && blank(*s))
+		s++;
+	if (s < e && (*s == '"' || *s == '\'')) {
+		if ((q = memchr(s + 1, *s, (size_t)(e - s - 1))) == NULL)
+			return -1;
+		for (p = q + 1; p < e && (blank(*p) || *p == '\r'); p++)
+			;
+		if (p < e && (*p != '#' || p == q + 1))
+			return -1;
+		*vs = s + 1;
+		*ve = q;
+		return 0;
+	}
+	/* s > the "=", so s[-1] exists: "KEY= # note" is an empty value. */
+	for (p = s; p < e; p++)
+		if (*p == '#' && blank(p[-1])) {
+			e = p;
+			break;
+		}
+	*vs = s;
+	*ve = e;
+	trim(vs, ve);
+	return 0;
+}
+
+enum line_result {
+	LINE_OK,
+	LINE_MALFORMED,
+	LINE_BAD_QUOTES,
+	LINE_TOO_MANY,
+};
+
+/*
+ * One line of the file: blank, a comment ("#" first on the line), or
+ * [export] KEY=VALUE [# comment]; see parse_value for VALUE.
+ */
+static enum line_result
 parse_line(const char *line, const char *end)
 {
 	const char *eq, *ks, *ke, *vs, *ve;
@@ -88,34 +141,45 @@ parse_line(const char *line, const char *end)
 	ke = end;
 	trim(&ks, &ke);
 	if (ks == ke || *ks == '#')
-		return 0;
-	eq = memchr(ks, '=', (size_t)(ke - ks));
-	if (eq == NULL)
-		return -1;
-	vs = eq + 1;
-	ve = ke;
+		return LINE_OK;
+	if ((eq = memchr(ks, '=', (size_t)(ke - ks))) == NULL)
+		return LINE_MALFORMED;
 	ke = eq;
 	trim(&ks, &ke);
-	trim(&vs, &ve);
-	if (strncmp(ks, "export ", 7) == 0) {
+	if (ke - ks > 7 && strncmp(ks, "export", 6) == 0 && blank(ks[6])) {
 		ks += 7;
 		trim(&ks, &ke);
 	}
 	if (!valid_key(ks, (size_t)(ke - ks)))
-		return -1;
-	if (ve - vs >= 2 && ((*vs == '"' && ve[-1] == '"') || (*vs == '\'' && ve[-1] == '\''))) {
-		vs++;
-		ve--;
-	}
+		return LINE_MALFORMED;
+	vs = eq + 1;
+	ve = end;
+	if (parse_value(&vs, &ve) == -1)
+		return LINE_BAD_QUOTES;
 	for (i = 0; vs + i < ve; i++)
 		if ((unsigned char)vs[i] < 0x20 && vs[i] != '\t')
-			return -1;
+			return LINE_MALFORMED;
 	if (nentries == LIMIT_CONFIG_ENTRIES)
-		return -1;
+		return LINE_TOO_MANY;
 	entries[nentries].key = mem_strndup(ks, (size_t)(ke - ks));
 	entries[nentries].value = mem_strndup(vs, (size_t)(ve - vs));
 	nentries++;
-	return 0;
+	return LINE_OK;
+}
+
+/* Names the line and the problem, never the line's text (it may hold a secret). */
+static void
+log_line_problem(enum line_result r, size_t lineno)
+{
+	static const char prefix[] = "settings file named by BILLING_CONFIG: line";
+
+	if (r == LINE_TOO_MANY)
+		log_msg("%s %zu: too many entries (max %d)", prefix, lineno, LIMIT_CONFIG_ENTRIES);
+	else if (r == LINE_BAD_QUOTES)
+		log_msg("%s %zu has an unterminated quote or text after the closing quote", prefix,
+			lineno);
+	else
+		log_msg("%s %zu is not KEY=VALUE", prefix, lineno);
 }
 
 enum outcome
@@ -127,6 +191,7 @@ config_load(void)
 	char chunk[4096];
 	size_t n, lineno = 0;
 	const char *p, *end, *nl;
+	enum line_result r;
 	enum outcome rc = OUT_MISCONFIGURED;
 
 	path = env_setting("BILLING_CONFIG");
@@ -166,8 +231,8 @@ config_load(void)
 		nl = memchr(p, '\n', (size_t)(end - p));
 		if (nl == NULL)
 			nl = end;
-		if (parse_line(p, nl) == -1) {
-			log_msg("settings file named by BILLING_CONFIG: line %zu is not KEY=VALUE", lineno);
+		if ((r = parse_line(p, nl)) != LINE_OK) {
+			log_line_problem(r, lineno);
 			config_reset();
 			goto out;
 		}
@@ -259,20 +324,33 @@ config_get_bool(const char *name, int def, int *value)
 }
 
 int
-config_list_contains(const char *name, const char *item, size_t len, int nocase)
+config_list_next(const char **cursor, const char **item, size_t *len)
 {
-	const char *list = config_get(name), *s, *e, *comma;
+	const char *s, *e, *comma;
 
-	if (list == NULL)
-		return 0;
-	for (s = list; ; s = comma + 1) {
+	while (*cursor != NULL) {
+		s = *cursor;
 		comma = strchr(s, ',');
 		e = comma ? comma : s + strlen(s);
+		*cursor = comma ? comma + 1 : NULL;
 		trim(&s, &e);
-		if ((size_t)(e - s) == len && len > 0 &&
-		    (nocase ? strncasecmp(s, item, len) : strncmp(s, item, len)) == 0)
+		if (e > s) {
+			*item = s;
+			*len = (size_t)(e - s);
 			return 1;
-		if (comma == NULL)
-			return 0;
+		}
 	}
+	return 0;
+}
+
+int
+config_list_contains(const char *name, const char *item, size_t len, int nocase)
+{
+	const char *cursor = config_get(name), *s;
+	size_t n;
+
+	while (config_list_next(&cursor, &s, &n))
+		if (n == len && (nocase ? strncasecmp(s, item, len) : strncmp(s, item, len)) == 0)
+			return 1;
+	return 0;
 }

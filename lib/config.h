@@ -1,7 +1,9 @@
 /*
  * Settings.  Each comes from the process environment (Apache SetEnv or
  * PassEnv) or, for shared hosts where the server config cannot be
- * edited, from a KEY=VALUE file named by BILLING_CONFIG.  The
+ * edited, from a KEY=VALUE file named by BILLING_CONFIG (format in
+ * README "Settings": "#" starts a comment at line start or after a
+ * blank outside quotes; a quoted value keeps everything inside).  The
  * environment wins.  An empty value counts as unset.  Values are
  * secrets as far as logging goes: only names are ever logged.
  */
@@ -44,6 +46,14 @@ enum outcome config_get_bool(const char *name, int def, int *value)
  * case-insensitively when nocase is set.  0 when the setting is unset.
  */
 int config_list_contains(const char *name, const char *item, size_t len, int nocase);
+
+/*
+ * Walks a comma-separated list value: *cursor starts at the value (NULL
+ * = empty list); each call sets *item and *len to the next entry, trimmed
+ * of blanks, and returns 1, skipping empty entries; 0 at the end.
+ * Entries are not NUL-terminated (borrowed from the value).
+ */
+int config_list_next(const char **cursor, const char **item, size_t *len);
 
 /* Forgets the loaded file (tests). */
 void config_reset(void);

@@ -7,8 +7,6 @@
 
 /* What a browser may send us cross-origin besides the CORS-safelisted headers. */
 #define CORS_ALLOW_HEADERS "Authorization, Content-Type, Idempotency-Key"
-/* How long a browser may cache a preflight answer (seconds). */
-#define CORS_MAX_AGE "600"
 
 /* Whether origin is listed exactly (scheme, host and port, as the browser sends it). */
 static int
@@ -52,7 +50,7 @@ cors_handle(const struct request *r, const char *methods)
 	if (allowed && request_header("Access-Control-Request-Method") != NULL) {
 		response_header("Access-Control-Allow-Methods", "%s, OPTIONS", methods);
 		response_header("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS);
-		response_header("Access-Control-Max-Age", CORS_MAX_AGE);
+		response_header("Access-Control-Max-Age", "%d", LIMIT_CORS_MAX_AGE_S);
 	}
 	response_empty(204);
 	return 1;

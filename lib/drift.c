@@ -8,13 +8,12 @@
 #include "db.h"
 #include "drift.h"
 #include "jsonget.h"
+#include "limits.h"
 #include "log.h"
 #include "mem.h"
 #include "stripe.h"
 #include "subscription.h"
 
-/* Rows of the database read at a time for the reverse comparison. */
-#define LOCAL_BATCH "1000"
 
 struct drift {
 	struct db *db;
@@ -131,7 +130,7 @@ compare_reverse(struct drift *d)
 
 	do {
 		if (DB_QUERY(d->db, &rows, "SELECT id, stripe_subscription_id, stripe_customer_id,"
-		    " status FROM subscriptions WHERE id > $1::bigint ORDER BY id LIMIT " LOCAL_BATCH,
+		    " status FROM subscriptions WHERE id > $1::bigint ORDER BY id LIMIT " LIMIT_SYNC_LOCAL_BATCH,
 		    after) != DB_OK)
 			return -1;
 		n = db_rows_count(rows);

@@ -14,7 +14,7 @@ struct frame {
 	char kind;		/* '{' or '[' */
 	int expect_key;		/* object: the next string is a member name */
 	long index;		/* array: index of the current element */
-	char key[JSONB_PATH_KEY_MAX + 1];	/* object: the current member name */
+	char key[LIMIT_JSONB_PATH_KEY_LEN + 1];	/* object: the current member name */
 };
 
 struct scan {
@@ -88,7 +88,7 @@ emit(struct scan *sc, const char *p, size_t n)
 static void
 note_here(struct scan *sc)
 {
-	struct buf path = BUF_INIT((LIMIT_JSON_DEPTH + 1) * (JSONB_PATH_KEY_MAX + 24));
+	struct buf path = BUF_INIT((LIMIT_JSON_DEPTH + 1) * (LIMIT_JSONB_PATH_KEY_LEN + 24));
 	int i, failed = 0;
 
 	for (i = 0; i < sc->depth; i++) {
@@ -114,8 +114,8 @@ set_key(struct frame *f, const char *s, size_t n)
 {
 	size_t i;
 
-	if (n > JSONB_PATH_KEY_MAX)
-		n = JSONB_PATH_KEY_MAX;
+	if (n > LIMIT_JSONB_PATH_KEY_LEN)
+		n = LIMIT_JSONB_PATH_KEY_LEN;
 	for (i = 0; i < n; i++)
 		f->key[i] = ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e ||
 		    s[i] == '.') ? '?' : s[i];
@@ -171,14 +171,14 @@ static void
 scan_number(struct scan *sc)
 {
 	const char *s = sc->in + sc->pos;
-	char tok[JSONB_NUMBER_MAX + 1];
+	char tok[LIMIT_JSONB_NUMBER_LEN + 1];
 	size_t n = 0;
 	double d;
 	int bad;
 
 	while (sc->pos + n < sc->len && strchr("0123456789+-.eE", s[n]) != NULL && s[n] != '\0')
 		n++;
-	bad = n > JSONB_NUMBER_MAX;
+	bad = n > LIMIT_JSONB_NUMBER_LEN;
 	if (!bad) {
 		memcpy(tok, s, n);
 		tok[n] = '\0';
@@ -279,7 +279,7 @@ jsonb_note_path(struct json_object **paths, const char *path)
 
 	if (*paths == NULL && (*paths = json_object_new_array()) == NULL)
 		response_fatal("out of memory");
-	if (json_object_array_length(*paths) >= JSONB_PATHS_MAX)
+	if (json_object_array_length(*paths) >= LIMIT_JSONB_PATHS)
 		return;
 	if ((s = json_object_new_string(path)) == NULL || json_object_array_add(*paths, s) != 0)
 		response_fatal("out of memory");

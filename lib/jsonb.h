@@ -10,7 +10,7 @@
  *   - a string value holding \u0000 or a lone surrogate becomes null;
  *   - such an escape inside a member name becomes \ufffd (the member
  *     stays, under a name nobody looks up);
- *   - a number longer than JSONB_NUMBER_MAX characters, or beyond the
+ *   - a number longer than LIMIT_JSONB_NUMBER_LEN characters, or beyond the
  *     range of a double (strtod's ERANGE, e.g. 1e400), becomes null.
  * Everything else is copied byte for byte.  The output is never longer
  * than the input.
@@ -22,12 +22,6 @@
 
 #include <json-c/json.h>
 
-/* Longest number token kept (Stripe's largest are 19-digit integers). */
-#define JSONB_NUMBER_MAX 64
-/* How many left-out paths are named (the count covers all of them). */
-#define JSONB_PATHS_MAX 16
-/* Longest member name written into a path, in bytes. */
-#define JSONB_PATH_KEY_MAX 64
 
 struct jsonb_fit {
 	char *text;			/* NUL-terminated; jsonb_fit_free frees it */
@@ -52,7 +46,7 @@ int jsonb_fit(const char *text, size_t len, struct jsonb_fit *out)
 void jsonb_fit_free(struct jsonb_fit *fit);
 
 /*
- * Adds path to paths (created on first use) unless JSONB_PATHS_MAX are
+ * Adds path to paths (created on first use) unless LIMIT_JSONB_PATHS are
  * there already; for callers that leave out more values (e.g. a number
  * beyond a column's range).
  */

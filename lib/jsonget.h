@@ -15,12 +15,47 @@
 #include "outcome.h"
 
 /*
- * Parses exactly len bytes as one JSON value that must be an object.
- * NUL bytes, trailing garbage, nesting deeper than LIMIT_JSON_DEPTH and
- * invalid UTF-8 are rejected.  OUT_OK with *out (caller puts it) or
- * OUT_INVALID_JSON.
+ * How usable text is as JSON (RFC 8259), judged over the raw bytes:
+ *   JSONGET_STRICT   exactly one RFC 8259 value (numbers as the grammar
+ *                    says: no NaN, Infinity, "1.", leading zeros), strings
+ *                    of valid UTF-8 without raw control characters, every
+ *                    \u escape a Unicode scalar value (surrogates only in
+ *                    pairs) other than U+0000, nesting at most
+ *                    LIMIT_JSON_DEPTH containers.  Safe as C strings and
+ *                    as PostgreSQL jsonb.
+ *   JSONGET_LOOSE    the same grammar, but some string value holds a lone
+ *                    surrogate escape or \u0000 (or a member name holds a
+ *                    lone surrogate): JSON that RFC 8259 8.2 calls
+ *                    unpredictable and jsonb refuses.  A signed Stripe
+ *                    event may still need to be read.
+ *   JSONGET_INVALID  anything else (also \u0000 in a member name, which
+ *                    json-c would cut short).
+ * The order matters: a worse grade compares greater.
+ */
+enum jsonget_grade {
+	JSONGET_STRICT,
+	JSONGET_LOOSE,
+	JSONGET_INVALID,
+	JSONGET__MAX
+};
+
+enum jsonget_grade jsonget_grade(const char *text, size_t len);
+
+/*
+ * Parses exactly len bytes (no NUL needed) that must grade
+ * JSONGET_STRICT and be an object.  OUT_OK with *out (caller puts it)
+ * or OUT_INVALID_JSON.  Every request body and JWT goes through this.
  */
 enum outcome jsonget_parse(const char *text, size_t len, struct json_object **out)
+    __attribute__((warn_unused_result));
+
+/*
+ * As jsonget_parse, also accepting JSONGET_LOOSE text: a lone surrogate
+ * becomes U+FFFD, and a string value holding \u0000 is refused by every
+ * string getter below (it reads as absent).  For signed payloads that
+ * must be recorded whatever they hold; never for client requests.
+ */
+enum outcome jsonget_parse_loose(const char *text, size_t len, struct json_object **out)
     __attribute__((warn_unused_result));
 
 enum jsonget_type {
@@ -48,7 +83,14 @@ struct jsonget_field {
 enum outcome jsonget_validate(struct json_object *obj, const struct jsonget_field *fields,
     size_t n, const char **bad, const char **why) __attribute__((warn_unused_result));
 
-/* Member name of obj if it is a string, else NULL.  Borrowed from obj. */
+/*
+ * v's text if v is a JSON string without an embedded NUL (which a C
+ * string would silently cut), else NULL.  Borrowed from v.  All string
+ * getters below go through it.
+ */
+const char *jsonget_string(struct json_object *v);
+
+/* Member name of obj if it is a string (see jsonget_string), else NULL.  Borrowed from obj. */
 const char *jsonget_str(struct json_object *obj, const char *name);
 
 /* Member name as an integer: 0 and *out set, or -1 if missing / not an integer. */

@@ -24,8 +24,108 @@
 /* JSON nesting accepted in request bodies and Stripe payloads. */
 #define LIMIT_JSON_DEPTH	64
 
+/*
+ * Unix times we take from outside (JWT exp/nbf/iat, Stripe's created):
+ * integers up to the last second of year 9999, 9999-12-31T23:59:59Z,
+ * which every date type and tool we use can represent.
+ */
+#define LIMIT_TIMESTAMP_MAX	253402300799LL
+
+/*
+ * JWT keys: an HS256 secret at least as long as the hash (RFC 7518 3.2),
+ * RSA keys of 2048 bits or more (RFC 7518 3.3), and the PEM file of
+ * AUTH_JWT_PUBLIC_KEY_FILE, a few hundred bytes in practice.
+ */
+#define LIMIT_HS256_MIN_KEY	32
+#define LIMIT_RS256_MIN_BITS	2048
+#define LIMIT_JWT_KEY_FILE	(64 * 1024)
+
+/* Operator bearer tokens (auth_operator's settings): at least this many bytes. */
+#define LIMIT_OPERATOR_TOKEN_MIN	16
+
 /* Application user ids (TEXT in the schema, CHECK 1..128). */
 #define LIMIT_USER_ID_LEN	128
+
+/*
+ * Checkout requests: return URLs, the email (RFC 5321: a 64-byte local
+ * part, 254 bytes in all), and Idempotency-Key headers, on both
+ * endpoints and towards Stripe (Stripe's own limit, and the schema's
+ * CHECK on usage_idempotency).
+ */
+#define LIMIT_URL_LEN		2048
+#define LIMIT_EMAIL_LEN		254
+#define LIMIT_EMAIL_LOCAL_LEN	64
+#define LIMIT_IDEMPOTENCY_KEY_LEN	255
+
+/*
+ * Checkout sessions: an open session is handed out again only if it
+ * stays open at least this long (seconds); steps (read the live session,
+ * finish or expire it, create) before giving up with
+ * OUT_CHECKOUT_SUPERSEDED: only concurrent checkouts of one user for
+ * different plans, each replacing the other's, use more than three.
+ */
+#define LIMIT_CHECKOUT_REUSE_MIN_S	3600
+#define LIMIT_CHECKOUT_SESSION_STEPS	10
+
+/*
+ * Stripe objects: ids (Stripe's are short; anything longer is not one of
+ * theirs), event types, and the short texts we copy (status, reason,
+ * invoice number) and currency codes, as their columns allow.
+ */
+#define LIMIT_STRIPE_ID_LEN	255
+#define LIMIT_STRIPE_EVENT_TYPE_LEN	128
+#define LIMIT_STRIPE_SHORT_TEXT	64
+#define LIMIT_STRIPE_CURRENCY_LEN	16
+
+/*
+ * Making a payload fit jsonb: the longest number token kept (Stripe's
+ * largest are 19-digit integers), how many left-out paths are named (the
+ * count covers all of them), the longest member name written into one.
+ */
+#define LIMIT_JSONB_NUMBER_LEN	64
+#define LIMIT_JSONB_PATHS	16
+#define LIMIT_JSONB_PATH_KEY_LEN	64
+
+/*
+ * Plan changes: how long a prorationDate from a preview may be used for
+ * the change, and how far it may be ahead of our clock (another server's
+ * preview), in seconds.
+ */
+#define LIMIT_PRORATION_PREVIEW_MAX_AGE_S	3600
+#define LIMIT_PRORATION_CLOCK_SKEW_S	60
+
+/* Strings that must be one of a fixed list (tier, interval, usageType). */
+#define LIMIT_CHOICE_LEN	32
+
+/*
+ * POST /api/usage: the largest amount (storage is counted in bytes, so
+ * 1 GiB) and "metadata" serialised as compact JSON.
+ */
+#define LIMIT_USAGE_AMOUNT	1073741824LL
+#define LIMIT_USAGE_METADATA	4096
+
+/* Whole transactions retried on serialization failure or deadlock. */
+#define LIMIT_DB_TRIES		3
+
+/*
+ * Stripe webhooks: secrets honoured in STRIPE_WEBHOOK_SECRET (rotation
+ * keeps two), digits of a Stripe-Signature timestamp (19 stay below
+ * 2^64), and STRIPE_WEBHOOK_TOLERANCE (seconds, either way).
+ */
+#define LIMIT_WEBHOOK_SECRETS	8
+#define LIMIT_SIG_TIMESTAMP_DIGITS	19
+#define LIMIT_WEBHOOK_TOLERANCE_DEFAULT_S	300
+#define LIMIT_WEBHOOK_TOLERANCE_MAX_S	86400
+
+/* AUTH_JWT_LEEWAY: clock skew allowed for exp/nbf/iat (seconds). */
+#define LIMIT_JWT_LEEWAY_DEFAULT_S	60
+#define LIMIT_JWT_LEEWAY_MAX_S	600
+
+/* STRIPE_TRIAL_DAYS_*: Stripe accepts trial_period_days up to 730. */
+#define LIMIT_TRIAL_DAYS_MAX	730
+
+/* How long a browser may cache a CORS preflight answer (seconds). */
+#define LIMIT_CORS_MAX_AGE_S	600
 
 /* One log line. */
 #define LIMIT_LOG_LINE		2048
@@ -69,6 +169,16 @@
 #define LIMIT_USAGE_IDEMPOTENCY_KEYS	1000
 #define LIMIT_USAGE_IDEMPOTENCY_KEYS_MAX	1000000
 
+/*
+ * Between tries: "equal jitter" backoff from 250 ms doubling up to 2 s;
+ * a Retry-After longer than 2 s means "not within this request"; a try
+ * with less than 500 ms left is not worth starting.
+ */
+#define LIMIT_HTTP_BACKOFF_BASE_MS	250
+#define LIMIT_HTTP_BACKOFF_CAP_MS	2000
+#define LIMIT_HTTP_RETRY_AFTER_MS	2000
+#define LIMIT_HTTP_MIN_TRY_MS	500
+
 /* Database connect timeout (libpq's connect_timeout, seconds). */
 #define LIMIT_DB_CONNECT_S	5
 
@@ -86,6 +196,14 @@
 /* SMTP: connecting (TCP and TLS), and the default for one whole message (SMTP_TIMEOUT). */
 #define LIMIT_SMTP_CONNECT_MS	10000
 #define LIMIT_SMTP_TIMEOUT_S	30
+#define LIMIT_SMTP_TIMEOUT_MAX_S	300
+
+/*
+ * Mail: display names longer than this are refused (they would only make
+ * long lines); template placeholder names longer than this are malformed.
+ */
+#define LIMIT_MAIL_DISPLAY_NAME	200
+#define LIMIT_TEMPLATE_NAME_LEN	64
 
 /*
  * Defaults of the per-transaction database timeouts (settings
@@ -134,5 +252,21 @@
 #define LIMIT_SYNC_LEASE_S	(LIMIT_SYNC_CALL_MS / 1000 + 300)
 /* Stripe keeps events for 30 days (docs.stripe.com/api/events). */
 #define LIMIT_EVENTS_DAYS	30
+
+/*
+ * billing-sync: Stripe's largest list page; the default pace, well under
+ * Stripe's test-mode limit of 25 requests a second (SYNC_MAX_RPS); how far
+ * back `events` looks by default (Stripe retries webhooks for 3 days);
+ * database rows read at a time for check's reverse comparison; rows
+ * Stripe does not have named one by one in the log before "and N more";
+ * and the clock margin taken off a listing's time when it is stored as
+ * last_event_created (so an event from those seconds still applies).
+ */
+#define LIMIT_SYNC_PAGE			100
+#define LIMIT_SYNC_MAX_RPS_DEFAULT	10
+#define LIMIT_SYNC_EVENTS_SINCE_S	(72 * 3600)
+#define LIMIT_SYNC_LOCAL_BATCH		"1000"
+#define LIMIT_SYNC_MISSING_LOGGED	50
+#define LIMIT_SYNC_CLOCK_MARGIN_S	60
 
 #endif

@@ -18,8 +18,6 @@
 #define QP_LINE		76
 /* '=' followed by '_' never occurs in quoted-printable text (RFC 2045 6.7). */
 #define BOUNDARY	"=_billing-cgi_alternative"
-/* Display names longer than this are refused: they would only make long lines. */
-#define DISPLAY_MAX	200
 
 static int
 is_atext(unsigned char c)
@@ -41,7 +39,7 @@ local_valid(const char *s, size_t n)
 {
 	size_t i;
 
-	if (n == 0 || n > 64 || s[0] == '.' || s[n - 1] == '.')
+	if (n == 0 || n > LIMIT_EMAIL_LOCAL_LEN || s[0] == '.' || s[n - 1] == '.')
 		return 0;
 	for (i = 0; i < n; i++) {
 		if (s[i] == '.') {
@@ -138,7 +136,7 @@ mail_mailbox_parse(const char *mailbox, char **name, char **addr)
 			if ((unsigned char)*p < 0x20 || *p == 0x7f || *p == '"' || *p == '\\' ||
 			    *p == '<' || *p == '>')
 				goto bad;
-		if (ne - ns > DISPLAY_MAX)
+		if (ne - ns > LIMIT_MAIL_DISPLAY_NAME)
 			goto bad;
 		d = mem_strndup(ns, (size_t)(ne - ns));
 	}

@@ -4,14 +4,13 @@
 
 #include "config.h"
 #include "jsonget.h"
+#include "limits.h"
 #include "log.h"
 #include "mem.h"
 #include "notify.h"
 #include "outbox.h"
 #include "response.h"
 #include "template.h"
-
-#define SHORT_MAX 64
 
 static const char *const kind_names[NOTIFY__MAX] = {
 	[NOTIFY_TRIAL_WILL_END] = "trial_will_end",
@@ -127,7 +126,7 @@ add_short(struct json_object *o, const char *key, struct json_object *obj, const
 	const char *s = jsonget_path_str(obj, path);
 	size_t n = s ? strlen(s) : 0;
 
-	if (s && n > 0 && n <= SHORT_MAX && jsonget_clean_utf8(s, n))
+	if (s && n > 0 && n <= LIMIT_STRIPE_SHORT_TEXT && jsonget_clean_utf8(s, n))
 		add(o, key, json_object_new_string(s));
 }
 

@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "limits.h"
 #include "plan.h"
 
 static const char *const tier_names[TIER__MAX] = {
@@ -117,6 +118,5 @@ plan_trial_days(enum plan_tier t, long *days)
 	if ((unsigned)t >= TIER__MAX)
 		return OUT_INTERNAL;
 	snprintf(name, sizeof(name), "STRIPE_TRIAL_DAYS_%s", tier_settings[t]);
-	/* Stripe accepts trial_period_days up to 730. */
-	return config_get_long(name, default_trial_days[t], 0, 730, days);
+	return config_get_long(name, default_trial_days[t], 0, LIMIT_TRIAL_DAYS_MAX, days);
 }

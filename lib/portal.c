@@ -27,7 +27,7 @@ static const char *const flow_choices[] = {
 /* The request body, declared once. */
 static const struct jsonget_field portal_fields[] = {
     {"userId", JG_STRING, 1, 1, LIMIT_USER_ID_LEN, NULL},
-    {"returnUrl", JG_STRING, 1, 1, CHECKOUT_URL_MAX, NULL},
+    {"returnUrl", JG_STRING, 1, 1, LIMIT_URL_LEN, NULL},
     {"flow", JG_STRING, 0, 1, 32, flow_choices},
 };
 

@@ -222,8 +222,8 @@ response_error_extra(enum outcome o, struct json_object *extra)
 	json_object_put(root);
 }
 
-void
-response_error_field(enum outcome o, const char *field, const char *message)
+static void
+send_error(enum outcome o, const char *field, const char *message)
 {
 	struct json_object *root = error_body(o, field, message);
 
@@ -233,9 +233,22 @@ response_error_field(enum outcome o, const char *field, const char *message)
 }
 
 void
+response_error_field(enum outcome o, const char *field, const char *why)
+{
+	struct buf message = BUF_INIT(LIMIT_HEADER_VALUE);
+
+	/* One sentence shape for every endpoint: "<field> <why>." */
+	if (field != NULL && why != NULL && buf_printf(&message, "%s %s.", field, why) == 0)
+		send_error(o, field, buf_str(&message));
+	else
+		send_error(o, field, why);
+	buf_free(&message);
+}
+
+void
 response_error(enum outcome o, const char *message)
 {
-	response_error_field(o, NULL, message);
+	send_error(o, NULL, message);
 }
 
 void

@@ -61,8 +61,12 @@ void response_text(int status, const char *content_type, const char *body, size_
  */
 void response_error(enum outcome o, const char *message);
 
-/* As response_error, adding "field":<field> inside "error". */
-void response_error_field(enum outcome o, const char *field, const char *message);
+/*
+ * A 400 that names what is wrong: "field":<field> inside "error" and the
+ * message "<field> <why>." (why: a client-safe phrase such as "is
+ * required").  field NULL is response_error(o, why).
+ */
+void response_error_field(enum outcome o, const char *field, const char *why);
 
 /*
  * As response_error with the outcome's own message, merging the members

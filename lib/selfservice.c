@@ -156,9 +156,9 @@ selfservice_refusal(const struct selfservice_request *req, const struct selfserv
 const char *
 selfservice_proration_date_problem(long long date, long long now, long long period_start)
 {
-	if (date > now + SELFSERVICE_CLOCK_SKEW)
+	if (date > now + LIMIT_PRORATION_CLOCK_SKEW_S)
 		return "must not be in the future";
-	if (date < now - SELFSERVICE_PREVIEW_MAX_AGE)
+	if (date < now - LIMIT_PRORATION_PREVIEW_MAX_AGE_S)
 		return "is from a preview older than an hour: preview again";
 	if (period_start > 0 && date < period_start)
 		return "is before the current billing period: preview again";
@@ -310,7 +310,7 @@ subscription_path(const struct act *a, char *path, size_t n)
 static enum outcome
 refresh(struct act *a)
 {
-	char path[32 + STRIPE_ID_MAX];
+	char path[32 + LIMIT_STRIPE_ID_LEN];
 	enum outcome o;
 
 	subscription_path(a, path, sizeof(path));
@@ -361,7 +361,7 @@ describe_change(struct act *a, struct plan_change *c, int *interval_changes)
 static enum outcome
 post_subscription(struct act *a, const struct form *f, struct json_object **sub)
 {
-	char path[32 + STRIPE_ID_MAX];
+	char path[32 + LIMIT_STRIPE_ID_LEN];
 
 	subscription_path(a, path, sizeof(path));
 	return stripe_post(path, f, a->key, sub);
@@ -432,7 +432,7 @@ preview(struct act *a, struct json_object **answer)
 static enum outcome
 cancel_now(struct act *a, struct json_object **sub)
 {
-	char path[32 + STRIPE_ID_MAX];
+	char path[32 + LIMIT_STRIPE_ID_LEN];
 	struct form f;
 	int prorate = 0, invoice_now = 0;
 	enum outcome o;

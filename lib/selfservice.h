@@ -31,14 +31,11 @@
 #include <json-c/json.h>
 
 #include "db.h"
+#include "limits.h"
 #include "outcome.h"
 #include "plan.h"
 #include "stripe.h"
 
-/* How long a prorationDate from a preview may be used for the change (seconds). */
-#define SELFSERVICE_PREVIEW_MAX_AGE 3600
-/* How far a prorationDate may be ahead of our clock (another server's preview). */
-#define SELFSERVICE_CLOCK_SKEW 60
 
 enum selfservice_action { SS_CHANGE, SS_PREVIEW, SS_CANCEL, SS_RESUME, SS__MAX };
 
@@ -56,7 +53,7 @@ struct selfservice_request {
 /* What the rules look at in the subscriptions row. */
 struct selfservice_sub {
 	int exists;
-	char id[STRIPE_ID_MAX + 1];
+	char id[LIMIT_STRIPE_ID_LEN + 1];
 	char status[32];
 	char tier[16];
 	char interval[16];

@@ -8,6 +8,7 @@
 
 #include "config.h"
 #include "http.h"
+#include "limits.h"
 #include "log.h"
 #include "mem.h"
 #include "response.h"
@@ -151,7 +152,8 @@ smtp_open(struct smtp **out)
 
 	*out = NULL;
 	if ((rc = config_require("SMTP_URL", &url)) != OUT_OK ||
-	    (rc = config_get_long("SMTP_TIMEOUT", LIMIT_SMTP_TIMEOUT_S, 1, 300, &timeout_s)) !=
+	    (rc = config_get_long("SMTP_TIMEOUT", LIMIT_SMTP_TIMEOUT_S, 1, LIMIT_SMTP_TIMEOUT_MAX_S,
+				  &timeout_s)) !=
 	    OUT_OK)
 		return rc;
 	if (!smtp_url_allowed(url, &starttls)) {

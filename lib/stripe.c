@@ -19,10 +19,6 @@
 #define STRIPE_DEFAULT_BASE "https://api.stripe.com"
 #define STRIPE_DEFAULT_VERSION "2026-07-29.dahlia"
 
-/* Backoff before try n+1: 250 ms, 500 ms, 1 s ... capped, with jitter. */
-#define BACKOFF_BASE_MS 250
-/* A try with less time than this left is not worth starting. */
-#define MIN_TRY_MS 500
 
 /*
  * Within one request: a Retry-After or backoff over 2 s means "not within
@@ -82,7 +78,7 @@ sleep_ms(long ms)
 static long
 backoff_ms(int tries_done)
 {
-	long d = tries_done < 20 ? (long)BACKOFF_BASE_MS << (tries_done - 1) : 0;
+	long d = tries_done < 20 ? (long)LIMIT_HTTP_BACKOFF_BASE_MS << (tries_done - 1) : 0;
 	unsigned int r = 0;
 
 	if (d > policy->backoff_cap_ms || d <= 0)
@@ -161,7 +157,7 @@ log_stripe_error(enum http_method method, const char *path, long status,
 	const char *type = NULL, *code = NULL, *param = NULL;
 	int key_reused;
 
-	if (jsonget_parse(buf_str(&resp->body), resp->body.len, &root) == OUT_OK) {
+	if (jsonget_parse_loose(buf_str(&resp->body), resp->body.len, &root) == OUT_OK) {
 		type = jsonget_path_str(root, "error.type");
 		code = jsonget_path_str(root, "error.code");
 		param = jsonget_path_str(root, "error.param");
@@ -223,8 +219,7 @@ stripe_call(enum http_method method, const char *path, const struct form *params
 	if (method == HTTP_POST) {
 		headers[h++] = "Content-Type: application/x-www-form-urlencoded";
 		if (idempotency_key != NULL) {
-			/* Stripe: keys up to 255 characters. */
-			if (strlen(idempotency_key) > 255 || !header_safe(idempotency_key) ||
+			if (strlen(idempotency_key) > LIMIT_IDEMPOTENCY_KEY_LEN || !header_safe(idempotency_key) ||
 			    buf_printf(&idem, "Idempotency-Key: %s", idempotency_key) == -1) {
 				o = OUT_INTERNAL;
 				goto out;
@@ -244,7 +239,13 @@ stripe_call(enum http_method method, const char *path, const struct form *params
 				   &resp);
 		paced();
 		if (got == 0 && resp.status >= 200 && resp.status < 300) {
-			if (jsonget_parse(buf_str(&resp.body), resp.body.len, out) != OUT_OK) {
+			/*
+			 * Loose: Stripe's objects carry text its users typed (metadata,
+			 * names), where JSON may hold a lone surrogate escape; refusing
+			 * it would make that object unreadable for good.  Getters never
+			 * return a string holding \u0000.
+			 */
+			if (jsonget_parse_loose(buf_str(&resp.body), resp.body.len, out) != OUT_OK) {
 				log_msg(
 				    "stripe %s %s: HTTP %ld with a body that is not a JSON object",
 				    method_names[method], path, resp.status);
@@ -280,7 +281,7 @@ stripe_call(enum http_method method, const char *path, const struct form *params
 		if (ra > wait)
 			wait = ra;
 		left = policy->call_ms - (now_ms() - start);
-		if (left - wait < MIN_TRY_MS)
+		if (left - wait < LIMIT_HTTP_MIN_TRY_MS)
 			break;
 		log_msg("stripe %s %s: try %d failed, retrying in %ld ms", method_names[method],
 			path, tries, wait);
@@ -444,7 +445,7 @@ stripe_client_idempotency_key(const char *prefix, const char *user_id, const cha
 	if (client_key == NULL)
 		return stripe_random_idempotency_key(prefix);
 	n = strlen(client_key);
-	if (n == 0 || n > STRIPE_CLIENT_KEY_MAX)
+	if (n == 0 || n > LIMIT_IDEMPOTENCY_KEY_LEN)
 		return NULL;
 	for (i = 0; i < n; i++)
 		if ((unsigned char)client_key[i] < 0x20 || (unsigned char)client_key[i] >= 0x7f)
@@ -461,7 +462,7 @@ stripe_id_valid(const char *s)
 	if (s == NULL)
 		return 0;
 	for (n = 0; s[n] != '\0'; n++)
-		if (n >= STRIPE_ID_MAX ||
+		if (n >= LIMIT_STRIPE_ID_LEN ||
 		    !((s[n] >= 'a' && s[n] <= 'z') || (s[n] >= 'A' && s[n] <= 'Z') ||
 		      (s[n] >= '0' && s[n] <= '9') || s[n] == '_'))
 			return 0;

@@ -93,23 +93,17 @@ char *stripe_idempotency_key(const char *prefix, const char *const *parts, int n
 /* "<prefix>-" + 32 random hex digits (128 bits from the CSPRNG).  Caller frees. */
 char *stripe_random_idempotency_key(const char *prefix) __attribute__((returns_nonnull));
 
-/* Longest client Idempotency-Key header accepted (Stripe's own limit for keys). */
-#define STRIPE_CLIENT_KEY_MAX 255
-
 /*
  * The Idempotency-Key for a call made on behalf of a client request:
  * derived from (prefix, user id, the client's Idempotency-Key header)
  * when the client sent one, so that its retry reaches Stripe with the
  * same key; else random.  Caller frees.  NULL when the client's key is
- * unusable (empty, longer than STRIPE_CLIENT_KEY_MAX, not visible ASCII).
+ * unusable (empty, longer than LIMIT_IDEMPOTENCY_KEY_LEN, not visible ASCII).
  */
 char *stripe_client_idempotency_key(const char *prefix, const char *user_id,
 				    const char *client_key);
 
-/* Longest Stripe object id we accept (theirs are far shorter). */
-#define STRIPE_ID_MAX 255
-
-/* Whether s can be a Stripe object id: 1..STRIPE_ID_MAX of [A-Za-z0-9_], fit for a URL path. */
+/* Whether s can be a Stripe object id: 1..LIMIT_STRIPE_ID_LEN of [A-Za-z0-9_], fit for a URL path. */
 int stripe_id_valid(const char *s);
 
 /*

@@ -7,6 +7,7 @@
 #include "config.h"
 #include "jsonb.h"
 #include "jsonget.h"
+#include "limits.h"
 #include "log.h"
 #include "mail.h"
 #include "mem.h"
@@ -16,10 +17,6 @@
 #include "stripe.h"
 #include "subscription.h"
 
-/* Whole transactions retried on serialization failure / deadlock. */
-#define APPLY_TRIES 3
-/* Unix times stored as timestamptz: 1970 up to the end of year 9999. */
-#define TIME_MAX 253402300799LL
 /* Where a value of the event comes from, for left-out paths. */
 #define IN_EVENT "data.object"
 #define IN_REFETCHED "(GET /v1/subscriptions)"
@@ -199,7 +196,7 @@ column_int(struct apply *a, struct json_object *obj, const char *where, const ch
 	column_int((a), (obj), (where), (path), INT32_MIN, INT32_MAX, (buf), sizeof(buf))
 /* A Unix time for to_timestamp(): within PostgreSQL's range and ours. */
 #define UNIXTIME(a, obj, where, path, buf) \
-	column_int((a), (obj), (where), (path), 0, TIME_MAX, (buf), sizeof(buf))
+	column_int((a), (obj), (where), (path), 0, LIMIT_TIMESTAMP_MAX, (buf), sizeof(buf))
 
 /*
  * The string at path if it is at most max bytes of clean text: NULL when
@@ -260,9 +257,9 @@ enum outcome
 subscription_event_parse(const char *raw, size_t len, struct subscription_event *ev)
 {
 	static const struct jsonget_field fields[] = {
-		{ "id", JG_STRING, 1, 1, STRIPE_ID_MAX, NULL },
-		{ "type", JG_STRING, 1, 1, 128, NULL },
-		{ "created", JG_INT, 1, 0, 253402300799LL, NULL },	/* up to year 9999 */
+		{ "id", JG_STRING, 1, 1, LIMIT_STRIPE_ID_LEN, NULL },
+		{ "type", JG_STRING, 1, 1, LIMIT_STRIPE_EVENT_TYPE_LEN, NULL },
+		{ "created", JG_INT, 1, 0, LIMIT_TIMESTAMP_MAX, NULL },
 		{ "data", JG_OBJECT, 1, 0, 0, NULL },
 	};
 	const char *bad, *why;
@@ -370,7 +367,7 @@ record_event(struct apply *a)
 	const struct subscription_event *ev = a->ev;
 	struct json_object *o = ev->object;
 	const char *sub = NULL, *customer = id_of(o, "customer");
-	const char *amount = NULL, *currency = column_text(a, o, IN_EVENT, "currency", 16);
+	const char *amount = NULL, *currency = column_text(a, o, IN_EVENT, "currency", LIMIT_STRIPE_CURRENCY_LEN);
 	const char *status = NULL, *attempts = NULL;
 	char amount_buf[24], attempts_buf[24], created[24];
 	struct db_rows *rows = NULL;
@@ -379,10 +376,10 @@ record_event(struct apply *a)
 	/* user_id is the owner (customers decides), set when the event has been applied. */
 	if (is_subscription_event(ev)) {
 		sub = id_of(o, "id");
-		status = column_text(a, o, IN_EVENT, "status", 64);
+		status = column_text(a, o, IN_EVENT, "status", LIMIT_STRIPE_SHORT_TEXT);
 	} else if (is_type(ev, "checkout.session.completed")) {
 		sub = id_of(o, "subscription");
-		status = column_text(a, o, IN_EVENT, "status", 64);
+		status = column_text(a, o, IN_EVENT, "status", LIMIT_STRIPE_SHORT_TEXT);
 		amount = BIGINT(a, o, IN_EVENT, "amount_total", amount_buf);
 	} else if (is_invoice_event(ev)) {
 		int paid = is_type(ev, "invoice.paid");
@@ -656,10 +653,10 @@ store_subscription(struct apply *a, struct json_object *sub, int force, int dele
 		left_out(a, where, "items.data.0.price.id");
 		price = NULL;
 	}
-	currency = column_text(a, sub, where, "currency", 16);
+	currency = column_text(a, sub, where, "currency", LIMIT_STRIPE_CURRENCY_LEN);
 	if (currency == NULL)
-		currency = column_text(a, sub, where, "items.data.0.price.currency", 16);
-	reason = column_text(a, sub, where, "cancellation_details.reason", 64);
+		currency = column_text(a, sub, where, "items.data.0.price.currency", LIMIT_STRIPE_CURRENCY_LEN);
+	reason = column_text(a, sub, where, "cancellation_details.reason", LIMIT_STRIPE_SHORT_TEXT);
 	pps = UNIXTIME(a, sub, where, "items.data.0.current_period_start", ps);
 	if (pps == NULL)
 		pps = UNIXTIME(a, sub, where, "current_period_start", ps);
@@ -720,7 +717,7 @@ refetch(struct apply *a, const char *sub, const char *known_user, int *stored,
     enum outcome *fatal)
 {
 	struct json_object *obj = NULL;
-	char path[32 + STRIPE_ID_MAX];
+	char path[32 + LIMIT_STRIPE_ID_LEN];
 	enum outcome rc;
 	int r;
 
@@ -1070,7 +1067,7 @@ subscription_apply_event(struct db *db, const struct subscription_event *ev,
 	*reply = NULL;
 	if ((rc = sync_mode(&mode)) != OUT_OK || (rc = notify_kinds(&kinds)) != OUT_OK)
 		return rc;
-	for (tries = 0; tries < APPLY_TRIES; tries++) {
+	for (tries = 0; tries < LIMIT_DB_TRIES; tries++) {
 		memset(&a, 0, sizeof(a));
 		a.db = db;
 		a.ev = ev;
@@ -1110,7 +1107,6 @@ subscription_apply_event(struct db *db, const struct subscription_event *ev,
  * older than what is stored (event mode ignores it), and the next sync's
  * listing is not taken for older than the previous one.
  */
-#define LISTED_CLOCK_MARGIN_S 60
 
 /* Columns that are bookkeeping, not Stripe's state: left out of the change record. */
 #define NOT_STATE "'id', 'created_at', 'updated_at', 'last_event_created', 'last_event_id'"
@@ -1121,7 +1117,7 @@ subscription_store_listed(struct db *db, struct json_object *sub, long long list
 {
 	const char *id = id_of(sub, "id"), *customer = id_of(sub, "customer");
 	struct subscription_event ev = { .id = source, .type = "billing-sync",
-	    .created = listed_at - LISTED_CLOCK_MARGIN_S, .object = sub };
+	    .created = listed_at - LIMIT_SYNC_CLOCK_MARGIN_S, .object = sub };
 	struct apply a = { .db = db, .ev = &ev, .mode = SYNC_REFETCH };
 	struct sub_row row;
 	struct db_rows *rows = NULL;

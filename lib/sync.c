@@ -20,12 +20,6 @@
 #include "subscription.h"
 #include "sync.h"
 
-/* Stripe's largest page. */
-#define PAGE_LIMIT 100
-/* Rows Stripe does not have, named one by one in the log before "and N more". */
-#define MISSING_LOGGED 50
-/* The default pace: well under Stripe's test-mode limit of 25 requests a second. */
-#define DEFAULT_MAX_RPS 10
 
 /*
  * Stripe calls outside a transaction (list pages, customers) may wait out
@@ -108,7 +102,7 @@ sync_setup(void)
 	long rps;
 	enum outcome rc;
 
-	if ((rc = config_get_long("SYNC_MAX_RPS", DEFAULT_MAX_RPS, 1, LIMIT_SYNC_MAX_RPS,
+	if ((rc = config_get_long("SYNC_MAX_RPS", LIMIT_SYNC_MAX_RPS_DEFAULT, 1, LIMIT_SYNC_MAX_RPS,
 	    &rps)) != OUT_OK)
 		return rc;
 	p.interval_ms = q.interval_ms = (1000 + rps - 1) / rps;
@@ -337,7 +331,7 @@ static int
 subscriptions_query(struct form *f, const char *customer, long long since, const char *after)
 {
 	form_init(f);
-	if (form_add(f, "status", "all") == -1 || form_add_long(f, "limit", PAGE_LIMIT) == -1 ||
+	if (form_add(f, "status", "all") == -1 || form_add_long(f, "limit", LIMIT_SYNC_PAGE) == -1 ||
 	    (customer && form_add(f, "customer", customer) == -1) ||
 	    (since >= 0 && form_add_long(f, "created[gte]", since) == -1) ||
 	    (after && form_add(f, "starting_after", after) == -1))
@@ -508,11 +502,11 @@ report_missing(struct run *r)
 	    r->o->customer) != DB_OK)
 		return -1;
 	n = db_rows_count(rows);
-	for (i = 0; i < n && i < MISSING_LOGGED; i++)
+	for (i = 0; i < n && i < LIMIT_SYNC_MISSING_LOGGED; i++)
 		log_msg("subscription %s (%s) is in the database but not in Stripe: kept",
 		    db_rows_get(rows, i, 0), db_rows_get(rows, i, 1));
-	if (n > MISSING_LOGGED)
-		log_msg("... and %d more in the database but not in Stripe", n - MISSING_LOGGED);
+	if (n > LIMIT_SYNC_MISSING_LOGGED)
+		log_msg("... and %d more in the database but not in Stripe", n - LIMIT_SYNC_MISSING_LOGGED);
 	r->missing = n;
 	db_rows_free(rows);
 	return 0;
@@ -687,7 +681,7 @@ events_start(struct run *r)
 	for (has_more = 1; has_more;) {
 		json_object_put(page);
 		page = NULL;
-		if (events_page("starting_after", after, "created[gte]", r->since, PAGE_LIMIT, &page,
+		if (events_page("starting_after", after, "created[gte]", r->since, LIMIT_SYNC_PAGE, &page,
 		    &data, &has_more) != OUT_OK || run_page(r) != 0)
 			goto out;
 		if ((n = json_object_array_length(data)) == 0)
@@ -714,7 +708,7 @@ sync_events(struct db *db, const struct sync_options *o)
 	struct run r = { .db = db, .o = o, .command = "events" };
 	struct json_object *page = NULL, *data = NULL;
 	long long now = (long long)time(NULL);
-	long long since = o->since >= 0 ? o->since : now - SYNC_EVENTS_DEFAULT_SINCE_S;
+	long long since = o->since >= 0 ? o->since : now - LIMIT_SYNC_EVENTS_SINCE_S;
 	const char *error = "stopped";
 	char when[32];
 	int has_more = 1, claimed = -1, status = SYNC_EXIT_ERROR;
@@ -736,7 +730,7 @@ sync_events(struct db *db, const struct sync_options *o)
 		goto out;
 	/* ending_before gives the events just after the cursor, newest first. */
 	while (has_more && r.cursor != NULL) {
-		if (events_page("ending_before", r.cursor, NULL, 0, PAGE_LIMIT, &page, &data,
+		if (events_page("ending_before", r.cursor, NULL, 0, LIMIT_SYNC_PAGE, &page, &data,
 		    &has_more) != OUT_OK) {
 			error = "Stripe did not answer the list";
 			goto out;

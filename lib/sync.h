@@ -47,8 +47,6 @@ struct sync_options {
 	int progress;		/* progress lines on stderr (it is a terminal) */
 };
 
-/* Events are asked for since this long ago by default (Stripe retries webhooks for 3 days). */
-#define SYNC_EVENTS_DEFAULT_SINCE_S (72 * 3600)
 
 /*
  * Parses a --since value relative to now: a duration "<n>m", "<n>h" or

@@ -9,8 +9,6 @@
 #include "mem.h"
 #include "template.h"
 
-/* Longest placeholder name we look for; longer is "malformed". */
-#define NAME_MAX_LEN 64
 
 /* A template is literal text and placeholders, alternating. */
 struct segment {
@@ -68,7 +66,7 @@ placeholder_at(const char *p, const char *end, const char **ns, size_t *nl, cons
 	*nl = (size_t)(q - *ns);
 	while (q < end && *q == ' ')
 		q++;
-	if (*nl == 0 || *nl > NAME_MAX_LEN || end - q < 2 || q[0] != '}' || q[1] != '}')
+	if (*nl == 0 || *nl > LIMIT_TEMPLATE_NAME_LEN || end - q < 2 || q[0] != '}' || q[1] != '}')
 		return -1;
 	*after = q + 2;
 	return 0;

@@ -22,13 +22,10 @@ static const char *const usage_types[] = {
  */
 static const struct jsonget_field record_fields[] = {
     {"userId", JG_STRING, 1, 1, LIMIT_USER_ID_LEN, NULL},
-    {"usageType", JG_STRING, 1, 1, 32, usage_types},
-    {"amount", JG_INT, 0, 1, USAGE_AMOUNT_MAX, NULL},
-    {"metadata", JG_OBJECT, 0, 0, USAGE_METADATA_MAX, NULL},
+    {"usageType", JG_STRING, 1, 1, LIMIT_CHOICE_LEN, usage_types},
+    {"amount", JG_INT, 0, 1, LIMIT_USAGE_AMOUNT, NULL},
+    {"metadata", JG_OBJECT, 0, 0, LIMIT_USAGE_METADATA, NULL},
 };
-
-/* Transactions that hit a serialization failure or deadlock are retried this often. */
-#define USAGE_TRIES 3
 
 /*
  * The period bounds go out as RFC 3339 UTC text computed in the same
@@ -99,45 +96,12 @@ usage_idempotency_key_valid(const char *key)
 	if (key == NULL)
 		return 1;
 	n = strlen(key);
-	if (n < 1 || n > USAGE_IDEMPOTENCY_KEY_MAX)
+	if (n < 1 || n > LIMIT_IDEMPOTENCY_KEY_LEN)
 		return 0;
 	for (; *key != '\0'; key++)
 		if ((unsigned char)*key < 0x20 || (unsigned char)*key > 0x7e)
 			return 0;
 	return 1;
-}
-
-/*
- * Whether a metadata value holds a string with a NUL character (JSON
- * "\u0000"), which PostgreSQL's jsonb cannot store.  Nesting is already
- * bounded by jsonget_parse (LIMIT_JSON_DEPTH).
- */
-static int
-holds_nul(struct json_object *v)
-{
-	size_t i, n;
-
-	switch (json_object_get_type(v)) {
-	case json_type_string:
-		return strlen(json_object_get_string(v)) != (size_t)json_object_get_string_len(v);
-	case json_type_array:
-		n = json_object_array_length(v);
-		for (i = 0; i < n; i++)
-			if (holds_nul(json_object_array_get_idx(v, i)))
-				return 1;
-		return 0;
-	case json_type_object: {
-		json_object_object_foreach(v, key, val)
-		{
-			(void)key;
-			if (holds_nul(val))
-				return 1;
-		}
-		return 0;
-	}
-	default:
-		return 0;
-	}
 }
 
 enum outcome
@@ -159,13 +123,8 @@ usage_parse_record(const char *body, size_t len, struct usage_record *rec, const
 	rec->usage_type = jsonget_str(rec->root, "usageType");
 	if (jsonget_int(rec->root, "amount", &rec->amount) == -1)
 		rec->amount = 1;
+	/* jsonget_parse refused any \u0000, so no string in metadata is cut short. */
 	rec->metadata = jsonget_obj(rec->root, "metadata");
-	if (rec->metadata && holds_nul(rec->metadata)) {
-		usage_record_free(rec);
-		*bad = "metadata";
-		*why = "must not contain NUL characters";
-		return OUT_INVALID_FIELD;
-	}
 	return OUT_OK;
 }
 
@@ -428,7 +387,7 @@ usage_track(struct db *db, const struct usage_record *rec, const char *key,
 				 LIMIT_USAGE_IDEMPOTENCY_KEYS_MAX, &cap)) != OUT_OK)
 		return o;
 	snprintf(max_keys, sizeof(max_keys), "%ld", cap);
-	for (tries = 0; tries < USAGE_TRIES; tries++) {
+	for (tries = 0; tries < LIMIT_DB_TRIES; tries++) {
 		r = key ? track_once_keyed(db, rec, key, max_keys, answer) : track(db, rec, answer);
 		if (!db_retryable(r))
 			break;

@@ -18,12 +18,6 @@
 #include "db.h"
 #include "outcome.h"
 
-/* Largest amount one POST may record: storage is counted in bytes, so 1 GiB. */
-#define USAGE_AMOUNT_MAX 1073741824LL
-/* Largest "metadata" object, serialised as compact JSON. */
-#define USAGE_METADATA_MAX 4096
-/* Idempotency-Key: 1..255 printable ASCII characters (schema CHECK). */
-#define USAGE_IDEMPOTENCY_KEY_MAX 255
 /* One POST in this many prunes idempotency keys older than 24 hours. */
 #define USAGE_PRUNE_ONE_IN 100
 
@@ -32,7 +26,7 @@ struct usage_record {
 	struct json_object *root; /* owned: the parsed body */
 	const char *user_id;
 	const char *usage_type;
-	long long amount;	      /* 1..USAGE_AMOUNT_MAX, default 1 */
+	long long amount;	      /* 1..LIMIT_USAGE_AMOUNT, default 1 */
 	struct json_object *metadata; /* NULL when absent */
 };
 
@@ -65,7 +59,7 @@ void usage_record_free(struct usage_record *rec);
 
 /*
  * Checks an Idempotency-Key header value: NULL (absent) is fine; else it
- * must be 1..USAGE_IDEMPOTENCY_KEY_MAX characters in 0x20..0x7e.  1 if
+ * must be 1..LIMIT_IDEMPOTENCY_KEY_LEN characters in 0x20..0x7e.  1 if
  * acceptable.
  */
 int usage_idempotency_key_valid(const char *key);

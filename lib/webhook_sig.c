@@ -15,7 +15,6 @@
 #include "webhook_sig.h"
 
 #define SIG_HEX_LEN 64	/* SHA-256 = 32 bytes = 64 hex digits */
-#define T_MAX_DIGITS 19	/* ^[1-9][0-9]{0,18}$ */
 
 static const char *const result_names[WHSIG__MAX] = {
 	[WHSIG_VALID] = "valid",
@@ -92,7 +91,7 @@ parse_timestamp(const char *s, size_t n, uint64_t *out)
 	uint64_t v = 0;
 	size_t i;
 
-	if (n == 0 || n > T_MAX_DIGITS || s[0] < '1' || s[0] > '9')
+	if (n == 0 || n > LIMIT_SIG_TIMESTAMP_DIGITS || s[0] < '1' || s[0] > '9')
 		return -1;
 	for (i = 0; i < n; i++) {
 		if (s[i] < '0' || s[i] > '9')
@@ -308,7 +307,7 @@ webhook_sig_outcome(enum webhook_sig_result r, const struct webhook_sig_header *
 enum outcome
 webhook_sig_check(const char *body, size_t len)
 {
-	struct webhook_sig_secret secrets[WEBHOOK_SIG_MAX_SECRETS];
+	struct webhook_sig_secret secrets[LIMIT_WEBHOOK_SECRETS];
 	struct webhook_sig_header h;
 	enum webhook_sig_result r;
 	const char *header;
@@ -318,12 +317,13 @@ webhook_sig_check(const char *body, size_t len)
 	enum outcome rc;
 
 	n = webhook_sig_secrets(config_get("STRIPE_WEBHOOK_SECRET"), secrets,
-	    WEBHOOK_SIG_MAX_SECRETS);
+	    LIMIT_WEBHOOK_SECRETS);
 	if (n <= 0) {
 		log_msg("STRIPE_WEBHOOK_SECRET %s", n == 0 ? "is not set" : "has too many entries");
 		return OUT_MISCONFIGURED;
 	}
-	rc = config_get_long("STRIPE_WEBHOOK_TOLERANCE", 300, 1, 86400, &tolerance);
+	rc = config_get_long("STRIPE_WEBHOOK_TOLERANCE", LIMIT_WEBHOOK_TOLERANCE_DEFAULT_S, 1,
+	    LIMIT_WEBHOOK_TOLERANCE_MAX_S, &tolerance);
 	if (rc != OUT_OK)
 		return rc;
 	header = request_header("Stripe-Signature");

@@ -57,9 +57,6 @@ struct webhook_sig_secret {
 	size_t len;
 };
 
-/* Most secrets honoured in STRIPE_WEBHOOK_SECRET (rotation keeps two). */
-#define WEBHOOK_SIG_MAX_SECRETS 8
-
 /*
  * Parses len bytes at header (no NUL needed; header NULL = absent) by
  * advancing a pointer that never passes header + len.  Returns

@@ -39,7 +39,8 @@ Stack(settings={}, apache=True, stripe=True, htaccess=False, *, builddir=None,
   - direct CGI runs: st.cgi(name, method="POST", body=b"", env={}, headers={},
     query="") -> Resp (+ .stderr, .returncode); st.cgi_raw(...) -> (stdout, stderr)
   st.settings: DEFAULT_SETTINGS + DATABASE_URL + STRIPE_API_BASE + the given
-  ones (a None value removes a default).  Resp: .status, .headers (lower-case
+  ones (a None value removes a default; "{stripe_authority}" in a value becomes
+  the fake's host:port, e.g. to allow redirects to the simulator's pages).  Resp: .status, .headers (lower-case
   keys), .body (bytes), .text, .json() (None if not JSON).
 Everything is torn down on leaving the block (also on exceptions, SIGTERM and
 SIGINT); after a failed test the log tails are printed as TAP diagnostics.
@@ -903,11 +904,12 @@ class Stack:
             self.app_database_url = (f"postgresql:///billing?host={urllib.parse.quote(self.pgb_run, safe='/')}"
                                      f"&port={self.pgb_port}&user=billing")
         s["DATABASE_URL"] = self.app_database_url
+        authority = urllib.parse.urlsplit(s["STRIPE_API_BASE"]).netloc
         for k, v in self._given.items():
             if v is None:
                 s.pop(k, None)
             else:
-                s[k] = str(v)
+                s[k] = str(v).replace("{stripe_authority}", authority)
         self.settings = s
         if self.want_apache:
             self._apache_prepare()

@@ -56,7 +56,11 @@ def error_code(r):
 def expect_error(r, status, code, name, field=None):
     ok = r.status == status and error_code(r) == code
     if field is not None:
-        ok = ok and (r.json()["error"].get("field") == field)
+        # The field is named the way usage names it: "field" and "<field> <why>."
+        err = r.json()["error"]
+        msg = err.get("message") or ""
+        ok = ok and err.get("field") == field and msg.startswith(field + " ") and \
+            msg.endswith(".") and len(msg) > len(field) + 2
     t.ok(ok, name, f"got {r.status} {r.body[:300]!r}")
 
 
@@ -197,7 +201,8 @@ def test_client_idempotency(st):
     t.ok(ses[-1]["idempotency_key"] != ses[0]["idempotency_key"],
          "the client key is scoped to the user")
     r = post(st, user, headers={"Idempotency-Key": "x" * 256})
-    expect_error(r, 400, "bad_request", "Idempotency-Key over 255 characters: 400")
+    expect_error(r, 400, "invalid_field", "Idempotency-Key over 255 characters: 400",
+                 "Idempotency-Key")
     before = len(st.stripe.call("GET", "/_fake/objects")["checkout_sessions"])
     r = post(st, user, headers=h, body=order(user, tier="basic"))
     expect_error(r, 409, "conflict", "same client Idempotency-Key, other order: 409 conflict")
@@ -331,7 +336,16 @@ def test_validation(st):
     ses = api_calls(st, "/v1/checkout/sessions")
     t.ok(r.status == 200 and ses and ses[-1]["params"]["success_url"] ==
          "HTTPS://APP.Example.Test:8443/ok?x={CHECKOUT_SESSION_ID}",
-         "host compared case-insensitively, any port; {CHECKOUT_SESSION_ID} kept", repr(r))
+         "host compared case-insensitively, port 8443 listed; {CHECKOUT_SESSION_ID} kept", repr(r))
+    # ALLOWED_REDIRECT_HOSTS is "app.example.test, app.example.test:8443" (main()).
+    for url, want in (("https://app.example.test:443/ok", 200),
+                      ("https://app.example.test:9443/ok", 400),
+                      ("http://app.example.test:443/ok", 400),
+                      ("http://app.example.test/ok", 200),
+                      ("https://app.example.test:8443/ok", 200)):
+        r = post(st, user, body=order(user, successUrl=url, email=None))
+        t.ok(r.status == want, f"successUrl {url}: {want} (a port must be listed, "
+             "except the scheme's default)", f"got {r.status} {r.body[:300]!r}")
     r = st.http("GET", PATH, headers={"Authorization": "Bearer " + token(user)})
     t.ok(r.status == 405 and "POST" in r.headers.get("allow", ""), "GET: 405 with Allow", repr(r))
     r = post(st, user, headers={"Content-Type": "text/plain"})
@@ -457,7 +471,8 @@ def main():
     keys = gen_keys(keydir)
     for k in ("rsa_private", "ec_private"):
         os.chmod(keys[k], 0o600)
-    with t.guard("checkout stack"), Stack() as st:
+    hosts = {"ALLOWED_REDIRECT_HOSTS": "app.example.test, app.example.test:8443"}
+    with t.guard("checkout stack"), Stack(settings=hosts) as st:
         for fn in (test_success_matrix, test_trial_zero, test_customer_reused,
                    test_concurrent_first_checkouts,
                    test_client_idempotency, test_already_subscribed, test_validation,

@@ -32,7 +32,8 @@ CARD_3DS = "4000 0025 0000 3155"
 CARD_NSF = "4000 0000 0000 9995"
 # Pro has a 14-day trial, Basic none: both kinds of checkout in one stack.
 SIM_SETTINGS = {"STRIPE_TRIAL_DAYS_PRO": "14", "STRIPE_TRIAL_DAYS_BASIC": "0",
-                "ALLOWED_REDIRECT_HOSTS": "127.0.0.1"}
+                # The demo pages live on the simulator's port, which must be listed.
+                "ALLOWED_REDIRECT_HOSTS": "127.0.0.1,{stripe_authority}"}
 # What the simulator delivers unless told otherwise (tests/simulator.py).
 DEFAULT_EVENTS = ["checkout.session.completed", "customer.subscription.created",
                   "customer.subscription.updated", "customer.subscription.deleted",

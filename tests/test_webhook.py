@@ -316,6 +316,15 @@ def test_refetch(t):
              gets)
         t.eq(sub_row(st, SUB42)["last_event_created"], 1793614506, "last_event_created set")
 
+        # Stripe's object may carry text with a lone surrogate escape (metadata a
+        # user typed): JSON by RFC 8259's grammar, and Stripe's answer still counts.
+        odd = copy.deepcopy(current)
+        odd["metadata"] = dict(odd.get("metadata") or {}, note="x\ud800y")
+        st.stripe.put_subscription(SUB42, odd)
+        r = deliver(st, event("customer.subscription.updated", id="evt_lone_surrogate"))
+        t.ok(r.status == 200, "refetch: Stripe's object with a lone surrogate in metadata is read",
+             r.body[:300])
+
         st.stripe.fail(path="/v1/subscriptions", mode="503", count=50)
         r = deliver(st, event("invoice.paid"))
         t.eq((r.status, error_code(r)), (503, "unavailable"), "Stripe down -> 503")

@@ -2,9 +2,11 @@
  * auth: JWT verification (HS256, RS256, ES256) and caller identification.
  * Keys are generated at run time; tokens are signed here with OpenSSL.
  */
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <openssl/bn.h>
@@ -14,6 +16,7 @@
 #include <openssl/pem.h>
 
 #include "auth.h"
+#include "limits.h"
 #include "tap.h"
 
 #define SECRET "jwt-test-secret-0123456789abcdef0123456789"
@@ -167,11 +170,55 @@ static const char *HS = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
 static const char *RS = "{\"alg\":\"RS256\",\"typ\":\"JWT\"}";
 static const char *ES = "{\"alg\":\"ES256\",\"typ\":\"JWT\"}";
 
+/* exp/nbf/iat: JSON integers from 0 to the end of year 9999, nothing else. */
+static void
+time_claims(void)
+{
+	static const char *const bad_exp[] = {
+	    "1e300", "1e10", "1800000600.0", "99999999999999999999", "9223372036854775807",
+	    "18446744073709551615", "253402300800", "-1", "\"1800000600\"", "true", "[1800000600]",
+	};
+	char payload[256], name[64];
+	size_t i;
+
+	for (i = 0; i < sizeof(bad_exp) / sizeof(bad_exp[0]); i++) {
+		snprintf(payload, sizeof(payload), "{\"sub\":\"u\",\"exp\":%s}", bad_exp[i]);
+		snprintf(name, sizeof(name), "exp %s refused", bad_exp[i]);
+		reject(hs256(HS, payload, SECRET, strlen(SECRET)), OUT_UNAUTHORIZED, name);
+		snprintf(payload, sizeof(payload), "{\"sub\":\"u\",\"exp\":%ld,\"nbf\":%s}",
+			 NOW + 600, bad_exp[i]);
+		snprintf(name, sizeof(name), "nbf %s refused", bad_exp[i]);
+		reject(hs256(HS, payload, SECRET, strlen(SECRET)), OUT_UNAUTHORIZED, name);
+		snprintf(payload, sizeof(payload), "{\"sub\":\"u\",\"exp\":%ld,\"iat\":%s}",
+			 NOW + 600, bad_exp[i]);
+		snprintf(name, sizeof(name), "iat %s refused", bad_exp[i]);
+		reject(hs256(HS, payload, SECRET, strlen(SECRET)), OUT_UNAUTHORIZED, name);
+	}
+	expect(hs256(HS, "{\"sub\":\"u\",\"exp\":253402300799}", SECRET, strlen(SECRET)), OUT_OK,
+	       "u", "exp at the end of year 9999 accepted");
+	expect(hs256(HS, claims(",\"nbf\":0,\"iat\":0"), SECRET, strlen(SECRET)), OUT_OK, "user-42",
+	       "nbf and iat of 0 accepted");
+}
+
+/* Payloads (exp is NOW + 60) whose sub must be refused. */
+static const struct {
+	const char *payload, *name;
+} bad_subs[] = {
+    {"{\"sub\":42,\"exp\":1800000060}", "numeric sub refused"},
+    {"{\"exp\":1800000060}", "no sub"},
+    {"{\"sub\":\"\",\"exp\":1800000060}", "empty sub"},
+    {"{\"sub\":\"user_a\\u0000x\",\"exp\":1800000060}", "sub with an embedded NUL refused (not user_a)"},
+    {"{\"sub\":\"user_a\\ud800\",\"exp\":1800000060}", "sub with a lone surrogate refused"},
+    {"{\"sub\":\"u\",\"exp\":1800000060,\"x\":NaN}", "payload with NaN is not JSON"},
+    {"{\"sub\":\"a\\nb\",\"exp\":1800000060}", "sub with a control character"},
+};
+
 static void
 test_hs256(void)
 {
 	char tok[8192], *p;
 	char payload[512];
+	size_t i;
 
 	only_secret();
 	expect(hs256(HS, claims(""), SECRET, strlen(SECRET)), OUT_OK, "user-42", "HS256 valid");
@@ -218,8 +265,9 @@ test_hs256(void)
 	snprintf(payload, sizeof(payload), "{\"sub\":\"u\",\"exp\":%ld}", NOW);
 	reject(hs256(HS, payload, SECRET, strlen(SECRET)), OUT_UNAUTHORIZED,
 	       "exp == now rejected with no leeway");
-	snprintf(payload, sizeof(payload), "{\"sub\":\"u\",\"exp\":%ld.5}", NOW);
-	expect(hs256(HS, payload, SECRET, strlen(SECRET)), OUT_OK, "u", "fractional exp accepted");
+	snprintf(payload, sizeof(payload), "{\"sub\":\"u\",\"exp\":%ld.5}", NOW + 600);
+	reject(hs256(HS, payload, SECRET, strlen(SECRET)), OUT_UNAUTHORIZED,
+	       "fractional exp refused (integers only)");
 	setenv("AUTH_JWT_LEEWAY", "abc", 1);
 	reject(hs256(HS, claims(""), SECRET, strlen(SECRET)), OUT_MISCONFIGURED,
 	       "bad AUTH_JWT_LEEWAY is misconfigured");
@@ -234,21 +282,16 @@ test_hs256(void)
 	       "nbf within leeway");
 	reject(hs256(HS, claims(",\"nbf\":null"), SECRET, strlen(SECRET)), OUT_UNAUTHORIZED,
 	       "nbf null refused");
+	time_claims();
 	reject(hs256(HS, claims(",\"iat\":1800000500"), SECRET, strlen(SECRET)), OUT_UNAUTHORIZED,
 	       "iat in the future");
 	expect(hs256(HS, claims(",\"iat\":1799999000"), SECRET, strlen(SECRET)), OUT_OK, "user-42",
 	       "iat in the past");
 
-	/* sub. */
-	snprintf(payload, sizeof(payload), "{\"sub\":42,\"exp\":%ld}", NOW + 60);
-	reject(hs256(HS, payload, SECRET, strlen(SECRET)), OUT_UNAUTHORIZED, "numeric sub refused");
-	snprintf(payload, sizeof(payload), "{\"exp\":%ld}", NOW + 60);
-	reject(hs256(HS, payload, SECRET, strlen(SECRET)), OUT_UNAUTHORIZED, "no sub");
-	snprintf(payload, sizeof(payload), "{\"sub\":\"\",\"exp\":%ld}", NOW + 60);
-	reject(hs256(HS, payload, SECRET, strlen(SECRET)), OUT_UNAUTHORIZED, "empty sub");
-	snprintf(payload, sizeof(payload), "{\"sub\":\"a\\nb\",\"exp\":%ld}", NOW + 60);
-	reject(hs256(HS, payload, SECRET, strlen(SECRET)), OUT_UNAUTHORIZED,
-	       "sub with a control character");
+	/* sub: a JSON string that is a usable user id, nothing less. */
+	for (i = 0; i < sizeof(bad_subs) / sizeof(bad_subs[0]); i++)
+		reject(hs256(HS, bad_subs[i].payload, SECRET, strlen(SECRET)), OUT_UNAUTHORIZED,
+		       bad_subs[i].name);
 	snprintf(payload, sizeof(payload), "{\"sub\":\"%0128d\",\"exp\":%ld}", 7, NOW + 60);
 	{
 		char want[129];
@@ -277,8 +320,25 @@ test_hs256(void)
 	reject(hs256(HS, claims(",\"iss\":\"https://auth.example.test\",\"aud\":\"other\""), SECRET,
 		     strlen(SECRET)),
 	       OUT_UNAUTHORIZED, "wrong audience");
+	reject(hs256(HS, claims(",\"iss\":\"https://auth.example.test\\u0000x\",\"aud\":\"billing\""),
+		     SECRET, strlen(SECRET)),
+	       OUT_UNAUTHORIZED, "iss with a NUL suffix refused");
+	reject(hs256(HS, claims(",\"iss\":\"https://auth.example.test\",\"aud\":\"billing\\u0000x\""),
+		     SECRET, strlen(SECRET)),
+	       OUT_UNAUTHORIZED, "aud with a NUL suffix refused");
+	reject(hs256(HS, claims(",\"iss\":\"https://auth.example.test\",\"aud\":[\"billing\\u0000\"]"),
+		     SECRET, strlen(SECRET)),
+	       OUT_UNAUTHORIZED, "aud array item with a NUL suffix refused");
 	unsetenv("AUTH_JWT_ISSUER");
 	unsetenv("AUTH_JWT_AUDIENCE");
+
+	/* RFC 7519 4.1.3: without AUTH_JWT_AUDIENCE, any aud names someone else. */
+	reject(hs256(HS, claims(",\"aud\":\"billing\""), SECRET, strlen(SECRET)), OUT_UNAUTHORIZED,
+	       "aud present while AUTH_JWT_AUDIENCE is unset");
+	reject(hs256(HS, claims(",\"aud\":[\"billing\"]"), SECRET, strlen(SECRET)),
+	       OUT_UNAUTHORIZED, "aud array present while AUTH_JWT_AUDIENCE is unset");
+	reject(hs256(HS, claims(",\"aud\":[]"), SECRET, strlen(SECRET)), OUT_UNAUTHORIZED,
+	       "empty aud array present while AUTH_JWT_AUDIENCE is unset");
 
 	/* Short secrets are a configuration error (RFC 7518 3.2). */
 	setenv("AUTH_JWT_SECRET", "short", 1);
@@ -399,6 +459,92 @@ test_asymmetric(void)
 	reject(asym(rsa, RS, claims(""), 0), OUT_MISCONFIGURED, "no key at all");
 }
 
+/* Replaces path's content in place (same inode), optionally keeping its mtime. */
+static void
+rewrite(const char *path, const char *text, size_t n, int keep_mtime)
+{
+	struct stat st;
+	struct timespec times[2];
+	int fd;
+
+	stat(path, &st);
+	fd = open(path, O_WRONLY | O_TRUNC);
+	if (fd == -1 || write(fd, text, n) != (ssize_t)n)
+		printf("# cannot rewrite %s\n", path);
+	if (keep_mtime) {
+		times[0] = st.st_atim;
+		times[1] = st.st_mtim;
+		futimens(fd, times);
+	}
+	close(fd);
+}
+
+/*
+ * AUTH_JWT_PUBLIC_KEY_FILE is read with a size cap, once per process, and
+ * again only when path, inode, size or mtime change.
+ */
+static void
+test_key_file(void)
+{
+	static char key_file[] = "/tmp/test-auth-keyfile-XXXXXX";
+	char ec_pem[1024], junk[4096], *big;
+	size_t n, ec_len;
+	int fd = mkstemp(key_file);
+	FILE *f;
+	BIO *mem;
+
+	close(fd);
+	mem = BIO_new(BIO_s_mem());
+	PEM_write_bio_PUBKEY(mem, ec);
+	ec_len = (size_t)BIO_read(mem, ec_pem, sizeof(ec_pem) - 1);
+	ec_pem[ec_len] = '\0';
+	BIO_free(mem);
+
+	/* A valid key followed by padding: the PEM parser alone would take it. */
+	n = LIMIT_JWT_KEY_FILE + 1;
+	big = malloc(n);
+	memset(big, '\n', n);
+	memcpy(big, rsa_pem, strlen(rsa_pem));
+	rewrite(key_file, big, n, 0);
+	free(big);
+	only_key(key_file);
+	reject(asym(rsa, RS, claims(""), 0), OUT_MISCONFIGURED,
+	       "key file over LIMIT_JWT_KEY_FILE refused, even with a good key in front");
+
+	f = fopen(key_file, "w");
+	fputs(rsa_pem, f);
+	fclose(f);
+	expect(asym(rsa, RS, claims(""), 0), OUT_OK, "user-42", "key file loaded");
+
+	/* Same inode, size and mtime: the key parsed earlier is reused, the file not read. */
+	memset(junk, 'x', sizeof(junk));
+	rewrite(key_file, junk, strlen(rsa_pem), 1);
+	expect(asym(rsa, RS, claims(""), 0), OUT_OK, "user-42",
+	       "unchanged path, size and mtime: the loaded key is reused");
+
+	/* Another mtime: read again (and the junk refused). */
+	rewrite(key_file, junk, strlen(rsa_pem), 0);
+	utimensat(AT_FDCWD, key_file, (struct timespec[2]){{0, UTIME_OMIT}, {12345, 0}}, 0);
+	reject(asym(rsa, RS, claims(""), 0), OUT_MISCONFIGURED, "changed mtime: the file is read again");
+
+	/* A new key in the file is used from the next token on. */
+	rewrite(key_file, ec_pem, ec_len, 0);
+	expect(asym(ec, ES, claims(""), 0), OUT_OK, "user-42", "replaced key used");
+	reject(asym(rsa, RS, claims(""), 0), OUT_UNAUTHORIZED, "old key no longer used");
+
+	/* Another path: that file's key. */
+	only_key(rsa_file);
+	expect(asym(rsa, RS, claims(""), 0), OUT_OK, "user-42", "another path: its own key");
+	only_key(key_file);
+	expect(asym(ec, ES, claims(""), 0), OUT_OK, "user-42", "and back");
+
+	unlink(key_file);
+	reject(asym(ec, ES, claims(""), 0), OUT_MISCONFIGURED, "deleted key file: misconfigured");
+	only_key("/dev/zero");
+	reject(asym(ec, ES, claims(""), 0), OUT_MISCONFIGURED, "not a regular file: misconfigured");
+	unsetenv("AUTH_JWT_PUBLIC_KEY_FILE");
+}
+
 static enum outcome
 identify(int allow, const char *authorization, struct auth_caller *c)
 {
@@ -503,6 +649,7 @@ main(void)
 	test_hs256();
 	test_encoding();
 	test_asymmetric();
+	test_key_file();
 	test_identify();
 
 	unlink(rsa_file);

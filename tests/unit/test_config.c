@@ -1,5 +1,7 @@
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -14,6 +16,78 @@ write_file(const char *text)
 
 	fputs(text, f);
 	fclose(f);
+}
+
+static char log_path[] = "/tmp/billing-config-log-XXXXXX";
+
+/* Loads path's content as the settings file, capturing what config_load logs. */
+static enum outcome
+load(const char *text, char *logged, size_t size)
+{
+	int saved = dup(STDERR_FILENO), fd = open(log_path, O_RDWR | O_TRUNC);
+	enum outcome rc;
+	ssize_t n;
+
+	write_file(text);
+	config_reset();
+	fflush(stderr);
+	dup2(fd, STDERR_FILENO);
+	rc = config_load();
+	fflush(stderr);
+	dup2(saved, STDERR_FILENO);
+	close(saved);
+	n = pread(fd, logged, size - 1, 0);
+	logged[n > 0 ? n : 0] = '\0';
+	close(fd);
+	return rc;
+}
+
+/* The file format: comments, quotes and the entry cap (README "Settings file"). */
+static void
+file_format(void)
+{
+	char logged[1024], *text, *p;
+	size_t i;
+
+	setenv("BILLING_CONFIG", path, 1);
+	ok(load("ALPHA=one # the first letter\nBETA=two\t# tab before the hash\n", logged,
+		sizeof(logged)) == OUT_OK, "inline comments load");
+	is_str(config_get("ALPHA"), "one", "inline comment after a blank is a comment");
+	is_str(config_get("BETA"), "two", "inline comment after a tab is a comment");
+	ok(load("ALPHA=a#b\nBETA=#x\nGAMMA= # only a comment\n", logged, sizeof(logged)) == OUT_OK,
+	   "hash without a blank before it loads");
+	is_str(config_get("ALPHA"), "a#b", "a # inside a word is text");
+	is_str(config_get("BETA"), "#x", "a # right after = is text");
+	is_str(config_get("GAMMA"), NULL, "blank then # right after = is an empty value");
+	ok(load("ALPHA=\"x # y\" # note\nBETA='p#q'\nGAMMA=\"  padded  \"\n", logged,
+		sizeof(logged)) == OUT_OK, "quoted values load");
+	is_str(config_get("ALPHA"), "x # y", "a quoted value keeps its #, the comment after goes");
+	is_str(config_get("BETA"), "p#q", "single quotes keep everything inside");
+	is_str(config_get("GAMMA"), "  padded  ", "quoted blanks are kept");
+	ok(load("ALPHA=\"open\n", logged, sizeof(logged)) == OUT_MISCONFIGURED &&
+	       strstr(logged, "line 1 has an unterminated quote") != NULL,
+	   "unterminated quote refused, by line");
+	ok(load("ALPHA=ok\nBETA=\"a\"b\n", logged, sizeof(logged)) == OUT_MISCONFIGURED &&
+	       strstr(logged, "line 2 has an unterminated quote or text after the closing quote"),
+	   "text after a closing quote refused");
+	ok(load("ALPHA=\"a\"# x\n", logged, sizeof(logged)) == OUT_MISCONFIGURED,
+	   "a comment needs a blank before its #, after quotes too");
+
+	/* 256 entries load; the 257th is named for what it is. */
+	text = malloc(257 * 32);
+	for (p = text, i = 0; i < 256; i++)
+		p += sprintf(p, "K%zu=v\n", i);
+	ok(load(text, logged, sizeof(logged)) == OUT_OK, "256 entries load");
+	for (p = text, i = 0; i < 257; i++)
+		p += sprintf(p, "# comment %zu\nK%zu=v\n", i, i);
+	*p = '\0';
+	ok(load(text, logged, sizeof(logged)) == OUT_MISCONFIGURED &&
+	       strstr(logged, "line 514: too many entries (max 256)") != NULL &&
+	       strstr(logged, "not KEY=VALUE") == NULL,
+	   "the 257th entry: too many entries (max 256), on its line");
+	if (strstr(logged, "too many") == NULL)
+		printf("#   logged: %s", logged);
+	free(text);
 }
 
 int
@@ -72,6 +146,11 @@ main(void)
 	setenv("NUM", "+4", 1);
 	ok(config_get_long("NUM", 7, 0, 100, &n) == OUT_MISCONFIGURED, "integer with sign");
 
+	close(mkstemp(log_path));
+	file_format();
+	unsetenv("BILLING_CONFIG");
+	config_reset();
+
 	setenv("HOSTS", " a.example , B.example,,c.example ", 1);
 	ok(config_list_contains("HOSTS", "a.example", 9, 0), "list: first entry, trimmed");
 	ok(config_list_contains("HOSTS", "b.example", 9, 1), "list: case-insensitive when asked");
@@ -89,5 +168,6 @@ main(void)
 	setenv("FLAG", "yes", 1);
 	ok(config_get_bool("FLAG", 0, &b) == OUT_MISCONFIGURED, "bool: anything else refused");
 	unsetenv("FLAG");
+	unlink(log_path);
 	return done_testing();
 }

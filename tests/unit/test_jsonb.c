@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "jsonb.h"
+#include "limits.h"
 #include "tap.h"
 
 /* Each case: input, expected output, expected paths ("" = none, "a|b" = two). */
@@ -86,8 +87,8 @@ main(void)
 	strcat(many, "]");
 	n = strlen(many);
 	ok(jsonb_fit(many, n, &fit) == 0 && fit.left_out == 20 &&
-	    json_object_array_length(fit.paths) == JSONB_PATHS_MAX,
-	    "twenty left out, JSONB_PATHS_MAX named");
+	    json_object_array_length(fit.paths) == LIMIT_JSONB_PATHS,
+	    "twenty left out, LIMIT_JSONB_PATHS named");
 	jsonb_fit_free(&fit);
 
 	/* Embedded NUL bytes are copied (the parser refuses them), never read past. */

@@ -157,14 +157,14 @@ main(void)
 
 	/* prorationDate from a preview. */
 	ok(selfservice_proration_date_problem(now - 60, now, now - 86400) == NULL, "a minute old");
-	ok(selfservice_proration_date_problem(now - SELFSERVICE_PREVIEW_MAX_AGE, now, 0) == NULL,
+	ok(selfservice_proration_date_problem(now - LIMIT_PRORATION_PREVIEW_MAX_AGE_S, now, 0) == NULL,
 	   "exactly the maximum age");
-	ok(selfservice_proration_date_problem(now - SELFSERVICE_PREVIEW_MAX_AGE - 1, now, 0) !=
+	ok(selfservice_proration_date_problem(now - LIMIT_PRORATION_PREVIEW_MAX_AGE_S - 1, now, 0) !=
 	       NULL,
 	   "older than a preview lives");
-	ok(selfservice_proration_date_problem(now + SELFSERVICE_CLOCK_SKEW, now, 0) == NULL,
+	ok(selfservice_proration_date_problem(now + LIMIT_PRORATION_CLOCK_SKEW_S, now, 0) == NULL,
 	   "a little ahead (another server's clock)");
-	ok(selfservice_proration_date_problem(now + SELFSERVICE_CLOCK_SKEW + 1, now, 0) != NULL,
+	ok(selfservice_proration_date_problem(now + LIMIT_PRORATION_CLOCK_SKEW_S + 1, now, 0) != NULL,
 	   "in the future");
 	ok(selfservice_proration_date_problem(now - 60, now, now - 30) != NULL,
 	   "before the current period (it renewed since the preview)");
