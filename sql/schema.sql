@@ -629,9 +629,130 @@ CALL pg_temp.ensure_constraint('mrr_movements', 'mrr_movements_kind_delta_check'
 CREATE INDEX IF NOT EXISTS mrr_movements_customer_idx ON mrr_movements (customer, currency, id)
 	WHERE kind IS NOT NULL;
 CREATE INDEX IF NOT EXISTS mrr_movements_subscription_idx ON mrr_movements (stripe_subscription_id, id);
--- The monthly series: one index-only range scan per currency.
-CREATE INDEX IF NOT EXISTS mrr_movements_series_idx ON mrr_movements (currency, effective_at)
-	INCLUDE (kind, delta, amount, status_before, status);
+
+-- mrr_monthly: the ledger summed per currency and UTC month, kept by a
+-- trigger on mrr_movements in the same transaction, so the monthly figures
+-- read a few hundred rows instead of millions.  Each (currency, month) is
+-- split into 16 slots by customer so that concurrent webhooks of different
+-- customers rarely wait on the same counter row; readers sum the slots.
+-- Signed sums of delta per kind (contraction and churn are negative), counts
+-- of movements per kind, and the trial transitions of analytics_monthly.
+CREATE TABLE IF NOT EXISTS mrr_monthly (
+	currency		text		NOT NULL,
+	month			date		NOT NULL,	-- first day of the UTC month
+	slot			smallint	NOT NULL,
+	net			bigint		NOT NULL DEFAULT 0,
+	new_mrr			bigint		NOT NULL DEFAULT 0,
+	expansion_mrr		bigint		NOT NULL DEFAULT 0,
+	contraction_mrr		bigint		NOT NULL DEFAULT 0,
+	churned_mrr		bigint		NOT NULL DEFAULT 0,
+	reactivation_mrr	bigint		NOT NULL DEFAULT 0,
+	new_customers		bigint		NOT NULL DEFAULT 0,
+	reactivated_customers	bigint		NOT NULL DEFAULT 0,
+	churned_customers	bigint		NOT NULL DEFAULT 0,
+	upgrades		bigint		NOT NULL DEFAULT 0,
+	downgrades		bigint		NOT NULL DEFAULT 0,
+	trials_started		bigint		NOT NULL DEFAULT 0,
+	trials_ended		bigint		NOT NULL DEFAULT 0,
+	trials_converted	bigint		NOT NULL DEFAULT 0,
+	PRIMARY KEY (currency, month, slot)
+);
+
+-- The mrr_monthly contributions of ledger rows (a row source of
+-- mrr_movements columns), grouped; shared by the trigger and the refresh.
+CREATE OR REPLACE FUNCTION mrr_monthly_rows(p_rows mrr_movements[])
+RETURNS SETOF mrr_monthly LANGUAGE sql IMMUTABLE AS $fn$
+	SELECT m.currency, date_trunc('month', m.effective_at AT TIME ZONE 'UTC')::date,
+	       (hashtext(m.customer) & 15)::smallint,
+	       sum(m.delta)::bigint,
+	       coalesce(sum(m.delta) FILTER (WHERE m.kind = 'new'), 0)::bigint,
+	       coalesce(sum(m.delta) FILTER (WHERE m.kind = 'expansion'), 0)::bigint,
+	       coalesce(sum(m.delta) FILTER (WHERE m.kind = 'contraction'), 0)::bigint,
+	       coalesce(sum(m.delta) FILTER (WHERE m.kind = 'churn'), 0)::bigint,
+	       coalesce(sum(m.delta) FILTER (WHERE m.kind = 'reactivation'), 0)::bigint,
+	       count(*) FILTER (WHERE m.kind = 'new'),
+	       count(*) FILTER (WHERE m.kind = 'reactivation'),
+	       count(*) FILTER (WHERE m.kind = 'churn'),
+	       count(*) FILTER (WHERE m.kind = 'expansion'),
+	       count(*) FILTER (WHERE m.kind = 'contraction'),
+	       count(*) FILTER (WHERE m.status = 'trialing'
+				AND m.status_before IS DISTINCT FROM 'trialing'),
+	       count(*) FILTER (WHERE m.status_before = 'trialing'
+				AND m.status IS DISTINCT FROM 'trialing'),
+	       count(*) FILTER (WHERE m.status_before = 'trialing'
+				AND m.status IN ('active', 'past_due') AND m.amount > 0)
+	FROM unnest(p_rows) m
+	WHERE m.currency IS NOT NULL
+	GROUP BY 1, 2, 3
+$fn$;
+
+-- Adds the rows a statement inserted into mrr_movements to mrr_monthly.
+CREATE OR REPLACE FUNCTION mrr_monthly_add()
+RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+	INSERT INTO mrr_monthly AS r
+	SELECT * FROM mrr_monthly_rows((SELECT array_agg(n::mrr_movements) FROM new_rows n))
+	ORDER BY 1, 2, 3	-- one lock order for all writers
+	ON CONFLICT (currency, month, slot) DO UPDATE SET
+		net = r.net + EXCLUDED.net,
+		new_mrr = r.new_mrr + EXCLUDED.new_mrr,
+		expansion_mrr = r.expansion_mrr + EXCLUDED.expansion_mrr,
+		contraction_mrr = r.contraction_mrr + EXCLUDED.contraction_mrr,
+		churned_mrr = r.churned_mrr + EXCLUDED.churned_mrr,
+		reactivation_mrr = r.reactivation_mrr + EXCLUDED.reactivation_mrr,
+		new_customers = r.new_customers + EXCLUDED.new_customers,
+		reactivated_customers = r.reactivated_customers + EXCLUDED.reactivated_customers,
+		churned_customers = r.churned_customers + EXCLUDED.churned_customers,
+		upgrades = r.upgrades + EXCLUDED.upgrades,
+		downgrades = r.downgrades + EXCLUDED.downgrades,
+		trials_started = r.trials_started + EXCLUDED.trials_started,
+		trials_ended = r.trials_ended + EXCLUDED.trials_ended,
+		trials_converted = r.trials_converted + EXCLUDED.trials_converted;
+	RETURN NULL;
+END
+$fn$;
+
+-- Recomputes mrr_monthly from the whole ledger; returns its row count.
+-- The ledger is append-only; after any UPDATE or DELETE of its rows (by
+-- hand) the triggers below call this.
+CREATE OR REPLACE FUNCTION mrr_monthly_refresh()
+RETURNS bigint LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+	v_count bigint;
+BEGIN
+	LOCK TABLE mrr_monthly IN EXCLUSIVE MODE;
+	DELETE FROM mrr_monthly;
+	-- One array per currency and month keeps the memory bounded.
+	INSERT INTO mrr_monthly
+	SELECT r.*
+	FROM (SELECT array_agg(m) AS a FROM mrr_movements m
+	      GROUP BY m.currency, date_trunc('month', m.effective_at AT TIME ZONE 'UTC')) g
+	CROSS JOIN LATERAL mrr_monthly_rows(g.a) r;
+	GET DIAGNOSTICS v_count = ROW_COUNT;
+	RETURN v_count;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION mrr_monthly_resync()
+RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+	IF TG_OP = 'TRUNCATE' THEN
+		TRUNCATE mrr_monthly;
+	ELSE
+		PERFORM mrr_monthly_refresh();
+	END IF;
+	RETURN NULL;
+END
+$fn$;
+CREATE OR REPLACE TRIGGER mrr_movements_monthly_insert
+	AFTER INSERT ON mrr_movements REFERENCING NEW TABLE AS new_rows
+	FOR EACH STATEMENT EXECUTE FUNCTION mrr_monthly_add();
+CREATE OR REPLACE TRIGGER mrr_movements_monthly_change
+	AFTER UPDATE OR DELETE ON mrr_movements
+	FOR EACH STATEMENT EXECUTE FUNCTION mrr_monthly_resync();
+CREATE OR REPLACE TRIGGER mrr_movements_monthly_truncate
+	AFTER TRUNCATE ON mrr_movements
+	FOR EACH STATEMENT EXECUTE FUNCTION mrr_monthly_resync();
 
 -- Monthly amount of a subscription in minor units (rule above).
 CREATE OR REPLACE FUNCTION subscription_monthly_amount(p_status text, p_unit_amount bigint,
@@ -1029,7 +1150,8 @@ BEGIN
 END
 $fn$;
 
--- analytics_monthly(from, to, currency): one row per month, from the ledger.
+-- analytics_monthly(from, to, currency): one row per month, from the ledger
+-- (through its monthly sums, mrr_monthly).
 -- For month M (start S, end E) in the currency:
 --   mrr_start, mrr_end    MRR at S and at E = sum of all movement deltas
 --                         effective before that instant (equals the sum of
@@ -1079,40 +1201,28 @@ LANGUAGE sql STABLE AS $fn$
 		SELECT g AS month FROM analytics_months(p_from, p_to) g
 	), cur AS (
 		SELECT analytics_currency(p_currency) AS c
-	), bounds AS (
-		SELECT min(month)::timestamp AT TIME ZONE 'UTC' AS s,
-		       (max(month) + interval '1 month')::timestamp AT TIME ZONE 'UTC' AS e
-		FROM months
-	), mv AS (
-		SELECT CASE WHEN m.effective_at < b.s THEN NULL
-			    ELSE date_trunc('month', m.effective_at AT TIME ZONE 'UTC')::date END AS month,
-		       m.kind, m.delta, m.amount, m.status_before, m.status
-		FROM mrr_movements m, cur, bounds b
-		WHERE m.currency = cur.c AND m.effective_at < b.e
 	), per AS (
-		SELECT mv.month,
-		       coalesce(sum(mv.delta), 0) AS net,
-		       coalesce(sum(CASE mv.kind WHEN 'new' THEN 1 WHEN 'reactivation' THEN 1
-					     WHEN 'churn' THEN -1 ELSE 0 END), 0) AS dcust,
-		       coalesce(sum(mv.delta) FILTER (WHERE mv.kind = 'new'), 0) AS new_mrr,
-		       coalesce(sum(mv.delta) FILTER (WHERE mv.kind = 'expansion'), 0) AS expansion_mrr,
-		       coalesce(-sum(mv.delta) FILTER (WHERE mv.kind = 'contraction'), 0) AS contraction_mrr,
-		       coalesce(-sum(mv.delta) FILTER (WHERE mv.kind = 'churn'), 0) AS churned_mrr,
-		       coalesce(sum(mv.delta) FILTER (WHERE mv.kind = 'reactivation'), 0) AS reactivation_mrr,
-		       count(*) FILTER (WHERE mv.kind = 'new') AS new_customers,
-		       count(*) FILTER (WHERE mv.kind = 'reactivation') AS reactivated_customers,
-		       count(*) FILTER (WHERE mv.kind = 'churn') AS churned_customers,
-		       count(*) FILTER (WHERE mv.kind = 'expansion') AS upgrades,
-		       count(*) FILTER (WHERE mv.kind = 'contraction') AS downgrades,
-		       count(*) FILTER (WHERE mv.status = 'trialing'
-					AND mv.status_before IS DISTINCT FROM 'trialing') AS trials_started,
-		       count(*) FILTER (WHERE mv.status_before = 'trialing'
-					AND mv.status IS DISTINCT FROM 'trialing') AS trials_ended,
-		       count(*) FILTER (WHERE mv.status_before = 'trialing'
-					AND mv.status IN ('active', 'past_due')
-					AND mv.amount > 0) AS trials_converted
-		FROM mv
-		GROUP BY mv.month
+		-- Months before the range fold into one opening row (month NULL).
+		SELECT CASE WHEN r.month < (SELECT min(months.month) FROM months) THEN NULL
+			    ELSE r.month END AS month,
+		       sum(r.net) AS net,
+		       sum(r.new_customers + r.reactivated_customers - r.churned_customers) AS dcust,
+		       sum(r.new_mrr) AS new_mrr,
+		       sum(r.expansion_mrr) AS expansion_mrr,
+		       -sum(r.contraction_mrr) AS contraction_mrr,
+		       -sum(r.churned_mrr) AS churned_mrr,
+		       sum(r.reactivation_mrr) AS reactivation_mrr,
+		       sum(r.new_customers) AS new_customers,
+		       sum(r.reactivated_customers) AS reactivated_customers,
+		       sum(r.churned_customers) AS churned_customers,
+		       sum(r.upgrades) AS upgrades,
+		       sum(r.downgrades) AS downgrades,
+		       sum(r.trials_started) AS trials_started,
+		       sum(r.trials_ended) AS trials_ended,
+		       sum(r.trials_converted) AS trials_converted
+		FROM mrr_monthly r, cur
+		WHERE r.currency = cur.c AND r.month <= (SELECT max(months.month) FROM months)
+		GROUP BY 1
 	), opening AS (
 		SELECT coalesce((SELECT net FROM per WHERE per.month IS NULL), 0) AS mrr,
 		       coalesce((SELECT dcust FROM per WHERE per.month IS NULL), 0) AS customers
@@ -1163,18 +1273,18 @@ $fn$;
 -- paying_customers (2 decimals).  Currencies with no paying customer are
 -- left out.
 CREATE OR REPLACE VIEW mrr_now AS
-	SELECT x.currency, sum(x.amount)::bigint AS mrr, (12 * sum(x.amount))::bigint AS arr,
-	       count(DISTINCT x.customer) FILTER (WHERE x.amount > 0) AS paying_customers,
-	       round(sum(x.amount) / nullif(count(DISTINCT x.customer) FILTER (WHERE x.amount > 0), 0), 2)
-		       AS arpa
+	SELECT c.currency, sum(c.amount)::bigint AS mrr, (12 * sum(c.amount))::bigint AS arr,
+	       count(*) FILTER (WHERE c.amount > 0) AS paying_customers,
+	       round(sum(c.amount) / nullif(count(*) FILTER (WHERE c.amount > 0), 0), 2) AS arpa
 	FROM (SELECT lower(s.currency) AS currency,
 		     coalesce(s.stripe_customer_id, s.stripe_subscription_id) AS customer,
-		     subscription_monthly_amount(s.status, s.unit_amount, s.quantity,
-						 s.billing_interval, s.currency) AS amount
+		     sum(subscription_monthly_amount(s.status, s.unit_amount, s.quantity,
+						     s.billing_interval, s.currency)) AS amount
 	      FROM subscriptions s
-	      WHERE s.status IN ('active', 'past_due') AND s.currency IS NOT NULL) x
-	GROUP BY x.currency
-	HAVING sum(x.amount) > 0;
+	      WHERE s.status IN ('active', 'past_due') AND s.currency IS NOT NULL
+	      GROUP BY 1, 2) c
+	GROUP BY c.currency
+	HAVING sum(c.amount) > 0;
 
 -- analytics_snapshot() -> jsonb, the state now (the original backend's
 -- getSubscriptionAnalytics(), extended):
@@ -1190,8 +1300,19 @@ CREATE OR REPLACE VIEW mrr_now AS
 -- }
 CREATE OR REPLACE FUNCTION analytics_snapshot()
 RETURNS jsonb LANGUAGE sql STABLE AS $fn$
-	WITH cells AS (
+	WITH cells AS MATERIALIZED (
 		SELECT s.tier, s.status, count(*) AS n FROM subscriptions s GROUP BY s.tier, s.status
+	), mrr AS MATERIALIZED (
+		-- mrr_now's figures, summed from the ledger (equal to mrr_now, and
+		-- a few hundred rows to read instead of every paying subscription).
+		SELECT r.currency, sum(r.net)::bigint AS mrr, (12 * sum(r.net))::bigint AS arr,
+		       sum(r.new_customers + r.reactivated_customers - r.churned_customers)::bigint
+			       AS paying_customers,
+		       round(sum(r.net) / nullif(sum(r.new_customers + r.reactivated_customers
+						      - r.churned_customers), 0), 2) AS arpa
+		FROM mrr_monthly r
+		GROUP BY r.currency
+		HAVING sum(r.net) <> 0
 	)
 	SELECT jsonb_build_object(
 		'totalSubscriptions', (SELECT coalesce(sum(n), 0) FROM cells),
@@ -1203,33 +1324,120 @@ RETURNS jsonb LANGUAGE sql STABLE AS $fn$
 		'byTierAndStatus', coalesce((SELECT jsonb_object_agg(t.tier, t.o) FROM (
 				SELECT cells.tier, jsonb_object_agg(cells.status, cells.n) AS o
 				FROM cells GROUP BY cells.tier) t), '{}'::jsonb),
-		'monthlyRecurringRevenue', coalesce((SELECT jsonb_object_agg(currency, mrr) FROM mrr_now), '{}'::jsonb),
-		'annualRecurringRevenue', coalesce((SELECT jsonb_object_agg(currency, arr) FROM mrr_now), '{}'::jsonb),
-		'payingCustomers', coalesce((SELECT jsonb_object_agg(currency, paying_customers) FROM mrr_now), '{}'::jsonb),
-		'averageRevenuePerAccount', coalesce((SELECT jsonb_object_agg(currency, arpa) FROM mrr_now), '{}'::jsonb))
+		'monthlyRecurringRevenue', coalesce((SELECT jsonb_object_agg(currency, mrr) FROM mrr), '{}'::jsonb),
+		'annualRecurringRevenue', coalesce((SELECT jsonb_object_agg(currency, arr) FROM mrr), '{}'::jsonb),
+		'payingCustomers', coalesce((SELECT jsonb_object_agg(currency, paying_customers) FROM mrr), '{}'::jsonb),
+		'averageRevenuePerAccount', coalesce((SELECT jsonb_object_agg(currency, arpa) FROM mrr), '{}'::jsonb))
 $fn$;
+
+-- usage_monthly: feature usage of closed months, filled on first demand by
+-- analytics_feature_usage().  track_usage only ever writes the current
+-- month, so a month that ended (an hour ago: no transaction that counted in
+-- it is still open) no longer changes; a change to a closed month's counters
+-- anyway (by hand, an admin reset) drops that month from here (triggers on
+-- usage_tracking), and it is summed again when next asked for.
+CREATE TABLE IF NOT EXISTS usage_monthly (
+	month			date		NOT NULL,	-- first day of the UTC month
+	usage_type		text		NOT NULL,
+	users			bigint		NOT NULL,
+	total			bigint		NOT NULL,
+	PRIMARY KEY (month, usage_type)
+);
+
+-- Whether the UTC month starting p_month ended more than an hour ago.
+CREATE OR REPLACE FUNCTION usage_month_closed(p_month date)
+RETURNS boolean LANGUAGE sql STABLE PARALLEL SAFE AS $fn$
+	SELECT p_month < usage_period_start(now() - interval '1 hour')
+$fn$;
+
+-- Fillers and forgetters of one month are serialised by this lock key.
+CREATE OR REPLACE FUNCTION usage_month_lock_key(p_month date)
+RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+	SELECT (p_month - DATE '2000-01-01')::integer
+$fn$;
+
+CREATE OR REPLACE FUNCTION usage_monthly_forget()
+RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+	IF TG_OP = 'TRUNCATE' THEN
+		TRUNCATE usage_monthly;
+		RETURN NULL;
+	END IF;
+	IF TG_OP <> 'INSERT' THEN
+		PERFORM pg_advisory_xact_lock_shared(7294812, usage_month_lock_key(OLD.period_start));
+		DELETE FROM usage_monthly WHERE month = OLD.period_start;
+	END IF;
+	IF TG_OP <> 'DELETE' THEN
+		PERFORM pg_advisory_xact_lock_shared(7294812, usage_month_lock_key(NEW.period_start));
+		DELETE FROM usage_monthly WHERE month = NEW.period_start;
+	END IF;
+	RETURN NULL;
+END
+$fn$;
+CREATE OR REPLACE TRIGGER usage_tracking_closed_insert
+	AFTER INSERT ON usage_tracking
+	FOR EACH ROW WHEN (usage_month_closed(NEW.period_start))
+	EXECUTE FUNCTION usage_monthly_forget();
+CREATE OR REPLACE TRIGGER usage_tracking_closed_update
+	AFTER UPDATE ON usage_tracking
+	FOR EACH ROW WHEN (usage_month_closed(OLD.period_start) OR usage_month_closed(NEW.period_start))
+	EXECUTE FUNCTION usage_monthly_forget();
+CREATE OR REPLACE TRIGGER usage_tracking_closed_delete
+	AFTER DELETE ON usage_tracking
+	FOR EACH ROW WHEN (usage_month_closed(OLD.period_start))
+	EXECUTE FUNCTION usage_monthly_forget();
+CREATE OR REPLACE TRIGGER usage_tracking_closed_truncate
+	AFTER TRUNCATE ON usage_tracking
+	FOR EACH STATEMENT EXECUTE FUNCTION usage_monthly_forget();
 
 -- analytics_feature_usage(from, to): usage per type per month, every month x
 -- type of the range (zeros included): users = users who recorded more than
 -- 0 of the type that month, total = the sum recorded (storage: bytes).
+-- Closed months come from usage_monthly (summed and stored here the first
+-- time), the others are summed from usage_tracking.  VOLATILE: it may write
+-- usage_monthly; call it in a READ COMMITTED transaction.
 CREATE OR REPLACE FUNCTION analytics_feature_usage(p_from date, p_to date)
 RETURNS TABLE (month date, usage_type text, users bigint, total bigint)
-LANGUAGE sql STABLE AS $fn$
+LANGUAGE plpgsql VOLATILE AS $fn$
+#variable_conflict use_column
+DECLARE
+	v_month date;
+BEGIN
+	FOR v_month IN
+		SELECT g FROM analytics_months(p_from, p_to) g
+		WHERE usage_month_closed(g)
+		  AND NOT EXISTS (SELECT 1 FROM usage_monthly c WHERE c.month = g)
+	LOOP
+		-- Waits for writers that are dropping this month; then sums it.
+		PERFORM pg_advisory_xact_lock(7294812, usage_month_lock_key(v_month));
+		INSERT INTO usage_monthly (month, usage_type, users, total)
+		SELECT v_month, t.usage_type, coalesce(a.users, 0), coalesce(a.total, 0)
+		FROM unnest(billing_usage_types()) t(usage_type)
+		LEFT JOIN (SELECT u.usage_type, count(*) FILTER (WHERE u.amount > 0) AS users,
+				  sum(u.amount)::bigint AS total
+			   FROM usage_tracking u
+			   WHERE u.period_start = v_month
+			   GROUP BY u.usage_type) a ON a.usage_type = t.usage_type
+		ON CONFLICT ON CONSTRAINT usage_monthly_pkey DO NOTHING;
+	END LOOP;
+	RETURN QUERY
 	WITH months AS (
-		SELECT g AS month FROM analytics_months(p_from, p_to) g
-	), agg AS (
+		SELECT g AS month, usage_month_closed(g) AS closed
+		FROM analytics_months(p_from, p_to) g
+	), live AS (
 		SELECT u.period_start, u.usage_type, count(*) FILTER (WHERE u.amount > 0) AS users,
-		       sum(u.amount) AS total
+		       sum(u.amount)::bigint AS total
 		FROM usage_tracking u
-		WHERE u.period_start BETWEEN (SELECT min(months.month) FROM months)
-					 AND (SELECT max(months.month) FROM months)
+		WHERE u.period_start IN (SELECT m.month FROM months m WHERE NOT m.closed)
 		GROUP BY u.period_start, u.usage_type
 	)
-	SELECT m.month, t.usage_type, coalesce(a.users, 0), coalesce(a.total, 0)::bigint
+	SELECT m.month, t.usage_type, coalesce(c.users, l.users, 0), coalesce(c.total, l.total, 0)
 	FROM months m
 	CROSS JOIN unnest(billing_usage_types()) WITH ORDINALITY AS t(usage_type, ord)
-	LEFT JOIN agg a ON a.period_start = m.month AND a.usage_type = t.usage_type
-	ORDER BY m.month, t.ord
+	LEFT JOIN usage_monthly c ON m.closed AND c.month = m.month AND c.usage_type = t.usage_type
+	LEFT JOIN live l ON l.period_start = m.month AND l.usage_type = t.usage_type
+	ORDER BY m.month, t.ord;
+END
 $fn$;
 
 -- analytics_quota_breaches(from, to): 402 quota_exceeded answers of
@@ -1259,26 +1467,30 @@ RETURNS TABLE (month date, tier text, usage_type text, monthly_limit bigint, use
 LANGUAGE sql STABLE AS $fn$
 	WITH m AS (
 		SELECT coalesce(date_trunc('month', p_month)::date, usage_period_start(now())) AS month
-	), agg AS (
-		SELECT coalesce(u.tier, user_effective_tier(u.user_id)) AS tier, u.usage_type,
-		       u.amount
-		FROM usage_tracking u, m
-		WHERE u.period_start = m.month
+	), grid AS (
+		-- plan_limit() for every tier x type, in display order.
+		SELECT t.tier, ut.usage_type, t.tord, ut.uord,
+		       CASE WHEN q.tier IS NULL THEN 0 ELSE q.monthly_limit END AS lim
+		FROM unnest(ARRAY['free', 'basic', 'pro', 'enterprise']) WITH ORDINALITY AS t(tier, tord)
+		CROSS JOIN unnest(billing_usage_types()) WITH ORDINALITY AS ut(usage_type, uord)
+		LEFT JOIN plan_quotas q ON q.tier = t.tier AND q.usage_type = ut.usage_type
 	), per AS (
-		SELECT a.tier, a.usage_type, count(*) AS users,
-		       avg(a.amount::numeric / nullif(l.lim, 0)) AS avg_u,
-		       count(*) FILTER (WHERE a.amount >= l.lim) AS at_limit
-		FROM agg a
-		CROSS JOIN LATERAL (SELECT plan_limit(a.tier, a.usage_type) AS lim) l
-		GROUP BY a.tier, a.usage_type
+		SELECT g.tier, g.usage_type, count(*) AS users,
+		       avg(u.amount::numeric) / nullif(g.lim, 0) AS avg_u,
+		       count(*) FILTER (WHERE u.amount >= g.lim) AS at_limit
+		FROM usage_tracking u
+		CROSS JOIN m
+		JOIN grid g ON g.tier = coalesce(u.tier, user_effective_tier(u.user_id))
+			   AND g.usage_type = u.usage_type
+		WHERE u.period_start = m.month
+		GROUP BY g.tier, g.usage_type, g.lim
 	)
-	SELECT m.month, t.tier, ut.usage_type, plan_limit(t.tier, ut.usage_type),
-	       coalesce(p.users, 0), round(p.avg_u, 4), coalesce(p.at_limit, 0)
+	SELECT m.month, g.tier, g.usage_type, g.lim, coalesce(p.users, 0), round(p.avg_u, 4),
+	       coalesce(p.at_limit, 0)
 	FROM m
-	CROSS JOIN unnest(ARRAY['free', 'basic', 'pro', 'enterprise']) WITH ORDINALITY AS t(tier, tord)
-	CROSS JOIN unnest(billing_usage_types()) WITH ORDINALITY AS ut(usage_type, uord)
-	LEFT JOIN per p ON p.tier = t.tier AND p.usage_type = ut.usage_type
-	ORDER BY t.tord, ut.uord
+	CROSS JOIN grid g
+	LEFT JOIN per p ON p.tier = g.tier AND p.usage_type = g.usage_type
+	ORDER BY g.tord, g.uord
 $fn$;
 
 -- analytics_report(from, to, currency) -> jsonb, everything the console's
@@ -1293,7 +1505,7 @@ $fn$;
 --   "snapshot": analytics_snapshot()
 -- }
 CREATE OR REPLACE FUNCTION analytics_report(p_from date, p_to date, p_currency text)
-RETURNS jsonb LANGUAGE sql STABLE AS $fn$
+RETURNS jsonb LANGUAGE sql VOLATILE AS $fn$
 	SELECT jsonb_build_object(
 		'from', to_char(date_trunc('month', p_from), 'YYYY-MM'),
 		'to', to_char(date_trunc('month', p_to), 'YYYY-MM'),
@@ -1312,6 +1524,15 @@ RETURNS jsonb LANGUAGE sql STABLE AS $fn$
 				     FROM analytics_quota_utilisation() WITH ORDINALITY q),
 		'snapshot', analytics_snapshot())
 $fn$;
+
+-- Upgrade: a ledger without its monthly sums gets them.
+DO $$
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM mrr_monthly) AND EXISTS (SELECT 1 FROM mrr_movements) THEN
+		PERFORM mrr_monthly_refresh();
+	END IF;
+END
+$$;
 
 DROP PROCEDURE pg_temp.ensure_constraint(regclass, text, text);
 

@@ -592,8 +592,16 @@ def test_history(t, st):
     return h, model
 
 
+MONTHLY_SUMS = ("SELECT currency, month, sum(net), sum(new_mrr), sum(expansion_mrr),"
+                " sum(contraction_mrr), sum(churned_mrr), sum(reactivation_mrr),"
+                " sum(new_customers), sum(reactivated_customers), sum(churned_customers),"
+                " sum(upgrades), sum(downgrades), sum(trials_started), sum(trials_ended),"
+                " sum(trials_converted) FROM mrr_monthly GROUP BY 1, 2 ORDER BY 1, 2")
+
+
 def test_rebuild(t, st):
     before = ledger(st)
+    sums = st.psql(MONTHLY_SUMS)
     n = st.psql_one("SELECT rebuild_mrr_movements()")
     after = ledger(st)
     t.eq(int(n), len(after), "rebuild_mrr_movements() returns the number of ledger rows")
@@ -601,9 +609,15 @@ def test_rebuild(t, st):
     t.ok(len(before) > 100 and before == after,
          f"rebuild_mrr_movements() gives back the live ledger ({len(before)} rows)",
          f"rows {len(before)} -> {len(after)}; first differences: {diff[:3]}")
+    t.eq(st.psql(MONTHLY_SUMS), sums, "the rebuild gives back the monthly sums")
     st.psql("TRUNCATE mrr_movements")
+    t.eq(st.psql_one("SELECT count(*) FROM mrr_monthly"), "0",
+         "emptying the ledger empties its monthly sums")
     st.psql("SELECT rebuild_mrr_movements()")
     t.eq(ledger(st), before, "rebuild from an empty ledger (an existing install) is the same")
+    st.psql("SELECT mrr_monthly_refresh()")
+    t.eq(st.psql(MONTHLY_SUMS), sums,
+         "monthly sums kept row by row equal the sums recomputed from the ledger")
 
 
 def test_other_writers(t, st):
@@ -787,6 +801,14 @@ def test_usage(t, st, h):
            if [int(n), int(s)] != want_fu.get((m, ty), [0, 0])]
     t.ok(len(got) == 5 * n_months and not bad,
          f"feature usage: users and totals per type for {n_months} months", bad[:3])
+    t.eq(st.psql_one("SELECT count(DISTINCT month) FROM usage_monthly"), str(n_months - 1),
+         "feature usage: the closed months are kept in usage_monthly")
+    st.psql("UPDATE usage_tracking SET amount = amount + 5 WHERE id = (SELECT min(id)"
+            " FROM usage_tracking WHERE period_start = '2025-03-01' AND usage_type = 'export')")
+    want = want_fu.get(("2025-03-01", "export"), [0, 0])[1] + 5
+    t.eq(st.psql_one("SELECT total FROM analytics_feature_usage('2025-03-01', '2025-03-01')"
+                     " WHERE usage_type = 'export'"), str(want),
+         "feature usage: a changed counter of a closed month is summed again")
 
 
 def test_report(t, st):
