@@ -163,3 +163,55 @@ else
 fi
 echo "hot path plans: $hot; analytics plans: $plans"
 [ "$KEEP" = 1 ] || cp "$hot" "${HOT_OUT:-/tmp/billing-bench-analytics-hot.txt}"
+
+# What the ledger and the usage triggers add to a write, in SQL time: 4000
+# MRR-moving subscription updates (2000 seat increments, then the 2000
+# decrements that undo them) and 5000 track_usage calls, each committed on
+# its own as webhook.cgi and usage.cgi do, with the triggers and without.
+cost() { # cost LABEL SETUP LOOP TEARDOWN
+	q -At 2>&1 <<EOF | sed -n 's/.*NOTICE:  //p'
+$2
+DO \$b\$
+DECLARE
+	t0 timestamptz := clock_timestamp();
+	ids text[] := ARRAY(SELECT stripe_subscription_id FROM subscriptions
+			    WHERE status = 'active' ORDER BY id LIMIT 2000 OFFSET 5000);
+	users text[] := ARRAY(SELECT DISTINCT user_id FROM usage_tracking
+			      WHERE period_start = usage_period_start() LIMIT 5000);
+	n integer := 0;
+BEGIN
+	t0 := clock_timestamp();
+	$3
+	RAISE NOTICE '%: % ms per call (% calls)', '$1',
+		round((extract(epoch FROM clock_timestamp() - t0) * 1000 / n)::numeric, 3), n;
+END
+\$b\$;
+$4
+EOF
+}
+upd='FOR d IN -1..1 BY 2 LOOP
+		FOR i IN 1..array_length(ids, 1) LOOP
+			UPDATE subscriptions SET quantity = coalesce(quantity, 1) - d,
+				last_event_created = now(), last_event_id = $$evt_cost$$ || i
+			WHERE stripe_subscription_id = ids[i];
+			COMMIT;
+			n := n + 1;
+		END LOOP;
+	END LOOP;'
+trk='FOR i IN 1..array_length(users, 1) LOOP
+		PERFORM track_usage(users[i], $$mood_entry$$, 1);
+		COMMIT;
+		n := n + 1;
+	END LOOP;'
+echo
+echo "write cost (SQL time per statement, each committed):"
+cost "subscription update moving MRR, with the ledger" "" "$upd" ""
+cost "the same, ledger trigger off" \
+	"ALTER TABLE subscriptions DISABLE TRIGGER subscriptions_mrr_ledger_update;" "$upd" \
+	"ALTER TABLE subscriptions ENABLE TRIGGER subscriptions_mrr_ledger_update;"
+cost "track_usage, with the usage_tracking triggers" "" "$trk" ""
+cost "the same, closed-month triggers off" \
+	"ALTER TABLE usage_tracking DISABLE TRIGGER usage_tracking_closed_insert;
+ALTER TABLE usage_tracking DISABLE TRIGGER usage_tracking_closed_update;" "$trk" \
+	"ALTER TABLE usage_tracking ENABLE TRIGGER usage_tracking_closed_insert;
+ALTER TABLE usage_tracking ENABLE TRIGGER usage_tracking_closed_update;"

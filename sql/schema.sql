@@ -214,6 +214,9 @@ CALL pg_temp.ensure_constraint('usage_tracking', 'usage_tracking_tier_check',
 -- Feature usage by month and the current month's utilisation.
 CREATE INDEX IF NOT EXISTS usage_tracking_period_type_idx ON usage_tracking (period_start, usage_type)
 	INCLUDE (amount, tier);
+-- Counters from before the tier column, for utilisation's fallback.
+CREATE INDEX IF NOT EXISTS usage_tracking_untiered_idx ON usage_tracking (period_start)
+	WHERE tier IS NULL;
 CREATE OR REPLACE TRIGGER usage_tracking_touch_updated_at
 	BEFORE UPDATE ON usage_tracking
 	FOR EACH ROW EXECUTE FUNCTION billing_touch_updated_at();
@@ -772,7 +775,7 @@ CREATE INDEX IF NOT EXISTS mrr_movements_customer_idx ON mrr_movements (customer
 CREATE INDEX IF NOT EXISTS mrr_movements_subscription_idx ON mrr_movements (stripe_subscription_id, id);
 
 -- mrr_monthly: the ledger summed per currency and UTC month, kept by a
--- trigger on mrr_movements in the same transaction, so the monthly figures
+-- row trigger on mrr_movements in the same transaction, so the monthly figures
 -- read a few hundred rows instead of millions.  Each (currency, month) is
 -- split into 16 slots by customer so that concurrent webhooks of different
 -- customers rarely wait on the same counter row; readers sum the slots.
@@ -799,41 +802,38 @@ CREATE TABLE IF NOT EXISTS mrr_monthly (
 	PRIMARY KEY (currency, month, slot)
 );
 
--- The mrr_monthly contributions of ledger rows (a row source of
--- mrr_movements columns), grouped; shared by the trigger and the refresh.
-CREATE OR REPLACE FUNCTION mrr_monthly_rows(p_rows mrr_movements[])
-RETURNS SETOF mrr_monthly LANGUAGE sql IMMUTABLE AS $fn$
+-- What one ledger row adds to mrr_monthly (NULL for a row without a
+-- currency): the one place that says which sum and count a row belongs to.
+CREATE OR REPLACE FUNCTION mrr_monthly_of(m mrr_movements)
+RETURNS mrr_monthly LANGUAGE sql IMMUTABLE AS $fn$
 	SELECT m.currency, date_trunc('month', m.effective_at AT TIME ZONE 'UTC')::date,
 	       (hashtext(m.customer) & 15)::smallint,
-	       sum(m.delta)::bigint,
-	       coalesce(sum(m.delta) FILTER (WHERE m.kind = 'new'), 0)::bigint,
-	       coalesce(sum(m.delta) FILTER (WHERE m.kind = 'expansion'), 0)::bigint,
-	       coalesce(sum(m.delta) FILTER (WHERE m.kind = 'contraction'), 0)::bigint,
-	       coalesce(sum(m.delta) FILTER (WHERE m.kind = 'churn'), 0)::bigint,
-	       coalesce(sum(m.delta) FILTER (WHERE m.kind = 'reactivation'), 0)::bigint,
-	       count(*) FILTER (WHERE m.kind = 'new'),
-	       count(*) FILTER (WHERE m.kind = 'reactivation'),
-	       count(*) FILTER (WHERE m.kind = 'churn'),
-	       count(*) FILTER (WHERE m.kind = 'expansion'),
-	       count(*) FILTER (WHERE m.kind = 'contraction'),
-	       count(*) FILTER (WHERE m.status = 'trialing'
-				AND m.status_before IS DISTINCT FROM 'trialing'),
-	       count(*) FILTER (WHERE m.status_before = 'trialing'
-				AND m.status IS DISTINCT FROM 'trialing'),
-	       count(*) FILTER (WHERE m.status_before = 'trialing'
-				AND m.status IN ('active', 'past_due') AND m.amount > 0)
-	FROM unnest(p_rows) m
+	       m.delta,
+	       CASE WHEN m.kind = 'new' THEN m.delta ELSE 0 END,
+	       CASE WHEN m.kind = 'expansion' THEN m.delta ELSE 0 END,
+	       CASE WHEN m.kind = 'contraction' THEN m.delta ELSE 0 END,
+	       CASE WHEN m.kind = 'churn' THEN m.delta ELSE 0 END,
+	       CASE WHEN m.kind = 'reactivation' THEN m.delta ELSE 0 END,
+	       ((m.kind = 'new') IS TRUE)::integer,
+	       ((m.kind = 'reactivation') IS TRUE)::integer,
+	       ((m.kind = 'churn') IS TRUE)::integer,
+	       ((m.kind = 'expansion') IS TRUE)::integer,
+	       ((m.kind = 'contraction') IS TRUE)::integer,
+	       ((m.status = 'trialing' AND m.status_before IS DISTINCT FROM 'trialing') IS TRUE)::integer,
+	       ((m.status_before = 'trialing' AND m.status IS DISTINCT FROM 'trialing') IS TRUE)::integer,
+	       ((m.status_before = 'trialing' AND m.status IN ('active', 'past_due')
+		 AND m.amount > 0) IS TRUE)::integer
 	WHERE m.currency IS NOT NULL
-	GROUP BY 1, 2, 3
 $fn$;
 
--- Adds the rows a statement inserted into mrr_movements to mrr_monthly.
+-- Adds a new ledger row to mrr_monthly (row trigger: a statement trigger's
+-- transition table costs more than the upsert itself).
 CREATE OR REPLACE FUNCTION mrr_monthly_add()
 RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
 	INSERT INTO mrr_monthly AS r
-	SELECT * FROM mrr_monthly_rows((SELECT array_agg(n::mrr_movements) FROM new_rows n))
-	ORDER BY 1, 2, 3	-- one lock order for all writers
+	SELECT c.* FROM mrr_monthly_of(NEW) c
+	WHERE c.currency IS NOT NULL
 	ON CONFLICT (currency, month, slot) DO UPDATE SET
 		net = r.net + EXCLUDED.net,
 		new_mrr = r.new_mrr + EXCLUDED.new_mrr,
@@ -863,12 +863,16 @@ DECLARE
 BEGIN
 	LOCK TABLE mrr_monthly IN EXCLUSIVE MODE;
 	DELETE FROM mrr_monthly;
-	-- One array per currency and month keeps the memory bounded.
 	INSERT INTO mrr_monthly
-	SELECT r.*
-	FROM (SELECT array_agg(m) AS a FROM mrr_movements m
-	      GROUP BY m.currency, date_trunc('month', m.effective_at AT TIME ZONE 'UTC')) g
-	CROSS JOIN LATERAL mrr_monthly_rows(g.a) r;
+	SELECT c.currency, c.month, c.slot, sum(c.net), sum(c.new_mrr), sum(c.expansion_mrr),
+	       sum(c.contraction_mrr), sum(c.churned_mrr), sum(c.reactivation_mrr),
+	       sum(c.new_customers), sum(c.reactivated_customers), sum(c.churned_customers),
+	       sum(c.upgrades), sum(c.downgrades), sum(c.trials_started), sum(c.trials_ended),
+	       sum(c.trials_converted)
+	FROM mrr_movements m
+	CROSS JOIN LATERAL mrr_monthly_of(m) c
+	WHERE m.currency IS NOT NULL
+	GROUP BY c.currency, c.month, c.slot;
 	GET DIAGNOSTICS v_count = ROW_COUNT;
 	RETURN v_count;
 END
@@ -885,9 +889,10 @@ BEGIN
 	RETURN NULL;
 END
 $fn$;
-CREATE OR REPLACE TRIGGER mrr_movements_monthly_insert
-	AFTER INSERT ON mrr_movements REFERENCING NEW TABLE AS new_rows
-	FOR EACH STATEMENT EXECUTE FUNCTION mrr_monthly_add();
+DROP TRIGGER IF EXISTS mrr_movements_monthly_insert ON mrr_movements;	-- was per statement
+CREATE OR REPLACE TRIGGER mrr_movements_monthly_row
+	AFTER INSERT ON mrr_movements
+	FOR EACH ROW EXECUTE FUNCTION mrr_monthly_add();
 CREATE OR REPLACE TRIGGER mrr_movements_monthly_change
 	AFTER UPDATE OR DELETE ON mrr_movements
 	FOR EACH STATEMENT EXECUTE FUNCTION mrr_monthly_resync();
@@ -1543,6 +1548,7 @@ LANGUAGE plpgsql VOLATILE AS $fn$
 #variable_conflict use_column
 DECLARE
 	v_month date;
+	v_open date[];
 BEGIN
 	FOR v_month IN
 		SELECT g FROM analytics_months(p_from, p_to) g
@@ -1561,15 +1567,17 @@ BEGIN
 			   GROUP BY u.usage_type) a ON a.usage_type = t.usage_type
 		ON CONFLICT ON CONSTRAINT usage_monthly_pkey DO NOTHING;
 	END LOOP;
+	-- An array, not a subquery: the planner then sees how few rows match.
+	v_open := ARRAY(SELECT g FROM analytics_months(p_from, p_to) g WHERE NOT usage_month_closed(g));
 	RETURN QUERY
 	WITH months AS (
-		SELECT g AS month, usage_month_closed(g) AS closed
+		SELECT g AS month, NOT (g = ANY (v_open)) AS closed
 		FROM analytics_months(p_from, p_to) g
 	), live AS (
 		SELECT u.period_start, u.usage_type, count(*) FILTER (WHERE u.amount > 0) AS users,
 		       sum(u.amount)::bigint AS total
 		FROM usage_tracking u
-		WHERE u.period_start IN (SELECT m.month FROM months m WHERE NOT m.closed)
+		WHERE u.period_start = ANY (v_open)
 		GROUP BY u.period_start, u.usage_type
 	)
 	SELECT m.month, t.usage_type, coalesce(c.users, l.users, 0), coalesce(c.total, l.total, 0)
@@ -1583,11 +1591,12 @@ $fn$;
 
 -- analytics_quota_breaches(from, to): 402 quota_exceeded answers of
 -- usage.cgi per month, tier (effective when refused) and usage type;
--- refusals = answers, users = distinct users refused.  Only non-zero rows.
+-- refusals = answers, users = distinct users refused (quota_refusals has one
+-- row per user in such a group).  Only non-zero rows.
 CREATE OR REPLACE FUNCTION analytics_quota_breaches(p_from date, p_to date)
 RETURNS TABLE (month date, tier text, usage_type text, refusals bigint, users bigint)
 LANGUAGE sql STABLE AS $fn$
-	SELECT r.period_start, r.tier, r.usage_type, sum(r.refusals)::bigint, count(DISTINCT r.user_id)
+	SELECT r.period_start, r.tier, r.usage_type, sum(r.refusals)::bigint, count(*)
 	FROM quota_refusals r
 	WHERE r.period_start BETWEEN (SELECT min(g) FROM analytics_months(p_from, p_to) g)
 				 AND date_trunc('month', p_to)::date
@@ -1615,16 +1624,27 @@ LANGUAGE sql STABLE AS $fn$
 		FROM unnest(ARRAY['free', 'basic', 'pro', 'enterprise']) WITH ORDINALITY AS t(tier, tord)
 		CROSS JOIN unnest(billing_usage_types()) WITH ORDINALITY AS ut(usage_type, uord)
 		LEFT JOIN plan_quotas q ON q.tier = t.tier AND q.usage_type = ut.usage_type
-	), per AS (
-		SELECT g.tier, g.usage_type, count(*) AS users,
-		       avg(u.amount::numeric) / nullif(g.lim, 0) AS avg_u,
-		       count(*) FILTER (WHERE u.amount >= g.lim) AS at_limit
+	), counters AS (
+		-- Rows written before usage_tracking.tier existed count under the
+		-- user's tier now.
+		SELECT u.tier, u.usage_type, u.amount
 		FROM usage_tracking u
-		CROSS JOIN m
-		JOIN grid g ON g.tier = coalesce(u.tier, user_effective_tier(u.user_id))
-			   AND g.usage_type = u.usage_type
-		WHERE u.period_start = m.month
-		GROUP BY g.tier, g.usage_type, g.lim
+		WHERE u.period_start = (SELECT m.month FROM m) AND u.tier IS NOT NULL
+		UNION ALL
+		SELECT user_effective_tier(u.user_id), u.usage_type, u.amount
+		FROM usage_tracking u
+		WHERE u.period_start = (SELECT m.month FROM m) AND u.tier IS NULL
+	), per AS (
+		-- plan_quotas itself, not grid: its statistics keep the row
+		-- estimate right, so this stays one hash aggregate.
+		SELECT c.tier, c.usage_type, count(*) AS users,
+		       sum(c.amount)::numeric / count(*)
+			/ nullif(min(CASE WHEN q.tier IS NULL THEN 0 ELSE q.monthly_limit END), 0) AS avg_u,
+		       count(*) FILTER (WHERE c.amount >= CASE WHEN q.tier IS NULL THEN 0
+							       ELSE q.monthly_limit END) AS at_limit
+		FROM counters c
+		LEFT JOIN plan_quotas q ON q.tier = c.tier AND q.usage_type = c.usage_type
+		GROUP BY c.tier, c.usage_type
 	)
 	SELECT m.month, g.tier, g.usage_type, g.lim, coalesce(p.users, 0), round(p.avg_u, 4),
 	       coalesce(p.at_limit, 0)
