@@ -352,6 +352,20 @@ db_rows_count(const struct db_rows *rows)
 	return rows ? PQntuples(rows->res) : 0;
 }
 
+int
+db_rows_fields(const struct db_rows *rows)
+{
+	return rows ? PQnfields(rows->res) : 0;
+}
+
+const char *
+db_rows_field_name(const struct db_rows *rows, int col)
+{
+	if (rows == NULL || col < 0 || col >= PQnfields(rows->res))
+		return NULL;
+	return PQfname(rows->res, col);
+}
+
 const char *
 db_rows_get(const struct db_rows *rows, int row, int col)
 {

@@ -98,6 +98,9 @@ enum outcome db_outcome(enum db_result r);
 int db_retryable(enum db_result r);
 
 int db_rows_count(const struct db_rows *rows);
+/* The number of columns, and the name of column col (NULL out of range); owned by rows. */
+int db_rows_fields(const struct db_rows *rows);
+const char *db_rows_field_name(const struct db_rows *rows, int col);
 /* The value at (row, col) as text, or NULL for SQL NULL or out of range. Owned by rows. */
 const char *db_rows_get(const struct db_rows *rows, int row, int col);
 void db_rows_free(struct db_rows *rows);

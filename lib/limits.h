@@ -101,4 +101,19 @@
 #define LIMIT_DB_IDLE_IN_TRANSACTION_MS	15000
 #define LIMIT_DB_TIMEOUT_MAX_MS	3600000
 
+/*
+ * The operator console (admin.cgi).  A form body it accepts; one page it
+ * renders; how long a confirmation form stays valid (its token carries
+ * the time it was made); a reason given for an action and a search term,
+ * in bytes; rows one table of a page lists; subscriptions one re-sync
+ * stores (one page of Stripe's list).
+ */
+#define LIMIT_FORM_BODY_IN	(16 * 1024)
+#define LIMIT_PAGE		(4 * 1024 * 1024)
+#define LIMIT_ADMIN_FORM_SECONDS	3600
+#define LIMIT_ADMIN_REASON	500
+#define LIMIT_ADMIN_SEARCH_TERM	200
+#define LIMIT_ADMIN_ROWS	50
+#define LIMIT_ADMIN_SYNC_SUBSCRIPTIONS	100
+
 #endif

@@ -152,6 +152,12 @@ response_empty(int status)
 	send_response(status, NULL, NULL, 0);
 }
 
+void
+response_body(int status, const char *content_type, const char *body, size_t len)
+{
+	send_response(status, content_type, body, len);
+}
+
 struct json_object *
 response_object(void)
 {

@@ -265,6 +265,25 @@ stripe_get(const char *path, struct json_object **out)
 	return stripe_call(HTTP_GET, path, NULL, NULL, out);
 }
 
+enum outcome
+stripe_delete(const char *path, const struct form *params, struct json_object **out)
+{
+	struct buf target = BUF_INIT(4096);
+	enum outcome o;
+
+	*out = NULL;
+	/* Stripe's libraries send DELETE parameters in the query string. */
+	if (buf_addstr(&target, path) == -1 ||
+	    (params != NULL && form_len(params) > 0 &&
+	     buf_printf(&target, "?%s", form_str(params)) == -1)) {
+		buf_free(&target);
+		return OUT_INTERNAL;
+	}
+	o = stripe_call(HTTP_DELETE, buf_str(&target), NULL, NULL, out);
+	buf_free(&target);
+	return o;
+}
+
 int
 stripe_id_valid(const char *s)
 {

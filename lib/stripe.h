@@ -39,6 +39,14 @@ enum outcome stripe_get(const char *path, struct json_object **out)
     __attribute__((warn_unused_result));
 
 /*
+ * DELETE path with params in the query string (Stripe takes no
+ * Idempotency-Key on DELETE: deleting twice finds nothing the second
+ * time).  As stripe_get, OUT_NOT_FOUND for 404.
+ */
+enum outcome stripe_delete(const char *path, const struct form *params, struct json_object **out)
+    __attribute__((warn_unused_result));
+
+/*
  * Whether s looks like a Stripe object id we may put into a URL path or a
  * column: 1..255 characters of [A-Za-z0-9_].
  */

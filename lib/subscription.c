@@ -1061,3 +1061,44 @@ subscription_apply_event(struct db *db, const struct subscription_event *ev,
 		response_add(*reply, "ignored", json_object_new_boolean(1));
 	return OUT_OK;
 }
+
+enum outcome
+subscription_lock(struct db *db, const char *stripe_subscription_id)
+{
+	struct apply a = { .db = db };
+	int r;
+
+	if (!stripe_id_valid(stripe_subscription_id))
+		return OUT_INTERNAL;
+	r = lock_subscription(&a, stripe_subscription_id);
+	return r == 0 ? OUT_OK : db_outcome((enum db_result)r);
+}
+
+enum outcome
+subscription_store_object(struct db *db, struct json_object *sub, long long seen,
+    const char *source, const char *user_id)
+{
+	/*
+	 * Stripe's answer to a call made under the lock is its current
+	 * state, stored as refetch stores a fetched subscription; `seen`
+	 * becomes last_event_created, which events must then be newer than.
+	 */
+	struct subscription_event ev = { .id = source, .type = "api", .created = seen,
+	    .object = sub };
+	struct apply a = { .db = db, .ev = &ev, .mode = SYNC_REFETCH };
+	const char *id = id_of(sub, "id");
+	int r;
+
+	if (id == NULL) {
+		log_msg("stripe answered a subscription without a valid id");
+		return OUT_STRIPE_ERROR;
+	}
+	r = lock_subscription(&a, id);
+	if (r == 0)
+		r = store_subscription(&a, sub, 1, 0, user_id);
+	free(a.user_id);
+	json_object_put(a.left_out);
+	if (r != 0)
+		return db_outcome((enum db_result)r);
+	return a.ignored ? OUT_STRIPE_ERROR : OUT_OK;
+}

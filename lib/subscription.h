@@ -143,4 +143,29 @@ void subscription_event_free(struct subscription_event *ev);
 enum outcome subscription_apply_event(struct db *db, const struct subscription_event *ev,
     struct json_object **reply) __attribute__((warn_unused_result));
 
+/*
+ * The lock the webhook takes on one subscription, until the caller's
+ * transaction ends: take it before reading the row that decides what to
+ * ask Stripe, so that events and other calls for that subscription wait.
+ * OUT_OK, or the database outcome.
+ */
+enum outcome subscription_lock(struct db *db, const char *stripe_subscription_id)
+    __attribute__((warn_unused_result));
+
+/*
+ * Stores a subscription object that the Stripe API answered with (an
+ * update, a cancellation, a retrieval) in the caller's transaction, by the
+ * same code as an event and under the same ordering rule: the caller holds
+ * subscription_lock across the call, so the answer is Stripe's current
+ * state and is applied as refetch mode applies a fetched subscription
+ * (whatever the order); `seen` (unix seconds at which the answer arrived)
+ * becomes last_event_created, so in event mode an event created before the
+ * call cannot undo it later.  source goes into last_event_id
+ * ("api:change"); user_id is the user the caller acts for.  OUT_OK,
+ * OUT_STRIPE_ERROR for an object without a valid id or status, or the
+ * database outcome.  The caller commits.
+ */
+enum outcome subscription_store_object(struct db *db, struct json_object *sub, long long seen,
+    const char *source, const char *user_id) __attribute__((warn_unused_result));
+
 #endif
