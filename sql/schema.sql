@@ -502,6 +502,52 @@ RETURNS bigint LANGUAGE sql VOLATILE AS $fn$
 $fn$;
 
 ------------------------------------------------------------------------------
+-- admin_audit: every action an operator takes in the console (admin.cgi):
+-- who (operator: the name Apache authenticated), when, what (action, on
+-- which user, subscription or usage type) and why (reason, required).  The
+-- row is written before the action is tried (result 'started'), then
+-- completed in the transaction that makes the change ('done', detail = what
+-- it changed) or after a failure ('failed', detail = the error code), so an
+-- attempt is on record even when Stripe or the database fails half-way.
+-- form_nonce is the nonce of the confirmation form's token (lib/auth.h):
+-- unique, so a form submitted twice acts once.
+------------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS admin_audit (
+	id			bigserial	PRIMARY KEY,
+	operator		text		NOT NULL,
+	action			text		NOT NULL,
+	user_id			text		NOT NULL,
+	stripe_subscription_id	text,
+	usage_type		text,
+	reason			text		NOT NULL,
+	form_nonce		text		NOT NULL,
+	result			text		NOT NULL DEFAULT 'started',
+	detail			jsonb,
+	created_at		timestamptz	NOT NULL DEFAULT now(),
+	finished_at		timestamptz
+);
+CALL pg_temp.ensure_constraint('admin_audit', 'admin_audit_action_check',
+	$c$CHECK (action IN ('cancel_at_period_end', 'cancel_now', 'resume', 'resync',
+			     'reset_usage'))$c$);
+CALL pg_temp.ensure_constraint('admin_audit', 'admin_audit_result_check',
+	$c$CHECK (result IN ('started', 'done', 'failed'))$c$);
+CALL pg_temp.ensure_constraint('admin_audit', 'admin_audit_reason_check',
+	$c$CHECK (length(btrim(reason)) BETWEEN 1 AND 500)$c$);
+CALL pg_temp.ensure_constraint('admin_audit', 'admin_audit_user_id_length',
+	$c$CHECK (length(user_id) BETWEEN 1 AND 128)$c$);
+CALL pg_temp.ensure_constraint('admin_audit', 'admin_audit_form_nonce_key',
+	$c$UNIQUE (form_nonce)$c$);
+CREATE INDEX IF NOT EXISTS admin_audit_user_idx ON admin_audit (user_id, id);
+
+-- The console's customer search finds users by the start of their user id or
+-- e-mail address (case-insensitive); text_pattern_ops serves LIKE 'abc%'
+-- whatever the database's collation.
+CREATE INDEX IF NOT EXISTS customers_user_id_prefix_idx ON customers (user_id text_pattern_ops);
+CREATE INDEX IF NOT EXISTS customers_email_prefix_idx ON customers (lower(email) text_pattern_ops);
+-- The console's customer page: a user's notifications, newest first.
+CREATE INDEX IF NOT EXISTS notifications_user_idx ON notifications (user_id, id);
+
+------------------------------------------------------------------------------
 -- Subscription and quota functions
 ------------------------------------------------------------------------------
 
