@@ -76,6 +76,27 @@ enum db_result db_exec(struct db *db, struct db_rows **rows, const char *sql,
 	    (int)(sizeof((const char *[]){ __VA_ARGS__ }) / sizeof(const char *)), \
 	    (const char *const[]){ __VA_ARGS__ })
 
+/* One statement of db_exec_parallel: sql with nparams text parameters. */
+struct db_statement {
+	const char *sql;
+	int nparams;
+	const char *const *params;
+};
+
+#define DB_PARALLEL_MAX 4
+
+/*
+ * Runs n (1..DB_PARALLEL_MAX) independent read-only statements at the same
+ * time, each in a transaction of its own: the first on db, the others on
+ * connections opened for them and closed afterwards (where one cannot be
+ * opened, that statement runs on db after the others).  For a page that
+ * needs several slow aggregates: it waits for the slowest, not for their
+ * sum.  db must not be in a transaction.  DB_OK and rows[i] for each
+ * statement; otherwise the first failure and every rows[i] NULL.
+ */
+enum db_result db_exec_parallel(struct db *db, int n, const struct db_statement *st,
+    struct db_rows **rows) __attribute__((warn_unused_result));
+
 /*
  * BEGIN (READ COMMITTED) with the timeouts set LOCAL, COMMIT and
  * ROLLBACK.  db_begin sends nothing: BEGIN and the SET LOCALs go out in
