@@ -31,7 +31,9 @@ Stack(settings={}, apache=True, stripe=True, htaccess=False, *, builddir=None,
     .call(method, path, body); the control API is documented in fake_stripe.py
   - Apache httpd with the real apache/billing-cgi.conf (htaccess=True: a web
     root with apache/htaccess + cgi-bin/ with apache/cgi-bin.htaccess, the
-    settings in a BILLING_CONFIG file): st.url(path), st.http(method, path,
+    settings in a BILLING_CONFIG file; operators for the console in an htpasswd
+    file, OPERATORS plus Stack(operators={user: password}), named by
+    BILLING_ADMIN_HTPASSWD or cgi-bin/.htaccess's AuthUserFile): st.url(path), st.http(method, path,
     headers={}, body=b"") -> Resp, st.error_log() (CGI stderr lands there)
   - direct CGI runs: st.cgi(name, method="POST", body=b"", env={}, headers={},
     query="") -> Resp (+ .stderr, .returncode); st.cgi_raw(...) -> (stdout, stderr)

@@ -140,7 +140,7 @@ def main():
             check_page(t, b, "dashboard", shots)
             # The README's picture: the top of the dashboard.
             b.send("Emulation.setDeviceMetricsOverride",
-                   {"width": 1200, "height": 860, "deviceScaleFactor": 1, "mobile": False})
+                   {"width": 1100, "height": 780, "deviceScaleFactor": 1, "mobile": False})
             import base64 as b64
             data = b.send("Page.captureScreenshot", {"format": "png"})["data"]
             b.send("Emulation.clearDeviceMetricsOverride")
