@@ -139,7 +139,7 @@ value_range(const struct chart *c, int stacked, double *lo, double *hi)
 	}
 }
 
-/* Gridlines with their labels, and the x labels; returns the y of 0 via *y0. */
+/* Gridlines with their labels, and the x labels under the plot. */
 static void
 frame(struct html *h, const struct chart *c, double lo, double hi, double step)
 {
