@@ -151,8 +151,7 @@ console_error(const char *operator, enum outcome rc, const char *message)
 	html_raw(&h, "</h1><div class=\"msg err\">");
 	html_txt(&h, message ? message : outcome_message(rc));
 	html_raw(&h, "</div><p><a href=\"./\">Back to the dashboard</a></p>");
-	if (rc == OUT_UNAUTHORIZED && !response_sent())
-		response_header("WWW-Authenticate", "Basic realm=\"billing console\"");
+	/* A 401's challenge was queued by whoever refused (admin_operator). */
 	if (page_send(&h, outcome_status(rc)) != OUT_OK)
 		response_error(OUT_INTERNAL, NULL);
 }
