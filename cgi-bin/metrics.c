@@ -37,7 +37,7 @@ metrics(struct serve *srv, struct request *req)
 		response_error(OUT_INTERNAL, "The metrics do not fit in the answer.");
 		goto out;
 	}
-	response_text(200, METRICS_CONTENT_TYPE, buf_str(&out), out.len);
+	response_body(200, METRICS_CONTENT_TYPE, buf_str(&out), out.len);
 out:
 	buf_free(&out);
 }

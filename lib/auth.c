@@ -1,6 +1,8 @@
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -14,6 +16,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 
 #include "auth.h"
 #include "buf.h"
@@ -647,4 +650,149 @@ auth_user_id_valid(const char *s)
 	size_t n = s ? strlen(s) : 0;
 
 	return n >= 1 && n <= LIMIT_USER_ID_LEN && jsonget_clean_utf8(s, n);
+}
+
+/* --- form tokens ------------------------------------------------------------ */
+
+/* What a key derived from STRIPE_SECRET_KEY is for (HKDF-style domain separation). */
+#define FORM_KEY_LABEL "billing-cgi admin form tokens v1"
+
+static enum outcome
+form_key(unsigned char key[LIMIT_FORM_KEY])
+{
+	const char *secret = config_get("ADMIN_CSRF_SECRET"), *stripe;
+	unsigned int len = 0;
+
+	if (secret != NULL) {
+		if (strlen(secret) < LIMIT_HS256_MIN_KEY) {
+			log_msg("ADMIN_CSRF_SECRET is shorter than %d bytes", LIMIT_HS256_MIN_KEY);
+			return OUT_MISCONFIGURED;
+		}
+		/* Any length in, LIMIT_FORM_KEY bytes out. */
+		if (EVP_Digest(secret, strlen(secret), key, &len, EVP_sha256(), NULL) != 1)
+			return OUT_INTERNAL;
+		return OUT_OK;
+	}
+	if ((stripe = config_get("STRIPE_SECRET_KEY")) == NULL) {
+		log_msg("form tokens need ADMIN_CSRF_SECRET (or STRIPE_SECRET_KEY to derive one)");
+		return OUT_MISCONFIGURED;
+	}
+	if (HMAC(EVP_sha256(), stripe, (int)strlen(stripe), (const unsigned char *)FORM_KEY_LABEL,
+		 strlen(FORM_KEY_LABEL), key, &len) == NULL)
+		return OUT_INTERNAL;
+	return OUT_OK;
+}
+
+/* Hex HMAC over length-prefixed fields, so no two inputs share a MAC input. */
+static enum outcome
+form_mac(const char *operator, const char *binding, const char *ts, const char *nonce,
+	 char hex[2 * EVP_MAX_MD_SIZE + 1])
+{
+	const char *parts[4] = { operator, binding, ts, nonce };
+	unsigned char key[LIMIT_FORM_KEY], mac[EVP_MAX_MD_SIZE];
+	unsigned int mac_len = 0, i;
+	struct buf in = BUF_INIT(16 * 1024);
+	enum outcome o;
+	size_t p;
+
+	if ((o = form_key(key)) != OUT_OK)
+		goto out;
+	o = OUT_INTERNAL;
+	for (p = 0; p < 4; p++)
+		if (buf_printf(&in, "%zu:%s;", strlen(parts[p]), parts[p]) == -1)
+			goto out;
+	if (HMAC(EVP_sha256(), key, sizeof(key), (const unsigned char *)buf_str(&in), in.len, mac,
+		 &mac_len) == NULL)
+		goto out;
+	for (i = 0; i < mac_len; i++)
+		snprintf(hex + 2 * i, 3, "%02x", mac[i]);
+	o = OUT_OK;
+out:
+	OPENSSL_cleanse(key, sizeof(key));
+	OPENSSL_cleanse(mac, sizeof(mac));
+	buf_free(&in);
+	return o;
+}
+
+enum outcome
+auth_form_token(const char *operator, const char *binding, time_t now, char **token)
+{
+	unsigned char raw[LIMIT_FORM_NONCE];
+	char nonce[2 * LIMIT_FORM_NONCE + 1], ts[24], mac[2 * EVP_MAX_MD_SIZE + 1];
+	struct buf out = BUF_INIT(256);
+	enum outcome o;
+	size_t i;
+
+	*token = NULL;
+	if (RAND_bytes(raw, sizeof(raw)) != 1)
+		response_fatal("no randomness for a form token");
+	for (i = 0; i < sizeof(raw); i++)
+		snprintf(nonce + 2 * i, 3, "%02x", raw[i]);
+	snprintf(ts, sizeof(ts), "%lld", (long long)now);
+	if ((o = form_mac(operator, binding, ts, nonce, mac)) != OUT_OK)
+		return o;
+	if (buf_printf(&out, "%s.%s.%s", ts, nonce, mac) == -1)
+		return OUT_INTERNAL;
+	*token = buf_detach(&out, NULL);
+	return OUT_OK;
+}
+
+enum outcome
+auth_form_check(const char *token, const char *operator, const char *binding, time_t now,
+    char **nonce)
+{
+	char ts[24], got_nonce[2 * LIMIT_FORM_NONCE + 1], mac[2 * EVP_MAX_MD_SIZE + 1];
+	const char *d1, *d2, *why = NULL;
+	long long t = 0;
+	size_t n, i;
+	enum outcome o;
+
+	*nonce = NULL;
+	if (token == NULL || (d1 = strchr(token, '.')) == NULL || (d2 = strchr(d1 + 1, '.')) == NULL) {
+		why = "malformed";
+		goto out;
+	}
+	n = (size_t)(d1 - token);
+	if (n == 0 || n >= 12) {
+		why = "malformed time";
+		goto out;
+	}
+	for (i = 0; i < n; i++) {
+		if (token[i] < '0' || token[i] > '9') {
+			why = "malformed time";
+			goto out;
+		}
+		t = t * 10 + (token[i] - '0');
+	}
+	memcpy(ts, token, n);
+	ts[n] = '\0';
+	if ((size_t)(d2 - d1 - 1) != 2 * LIMIT_FORM_NONCE) {
+		why = "malformed nonce";
+		goto out;
+	}
+	memcpy(got_nonce, d1 + 1, 2 * LIMIT_FORM_NONCE);
+	got_nonce[2 * LIMIT_FORM_NONCE] = '\0';
+	for (i = 0; i < 2 * LIMIT_FORM_NONCE; i++)
+		if (!((got_nonce[i] >= '0' && got_nonce[i] <= '9') ||
+		      (got_nonce[i] >= 'a' && got_nonce[i] <= 'f'))) {
+			why = "malformed nonce";
+			goto out;
+		}
+	if ((o = form_mac(operator, binding, ts, got_nonce, mac)) != OUT_OK)
+		return o;
+	if (strlen(d2 + 1) != strlen(mac) || CRYPTO_memcmp(d2 + 1, mac, strlen(mac)) != 0) {
+		why = "signature does not match this operator and form";
+		goto out;
+	}
+	if (t > (long long)now + LIMIT_FORM_CLOCK_SKEW_S || (long long)now - t > LIMIT_ADMIN_FORM_SECONDS) {
+		why = "expired";
+		goto out;
+	}
+	*nonce = mem_strdup(got_nonce);
+out:
+	if (why != NULL) {
+		log_msg("form token refused: %s", why);
+		return OUT_FORBIDDEN;
+	}
+	return OUT_OK;
 }

@@ -64,6 +64,32 @@ int auth_user_id_valid(const char *s);
 void auth_caller_free(struct auth_caller *caller);
 
 /*
+ * Per-form tokens against cross-site request forgery (OWASP's HMAC-based
+ * token pattern): a form that changes something carries
+ *     <unix time>.<nonce: 32 hex digits>.<HMAC-SHA256 in hex>
+ * over (operator, binding, time, nonce), keyed with ADMIN_CSRF_SECRET (at
+ * least 32 bytes) or, without it, a key derived from STRIPE_SECRET_KEY.
+ * binding says what the form does to what ("cancel_now\nuser\nsub_..."), so
+ * a token is good for that one form of that one operator.  The nonce makes
+ * each form unique: its submission is recorded once (admin_audit).
+ *
+ * auth_form_token: OUT_OK and *token (caller frees), or OUT_MISCONFIGURED
+ * (no key, or ADMIN_CSRF_SECRET too short; logged by name).
+ */
+enum outcome auth_form_token(const char *operator, const char *binding, time_t now,
+    char **token) __attribute__((warn_unused_result));
+
+/*
+ * OUT_OK and *nonce (32 hex digits, caller frees) when token was made by
+ * auth_form_token for operator and binding no more than
+ * LIMIT_ADMIN_FORM_SECONDS before now (and not from the future);
+ * OUT_FORBIDDEN (reason logged, never the token) otherwise;
+ * OUT_MISCONFIGURED without a key.
+ */
+enum outcome auth_form_check(const char *token, const char *operator, const char *binding,
+    time_t now, char **nonce) __attribute__((warn_unused_result));
+
+/*
  * Verifies a compact JWS against the configured key at time now
  * (exp/nbf with AUTH_JWT_LEEWAY seconds, iss/aud when configured).
  * Strict base64url (no padding, canonical); header and payload strict

@@ -214,22 +214,25 @@ exec_raw(struct db *db, struct db_rows **rows, const char *sql, int nparams,
 /*
  * Starts a transaction and runs sql in it, in one round trip: BEGIN, the
  * timeouts set LOCAL, the statement and, when commit is set, COMMIT, all
- * sent as one libpq pipeline (PostgreSQL protocol pipelining).  The
+ * sent as one libpq pipeline (PostgreSQL protocol pipelining).
+ * pipeline_send sends them: 1 when all went out, 0 when a send failed
+ * (pipeline mode entered all the same), -1 when pipeline mode could not be
+ * entered.  pipeline_collect reads the answers of what was sent: the
  * result of the first of them that failed, else the statement's; NULL
- * when the connection failed.  A failure aborts what follows it.
+ * when the connection failed.  A failure aborts what follows it.  Split in
+ * two so that db_exec_parallel can have several connections working at
+ * once.
  */
-static PGresult *
-exec_in_new_transaction(struct db *db, const char *sql, int nparams,
-    const char *const *params, int commit)
+static int
+pipeline_send(struct db *db, const char *sql, int nparams, const char *const *params,
+    int commit)
 {
 	const char *timeouts_params[] = { db->statement_ms, db->lock_ms, db->idle_ms };
-	PGresult *res, *got[4] = { NULL, NULL, NULL, NULL }, *out = NULL;
-	int i, n = commit ? 4 : 3;
 
 	if (PQenterPipelineMode(db->conn) != 1)
-		return NULL;
+		return -1;
 	/* set_config(..., true) is SET LOCAL: it ends with the transaction (see db.h). */
-	if (PQsendQueryParams(db->conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1 &&
+	return PQsendQueryParams(db->conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1 &&
 	    PQsendQueryParams(db->conn,
 		"SELECT set_config('statement_timeout', $1, true),"
 		" set_config('lock_timeout', $2, true),"
@@ -237,7 +240,18 @@ exec_in_new_transaction(struct db *db, const char *sql, int nparams,
 		3, NULL, timeouts_params, NULL, NULL, 0) == 1 &&
 	    PQsendQueryParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0) == 1 &&
 	    (!commit || PQsendQueryParams(db->conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) == 1) &&
-	    PQpipelineSync(db->conn) == 1) {
+	    PQpipelineSync(db->conn) == 1;
+}
+
+static PGresult *
+pipeline_collect(struct db *db, int sent, int commit)
+{
+	PGresult *res, *got[4] = { NULL, NULL, NULL, NULL }, *out = NULL;
+	int i, n = commit ? 4 : 3;
+
+	if (sent == -1)
+		return NULL;
+	if (sent == 1) {
 		/* Each query's results, then a NULL; then the sync's own result. */
 		for (i = 0; i < n; i++) {
 			while ((res = PQgetResult(db->conn)) != NULL) {
@@ -272,6 +286,13 @@ exec_in_new_transaction(struct db *db, const char *sql, int nparams,
 	return out;
 }
 
+static PGresult *
+exec_in_new_transaction(struct db *db, const char *sql, int nparams,
+    const char *const *params, int commit)
+{
+	return pipeline_collect(db, pipeline_send(db, sql, nparams, params, commit), commit);
+}
+
 enum db_result
 db_exec(struct db *db, struct db_rows **rows, const char *sql, int nparams,
     const char *const *params)
@@ -295,6 +316,50 @@ db_exec(struct db *db, struct db_rows **rows, const char *sql, int nparams,
 	if (r != DB_OK && !pending)
 		db_rollback(db);
 	return r;
+}
+
+enum db_result
+db_exec_parallel(struct db *db, int n, const struct db_statement *st, struct db_rows **rows)
+{
+	struct db *extra[LIMIT_DB_PARALLEL] = { NULL };
+	struct db *on[LIMIT_DB_PARALLEL];
+	int sent[LIMIT_DB_PARALLEL], i;
+	enum db_result r, first = DB_OK;
+
+	for (i = 0; i < n; i++)
+		rows[i] = NULL;
+	if (n < 1 || n > LIMIT_DB_PARALLEL || db->begin_pending ||
+	    PQtransactionStatus(db->conn) != PQTRANS_IDLE)
+		return DB_ERROR;
+	/* The first statement on db, each other on a connection of its own. */
+	for (i = 0; i < n; i++) {
+		on[i] = db;
+		if (i > 0 && db_connect(&extra[i]) == OUT_OK)
+			on[i] = extra[i];
+	}
+	for (i = 0; i < n; i++) {
+		if (on[i] != db || i == 0)
+			sent[i] = pipeline_send(on[i], st[i].sql, st[i].nparams, st[i].params, 1);
+		else
+			sent[i] = -2;	/* no extra connection: run it on db once db is free */
+	}
+	for (i = 0; i < n; i++) {
+		if (sent[i] == -2)
+			r = db_exec(db, &rows[i], st[i].sql, st[i].nparams, st[i].params);
+		else
+			r = finish(on[i], &rows[i],
+			    pipeline_collect(on[i], sent[i], 1));
+		if (r != DB_OK && first == DB_OK)
+			first = r;
+	}
+	for (i = 1; i < n; i++)
+		db_close(extra[i]);
+	if (first != DB_OK)
+		for (i = 0; i < n; i++) {
+			db_rows_free(rows[i]);
+			rows[i] = NULL;
+		}
+	return first;
 }
 
 enum db_result
@@ -355,6 +420,20 @@ int
 db_rows_count(const struct db_rows *rows)
 {
 	return rows ? PQntuples(rows->res) : 0;
+}
+
+int
+db_rows_fields(const struct db_rows *rows)
+{
+	return rows ? PQnfields(rows->res) : 0;
+}
+
+const char *
+db_rows_field_name(const struct db_rows *rows, int col)
+{
+	if (rows == NULL || col < 0 || col >= PQnfields(rows->res))
+		return NULL;
+	return PQfname(rows->res, col);
 }
 
 const char *

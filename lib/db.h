@@ -20,6 +20,7 @@
 #ifndef DB_H
 #define DB_H
 
+#include "limits.h"
 #include "outcome.h"
 
 struct db;
@@ -76,6 +77,26 @@ enum db_result db_exec(struct db *db, struct db_rows **rows, const char *sql,
 	    (int)(sizeof((const char *[]){ __VA_ARGS__ }) / sizeof(const char *)), \
 	    (const char *const[]){ __VA_ARGS__ })
 
+/* One statement of db_exec_parallel: sql with nparams text parameters. */
+struct db_statement {
+	const char *sql;
+	int nparams;
+	const char *const *params;
+};
+
+
+/*
+ * Runs n (1..LIMIT_DB_PARALLEL) independent read-only statements at the same
+ * time, each in a transaction of its own: the first on db, the others on
+ * connections opened for them and closed afterwards (where one cannot be
+ * opened, that statement runs on db after the others).  For a page that
+ * needs several slow aggregates: it waits for the slowest, not for their
+ * sum.  db must not be in a transaction.  DB_OK and rows[i] for each
+ * statement; otherwise the first failure and every rows[i] NULL.
+ */
+enum db_result db_exec_parallel(struct db *db, int n, const struct db_statement *st,
+    struct db_rows **rows) __attribute__((warn_unused_result));
+
 /*
  * BEGIN (READ COMMITTED) with the timeouts set LOCAL, COMMIT and
  * ROLLBACK.  db_begin sends nothing: BEGIN and the SET LOCALs go out in
@@ -98,6 +119,9 @@ enum outcome db_outcome(enum db_result r);
 int db_retryable(enum db_result r);
 
 int db_rows_count(const struct db_rows *rows);
+/* The number of columns, and the name of column col (NULL out of range); owned by rows. */
+int db_rows_fields(const struct db_rows *rows);
+const char *db_rows_field_name(const struct db_rows *rows, int col);
 /* The value at (row, col) as text, or NULL for SQL NULL or out of range. Owned by rows. */
 const char *db_rows_get(const struct db_rows *rows, int row, int col);
 void db_rows_free(struct db_rows *rows);

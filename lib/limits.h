@@ -269,4 +269,33 @@
 #define LIMIT_SYNC_MISSING_LOGGED	50
 #define LIMIT_SYNC_CLOCK_MARGIN_S	60
 
+/*
+ * The operator console (admin.cgi).  A form body it accepts; one page it
+ * renders; how long a confirmation form stays valid (its token carries
+ * the time it was made); a reason given for an action and a search term,
+ * in bytes; rows one table of a page lists; subscriptions one re-sync
+ * stores (one page of Stripe's list).
+ */
+#define LIMIT_FORM_BODY_IN	(16 * 1024)
+#define LIMIT_PAGE		(4 * 1024 * 1024)
+#define LIMIT_ADMIN_FORM_SECONDS	3600
+#define LIMIT_ADMIN_REASON	500
+#define LIMIT_ADMIN_SEARCH_TERM	200
+#define LIMIT_ADMIN_ROWS	50
+#define LIMIT_ADMIN_SYNC_SUBSCRIPTIONS	100
+
+/*
+ * The console's analytics API: the most months one request may ask for,
+ * and how many it shows when not asked.  Console form tokens: the key and
+ * nonce sizes (bytes), and how far ahead of ours a clock that made a token
+ * may be.  Statements the dashboard may run at once on separate
+ * connections (db_exec_parallel).
+ */
+#define LIMIT_ADMIN_MONTHS		240
+#define LIMIT_ADMIN_MONTHS_DEFAULT	12
+#define LIMIT_FORM_KEY			32
+#define LIMIT_FORM_NONCE		16
+#define LIMIT_FORM_CLOCK_SKEW_S		60
+#define LIMIT_DB_PARALLEL		4
+
 #endif

@@ -24,10 +24,10 @@ static const struct {
 	[OUT_METHOD_NOT_ALLOWED] = { 405, "method_not_allowed", "Method not allowed." },
 	[OUT_IDEMPOTENCY_CONFLICT] = { 409, "conflict", "This Idempotency-Key was already used with a different request." },
 	[OUT_ALREADY_SUBSCRIBED] = { 409, "already_subscribed", "This user already has an active subscription." },
+	[OUT_NO_CHANGE] = { 409, "no_change", "Nothing to change: the subscription is already in that state." },
 	[OUT_CUSTOMER_CONFLICT] = { 409, "customer_conflict", "This user's payment account is linked to another user; contact support." },
 	[OUT_CHECKOUT_SUPERSEDED] = { 409, "checkout_superseded", "A newer checkout for this user replaced this one." },
 	[OUT_FLOW_NEEDS_SUBSCRIPTION] = { 409, "no_subscription", "This portal flow needs a live subscription." },
-	[OUT_NO_CHANGE] = { 409, "no_change", "Nothing to change: the subscription is already in that state." },
 	[OUT_CANCEL_PENDING] = { 409, "cancel_pending", "The subscription is scheduled to cancel; resume it before changing the plan." },
 	[OUT_NOT_RESUMABLE] = { 409, "not_resumable", "Only a subscription scheduled to cancel at the period end can be resumed; a canceled one needs a new checkout." },
 	[OUT_LENGTH_REQUIRED] = { 411, "length_required", "Content-Length is required." },
@@ -70,6 +70,8 @@ outcome_reason(int status)
 	switch (status) {
 	case 200: return "OK";
 	case 204: return "No Content";
+	case 301: return "Moved Permanently";
+	case 303: return "See Other";
 	case 400: return "Bad Request";
 	case 401: return "Unauthorized";
 	case 402: return "Payment Required";

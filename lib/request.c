@@ -96,26 +96,30 @@ request_check_method(const struct request *r, const char *allow)
 	return OUT_METHOD_NOT_ALLOWED;
 }
 
-enum outcome
-request_require_json(const struct request *r)
+/* Whether CONTENT_TYPE's media type is mt (parameters such as charset allowed). */
+static int
+content_type_is(const char *mt)
 {
 	const char *ct = request_env("CONTENT_TYPE");
-	static const char json[] = "application/json";
-	size_t n = sizeof(json) - 1;
+	size_t n = strlen(mt);
 
-	(void)r;
 	if (ct == NULL)
-		return OUT_UNSUPPORTED_MEDIA;
+		return 0;
 	while (*ct == ' ')
 		ct++;
-	if (strncasecmp(ct, json, n) != 0)
-		return OUT_UNSUPPORTED_MEDIA;
+	if (strncasecmp(ct, mt, n) != 0)
+		return 0;
 	ct += n;
 	while (*ct == ' ')
 		ct++;
-	if (*ct != '\0' && *ct != ';')
-		return OUT_UNSUPPORTED_MEDIA;
-	return OUT_OK;
+	return *ct == '\0' || *ct == ';';
+}
+
+enum outcome
+request_require_json(const struct request *r)
+{
+	(void)r;
+	return content_type_is("application/json") ? OUT_OK : OUT_UNSUPPORTED_MEDIA;
 }
 
 enum outcome
@@ -299,19 +303,23 @@ bad:
 	return NULL;
 }
 
-int
-request_query_param(const struct request *r, const char *name, char **value)
+/*
+ * The value of name in an application/x-www-form-urlencoded string of len
+ * bytes (a query string or a form body): see request_query_param.
+ */
+static int
+pairs_param(const char *p, size_t len, const char *name, char **value)
 {
-	const char *p = r->query, *amp, *eq, *end;
+	const char *end_all = p + len, *amp, *eq, *end;
 	char *key = NULL, *val = NULL, *found = NULL;
 	int rc = -1;
 
 	*value = NULL;
-	if (strlen(p) > LIMIT_QUERY_STRING)
+	if (memchr(p, '\0', len) != NULL)
 		goto out;
-	while (*p != '\0') {
-		amp = strchr(p, '&');
-		end = amp ? amp : p + strlen(p);
+	while (p < end_all) {
+		amp = memchr(p, '&', (size_t)(end_all - p));
+		end = amp ? amp : end_all;
 		eq = memchr(p, '=', (size_t)(end - p));
 		if ((key = url_decode(p, eq ? eq : end)) == NULL ||
 		    (val = eq ? url_decode(eq + 1, end) : mem_strdup("")) == NULL)
@@ -335,4 +343,25 @@ out:
 	free(val);
 	free(found);
 	return rc;
+}
+
+int
+request_query_param(const struct request *r, const char *name, char **value)
+{
+	size_t n = strlen(r->query);
+
+	*value = NULL;
+	if (n > LIMIT_QUERY_STRING)
+		return -1;
+	return pairs_param(r->query, n, name, value);
+}
+
+int
+request_form_param(const struct request *r, const char *name, char **value)
+{
+	*value = NULL;
+	if (r->body_outcome != OUT_OK || r->body_len > LIMIT_FORM_BODY_IN ||
+	    !content_type_is("application/x-www-form-urlencoded"))
+		return -1;
+	return pairs_param(r->body, r->body_len, name, value);
 }

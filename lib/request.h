@@ -102,4 +102,12 @@ const char *request_header(const char *name);
 int request_query_param(const struct request *r, const char *name, char **value)
     __attribute__((warn_unused_result));
 
+/*
+ * As request_query_param, for a form POSTed as
+ * application/x-www-form-urlencoded (HTML 4.01 17.13.4): -1 also when the
+ * body is missing, is of another type or exceeds LIMIT_FORM_BODY_IN.
+ */
+int request_form_param(const struct request *r, const char *name, char **value)
+    __attribute__((warn_unused_result));
+
 #endif

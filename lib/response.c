@@ -163,7 +163,7 @@ response_empty(int status)
 }
 
 void
-response_text(int status, const char *content_type, const char *body, size_t len)
+response_body(int status, const char *content_type, const char *body, size_t len)
 {
 	send_response(status, content_type, body, len);
 }

@@ -2,8 +2,8 @@
  * The only writer of status lines, headers and bodies.  A CGI answers
  * once (RFC 3875 6.2): headers are collected with response_header and
  * go out together with the body.  Every response carries X-Request-Id
- * and ends the request's log line.  Bodies are built with json-c, never
- * printed by hand.
+ * and ends the request's log line.  JSON bodies are built with json-c,
+ * never printed by hand; pages are built by the html module.
  */
 #ifndef RESPONSE_H
 #define RESPONSE_H
@@ -49,10 +49,11 @@ void response_json(int status, struct json_object *body);
 void response_empty(int status);
 
 /*
- * Writes status, queued headers and len bytes of body (borrowed) of
- * another media type than JSON (the Prometheus text format).
+ * Writes a body that is not built with json-c: an HTML page, CSV, the
+ * Prometheus text format, or JSON text the database produced (borrowed).  content_type is a literal, e.g.
+ * "text/html; charset=utf-8".
  */
-void response_text(int status, const char *content_type, const char *body, size_t len);
+void response_body(int status, const char *content_type, const char *body, size_t len);
 
 /*
  * {"error":{"code":...,"message":...}} with the outcome's status.

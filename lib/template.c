@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "html.h"
 #include "jsonget.h"
 #include "limits.h"
 #include "mem.h"
@@ -193,21 +194,8 @@ template_url_ok(const char *s, int https_only)
 int
 template_html_escape(struct buf *out, const char *s)
 {
-	const char *rep;
-	int r = 0;
-
-	for (; r == 0 && *s; s++) {
-		switch (*s) {
-		case '&': rep = "&amp;"; break;
-		case '<': rep = "&lt;"; break;
-		case '>': rep = "&gt;"; break;
-		case '"': rep = "&quot;"; break;
-		case '\'': rep = "&#39;"; break;
-		default: rep = NULL; break;
-		}
-		r = rep ? buf_addstr(out, rep) : buf_addch(out, *s);
-	}
-	return r;
+	/* One escaping for mails and console pages (html.h). */
+	return html_escape(out, s);
 }
 
 static int

@@ -410,3 +410,14 @@ usage_maybe_prune(struct db *db)
 	if (db_exec(db, NULL, "SELECT prune_usage_idempotency()", 0, NULL) != DB_OK)
 		log_msg("pruning idempotency keys failed");
 }
+
+int
+usage_type_valid(const char *s)
+{
+	size_t i;
+
+	for (i = 0; s != NULL && usage_types[i] != NULL; i++)
+		if (strcmp(s, usage_types[i]) == 0)
+			return 1;
+	return 0;
+}

@@ -98,6 +98,9 @@ enum outcome usage_track(struct db *db, const struct usage_record *rec, const ch
  */
 void usage_maybe_prune(struct db *db);
 
+/* Whether s is one of the five usage types (billing_usage_types()). */
+int usage_type_valid(const char *s);
+
 /* Frees the body; NULL is fine. */
 void usage_answer_free(struct usage_answer *answer);
 

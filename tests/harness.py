@@ -34,7 +34,9 @@ Stack(settings={}, apache=True, stripe=True, htaccess=False, *, builddir=None,
     clock and webhook delivery; its /_sim/ control API is documented there)
   - Apache httpd with the real apache/billing-cgi.conf (htaccess=True: a web
     root with apache/htaccess + cgi-bin/ with apache/cgi-bin.htaccess, the
-    settings in a BILLING_CONFIG file): st.url(path), st.http(method, path,
+    settings in a BILLING_CONFIG file; operators for the console in an htpasswd
+    file, OPERATORS plus Stack(operators={user: password}), named by
+    BILLING_ADMIN_HTPASSWD or cgi-bin/.htaccess's AuthUserFile): st.url(path), st.http(method, path,
     headers={}, body=b"") -> Resp, st.error_log() (CGI stderr lands there)
   - direct CGI runs: st.cgi(name, method="POST", body=b"", env={}, headers={},
     query="") -> Resp (+ .stderr, .returncode); st.cgi_raw(...) -> (stdout, stderr)
@@ -136,7 +138,12 @@ ENDPOINTS = {
     "portal-session": "/api/stripe/portal-session",
     "subscription": "/api/subscription",
     "metrics": "/metrics",
+    "admin": "/admin",
 }
+
+# Operators Apache authenticates for the console (admin.cgi): user -> password,
+# written to an htpasswd file (BILLING_ADMIN_HTPASSWD); Stack(operators=) adds more.
+OPERATORS = {"operator": "operator-password"}
 
 # Passed through to CGIs (sanitizer builds) when set in our environment.
 # How Apache runs the programs: MPM, CGI module, and the snippet to Include.
@@ -716,9 +723,11 @@ class Stack:
 
     def __init__(self, settings=None, apache=True, stripe=True, htaccess=False, *,
                  builddir=None, srcdir=None, schema=True, apache_mode=None, pgbouncer=None,
-                 extra_apache_conf="", simulator=False):
+                 extra_apache_conf="", simulator=False, operators=None):
         self.extra_apache_conf = extra_apache_conf
         self.stripe_script = "simulator.py" if simulator else "fake_stripe.py"
+        self.operators = dict(OPERATORS, **(operators or {}))
+        self.htpasswd = None
         self.want_apache = apache
         self.apache_mode = apache_mode or os.environ.get("BILLING_TEST_APACHE") or "cgid"
         if self.apache_mode not in APACHE_MODES:
@@ -1264,6 +1273,17 @@ pidfile = {self.pgb_run}/pgbouncer.pid
 
     # -- Apache ------------------------------------------------------------------
 
+    def _write_htpasswd(self):
+        """The operators' htpasswd file ({SHA} entries: Apache reads them on any
+        platform, and the test needs no htpasswd binary)."""
+        self.htpasswd = os.path.join(self.tmp, "admin.htpasswd")
+        lines = []
+        for user, password in self.operators.items():
+            digest = base64.b64encode(hashlib.sha1(password.encode()).digest()).decode()
+            lines.append(f"{user}:{{SHA}}{digest}\n")
+        self._write(self.htpasswd, "".join(lines), 0o640)
+        return self.htpasswd
+
     def _apache_layout(self):
         """Returns the config text after the common part."""
         conf_snippet = os.path.join(self.srcdir, "apache", APACHE_MODES[self.apache_mode][2])
@@ -1281,7 +1301,8 @@ pidfile = {self.pgb_run}/pgbouncer.pid
             htdocs = self._mkdir("apache", "htdocs", mode=0o755)
             lines = [f"DocumentRoot {_apache_quote(htdocs)}",
                      f"<Directory {_apache_quote(htdocs)}>\n    Require all granted\n</Directory>",
-                     f"Define BILLING_CGI_BIN {_apache_quote(cgi_bin)}"]
+                     f"Define BILLING_CGI_BIN {_apache_quote(cgi_bin)}",
+                     f"Define BILLING_ADMIN_HTPASSWD {_apache_quote(self._write_htpasswd())}"]
             for k, v in self.settings.items():
                 lines.append(f"SetEnv {k} {_apache_quote(v)}")
             lines.append(f"Include {_apache_quote(conf_snippet)}")
@@ -1300,6 +1321,11 @@ pidfile = {self.pgb_run}/pgbouncer.pid
                           lambda m: f"SetEnv BILLING_CONFIG {_apache_quote(self.billing_config)}", text)
         if n != 1:
             raise StackError("apache/cgi-bin.htaccess has no 'SetEnv BILLING_CONFIG' line")
+        text, n = re.subn(r"(?m)^(\s*)AuthUserFile .*$",
+                          lambda m: f"{m.group(1)}AuthUserFile {_apache_quote(self._write_htpasswd())}",
+                          text)
+        if n != 1:
+            raise StackError("apache/cgi-bin.htaccess has no 'AuthUserFile' line")
         self._write(os.path.join(cgi, ".htaccess"), text, 0o644)
         self._write(self.billing_config,
                     "".join(f'{k}="{v}"\n' for k, v in self.settings.items()), 0o600)
@@ -1332,7 +1358,8 @@ pidfile = {self.pgb_run}/pgbouncer.pid
         tail = self._apache_layout()
         self._apache_passenv = [k for k in PASSTHROUGH_ENV if os.environ.get(k)]
         mpm, cgi_module, _ = APACHE_MODES[self.apache_mode]
-        modules = [mpm, "unixd", "authz_core", "authz_host", "alias", cgi_module, "mime",
+        modules = [mpm, "unixd", "authz_core", "authz_host", "authz_user", "authn_core",
+                   "authn_file", "auth_basic", "alias", cgi_module, "mime",
                    "env", "setenvif", "headers", "rewrite", "dir", "log_config"]
         if mpm == "mpm_prefork":
             mpm_lines = ["StartServers 4", "MinSpareServers 2", "MaxSpareServers 8",

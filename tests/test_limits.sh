@@ -19,6 +19,10 @@ allowed=(
 	"lib/mail.c:EW_LINE"
 	"lib/mail.c:EW_OVERHEAD"
 	"lib/mail.c:QP_LINE"
+	# The geometry of the console's SVG charts (drawing, not limits).
+	"lib/chart.c:WIDTH" "lib/chart.c:HEIGHT" "lib/chart.c:LEFT" "lib/chart.c:RIGHT"
+	"lib/chart.c:TOP" "lib/chart.c:BOTTOM" "lib/chart.c:BAR_LABEL" "lib/chart.c:BAR_VALUE"
+	"lib/chart.c:BAR_ROW" "lib/chart.c:TICKS" "lib/chart.c:MAX_X_LABELS"
 	# The layout of the shared metrics file (changing one changes the format).
 	"lib/metrics.c:METRICS_VERSION"
 	"lib/metrics.c:SLOTS"
