@@ -599,7 +599,7 @@ store_subscription(struct apply *a, struct json_object *sub, int force, int dele
 	const char *customer = id_of(sub, "customer"), *claimed = user_at(sub, "metadata.userId");
 	const char *tier, *interval, *price, *currency, *reason, *ended;
 	char *user = NULL;
-	char amount[24], ts[24], te[24], ps[24], pe[24], ca[24], ea[24], created[24];
+	char amount[24], ts[24], te[24], ps[24], pe[24], ca[24], ea[24], created[24], qty[24];
 	const char *pps, *ppe;
 	struct json_object *previous = NULL;
 	int cape = 0, r;
@@ -655,11 +655,12 @@ store_subscription(struct apply *a, struct json_object *sub, int force, int dele
 	    "INSERT INTO subscriptions AS s (user_id, stripe_customer_id, stripe_subscription_id,"
 	    " tier, status, billing_interval, price_id, unit_amount, currency, trial_start,"
 	    " trial_end, current_period_start, current_period_end, cancel_at_period_end,"
-	    " canceled_at, ended_at, cancellation_reason, last_event_created, last_event_id)"
+	    " canceled_at, ended_at, cancellation_reason, last_event_created, last_event_id,"
+	    " quantity)"
 	    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::bigint, $9, to_timestamp($10::bigint),"
 	    " to_timestamp($11::bigint), to_timestamp($12::bigint), to_timestamp($13::bigint),"
 	    " $14::boolean, to_timestamp($15::bigint), to_timestamp($16::bigint), $17,"
-	    " to_timestamp($18::bigint), $19)"
+	    " to_timestamp($18::bigint), $19, $20::bigint)"
 	    " ON CONFLICT (stripe_subscription_id) DO UPDATE SET"
 	    " user_id = coalesce(EXCLUDED.user_id, s.user_id),"
 	    " stripe_customer_id = coalesce(EXCLUDED.stripe_customer_id, s.stripe_customer_id),"
@@ -675,12 +676,14 @@ store_subscription(struct apply *a, struct json_object *sub, int force, int dele
 	    " canceled_at = EXCLUDED.canceled_at, ended_at = EXCLUDED.ended_at,"
 	    " cancellation_reason = coalesce(EXCLUDED.cancellation_reason, s.cancellation_reason),"
 	    " last_event_created = greatest(s.last_event_created, EXCLUDED.last_event_created),"
-	    " last_event_id = EXCLUDED.last_event_id",
+	    " last_event_id = EXCLUDED.last_event_id,"
+	    " quantity = coalesce(EXCLUDED.quantity, s.quantity)",
 	    user, customer, id, tier, status, interval, price,
 	    BIGINT(a, sub, where, "items.data.0.price.unit_amount", amount), currency,
 	    UNIXTIME(a, sub, where, "trial_start", ts), UNIXTIME(a, sub, where, "trial_end", te),
 	    pps, ppe, cape ? "true" : "false", UNIXTIME(a, sub, where, "canceled_at", ca), ended,
-	    reason, created, ev->id);
+	    reason, created, ev->id,
+	    column_int(a, sub, where, "items.data.0.quantity", 0, INT64_MAX, qty, sizeof(qty)));
 	if (r == 0)
 		log_note("applied", status);
 	if (r == 0 && user != NULL && status_live(status))

@@ -167,6 +167,16 @@ CALL pg_temp.ensure_constraint('subscriptions', 'subscriptions_billing_interval_
 	$c$CHECK (billing_interval IN ('monthly', 'yearly'))$c$);
 CREATE INDEX IF NOT EXISTS subscriptions_user_id_idx ON subscriptions (user_id);
 CREATE INDEX IF NOT EXISTS subscriptions_stripe_customer_id_idx ON subscriptions (stripe_customer_id);
+-- Seats of the first subscription item (Stripe's items.data[0].quantity);
+-- NULL (rows written before the column existed) counts as 1.
+ALTER TABLE subscriptions ADD COLUMN IF NOT EXISTS quantity bigint;
+CALL pg_temp.ensure_constraint('subscriptions', 'subscriptions_quantity_check',
+	$c$CHECK (quantity >= 0)$c$);
+-- The snapshot counts by tier and status; MRR reads the paying rows only.
+CREATE INDEX IF NOT EXISTS subscriptions_tier_status_idx ON subscriptions (tier, status);
+CREATE INDEX IF NOT EXISTS subscriptions_paying_idx ON subscriptions (currency)
+	INCLUDE (unit_amount, quantity, billing_interval, stripe_customer_id, stripe_subscription_id)
+	WHERE status IN ('active', 'past_due');
 CREATE OR REPLACE TRIGGER subscriptions_touch_updated_at
 	BEFORE UPDATE ON subscriptions
 	FOR EACH ROW EXECUTE FUNCTION billing_touch_updated_at();
@@ -195,9 +205,44 @@ CALL pg_temp.ensure_constraint('usage_tracking', 'usage_tracking_period_check',
 CALL pg_temp.ensure_constraint('usage_tracking', 'usage_tracking_user_type_period_key',
 	$c$UNIQUE (user_id, usage_type, period_start)$c$);
 CREATE INDEX IF NOT EXISTS usage_tracking_user_period_idx ON usage_tracking (user_id, period_start);
+-- The effective tier the counter was last incremented under (track_usage
+-- sets it), so quota utilisation per tier needs no join with subscriptions.
+-- NULL on rows written before the column existed.
+ALTER TABLE usage_tracking ADD COLUMN IF NOT EXISTS tier text;
+CALL pg_temp.ensure_constraint('usage_tracking', 'usage_tracking_tier_check',
+	$c$CHECK (tier IN ('free', 'basic', 'pro', 'enterprise'))$c$);
+-- Feature usage and quota utilisation of a month read only this index, in
+-- its order (amount in the key also answers "how many reached the limit"
+-- with a range scan).  It costs track_usage its HOT updates: amount is
+-- indexed.
+CREATE INDEX IF NOT EXISTS usage_tracking_month_idx
+	ON usage_tracking (period_start, usage_type, tier, amount);
+-- Counters from before the tier column, for utilisation's fallback.
+CREATE INDEX IF NOT EXISTS usage_tracking_untiered_idx ON usage_tracking (period_start)
+	WHERE tier IS NULL;
 CREATE OR REPLACE TRIGGER usage_tracking_touch_updated_at
 	BEFORE UPDATE ON usage_tracking
 	FOR EACH ROW EXECUTE FUNCTION billing_touch_updated_at();
+
+------------------------------------------------------------------------------
+-- quota_refusals: how often track_usage refused a user's usage of a type in a
+-- UTC month under a tier, i.e. how many 402 quota_exceeded answers usage.cgi
+-- gave.  track_usage counts each refusal; usage.cgi counts again, after its
+-- rollback, a refusal under an Idempotency-Key (whose transaction keeps
+-- nothing).  One row per user keeps concurrent refusals of different users
+-- from queueing on one counter.
+------------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS quota_refusals (
+	user_id			text		NOT NULL,
+	usage_type		text		NOT NULL,
+	period_start		date		NOT NULL,	-- first day of the UTC month
+	tier			text		NOT NULL,	-- effective tier when refused
+	refusals		bigint		NOT NULL DEFAULT 1,
+	last_refused_at		timestamptz	NOT NULL DEFAULT now(),
+	PRIMARY KEY (user_id, usage_type, period_start, tier)
+);
+CREATE INDEX IF NOT EXISTS quota_refusals_period_idx ON quota_refusals (period_start)
+	INCLUDE (tier, usage_type, refusals);
 
 ------------------------------------------------------------------------------
 -- plan_quotas: monthly limit per (tier, usage_type); NULL = unlimited.
@@ -594,6 +639,18 @@ RETURNS jsonb LANGUAGE sql STABLE STRICT AS $fn$
 	LEFT JOIN LATERAL user_live_subscription(p_user_id) s ON true
 $fn$;
 
+-- Counts one refusal of p_usage_type for p_user_id in the current UTC month,
+-- under p_tier (NULL: the user's effective tier now).
+CREATE OR REPLACE FUNCTION quota_refusal_record(p_user_id text, p_usage_type text,
+	p_tier text DEFAULT NULL)
+RETURNS void LANGUAGE sql VOLATILE AS $fn$
+	INSERT INTO quota_refusals AS r (user_id, usage_type, period_start, tier)
+	VALUES (p_user_id, p_usage_type, usage_period_start(now()),
+		coalesce(p_tier, user_effective_tier(p_user_id)))
+	ON CONFLICT (user_id, usage_type, period_start, tier) DO UPDATE
+		SET refusals = r.refusals + 1, last_refused_at = now()
+$fn$;
+
 -- track_usage(user_id, usage_type, amount): records amount (>= 0) against the
 -- user's current UTC month if, and only if, the total stays within the limit
 -- of the user's effective tier.  Returns exactly one row:
@@ -618,6 +675,7 @@ DECLARE
 	v_limit bigint;
 	v_used bigint;
 	v_allowed boolean;
+	v_tier text;
 BEGIN
 	IF p_user_id IS NULL OR length(p_user_id) NOT BETWEEN 1 AND 128 THEN
 		RAISE EXCEPTION 'track_usage: user id must be 1..128 characters'
@@ -632,17 +690,19 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 
-	v_limit := plan_limit(user_effective_tier(p_user_id), p_usage_type);
+	v_tier := user_effective_tier(p_user_id);
+	v_limit := plan_limit(v_tier, p_usage_type);
 
 	IF v_limit IS NULL OR p_amount <= v_limit THEN
 		-- A first insert can only carry p_amount <= v_limit; an update is
 		-- applied only if the new total stays within the limit.
 		INSERT INTO usage_tracking AS u
-			(user_id, usage_type, period_start, period_end, amount, updated_at)
-		VALUES (p_user_id, p_usage_type, v_start, v_end, p_amount, now())
+			(user_id, usage_type, period_start, period_end, amount, updated_at, tier)
+		VALUES (p_user_id, p_usage_type, v_start, v_end, p_amount, now(), v_tier)
 		ON CONFLICT (user_id, usage_type, period_start) DO UPDATE
 			SET amount = u.amount + EXCLUDED.amount,
-			    updated_at = now()
+			    updated_at = now(),
+			    tier = EXCLUDED.tier
 			WHERE v_limit IS NULL OR u.amount + EXCLUDED.amount <= v_limit
 		RETURNING u.amount INTO v_used;
 		v_allowed := FOUND;
@@ -658,6 +718,8 @@ BEGIN
 		WHERE u.user_id = p_user_id AND u.usage_type = p_usage_type
 		  AND u.period_start = v_start;
 		v_used := coalesce(v_used, 0);
+		-- usage.cgi answers this refusal with 402: count it (quota breaches).
+		PERFORM quota_refusal_record(p_user_id, p_usage_type, v_tier);
 	END IF;
 
 	allowed := v_allowed;
@@ -688,6 +750,1123 @@ CREATE UNLOGGED TABLE IF NOT EXISTS rate_limits (
 ) WITH (fillfactor = 70);
 
 ------------------------------------------------------------------------------
+-- The MRR movement ledger
+--
+-- mrr_movements holds one row per change of a subscription's monthly
+-- recurring amount and one per change of its status, written by triggers on
+-- subscriptions in the same transaction as the change, whoever makes it
+-- (webhook.cgi today, the self-service endpoints and billing-sync later).
+-- Every business figure over time below is computed from it.
+--
+-- Monthly amount of a subscription (minor units): unit_amount x quantity
+-- (NULL quantity = 1) while the status is active or past_due; a yearly price
+-- counts amount x quantity / 12, rounded half up per subscription; 0 for any
+-- other status (trialing, incomplete, incomplete_expired, unpaid, paused,
+-- canceled), without a price amount or without a currency.  This is Stripe
+-- Billing's MRR rule (trials, unpaid and canceled subscriptions count nothing;
+-- past_due still counts until Stripe cancels it or marks it unpaid).
+--
+-- Movements are classified per customer (stripe_customer_id; the
+-- subscription id when the customer is unknown) and currency, as Stripe
+-- Billing does for its "Customer MRR changes":
+--   new           the customer's MRR in the currency goes from 0 to > 0 and
+--                 the customer never had a movement before;
+--   reactivation  the same for a customer who had MRR before (came back);
+--   expansion     it rises while staying > 0 (upgrade, more seats, monthly
+--                 price increase);
+--   contraction   it falls while staying > 0 (downgrade, fewer seats);
+--   churn         it falls to 0 (canceled, unpaid, paused, ended).
+-- A customer with two subscriptions who cancels one has a contraction, not a
+-- churn.  Rows with kind NULL record a status change that moved no MRR
+-- (trialing -> canceled, active -> past_due, ...): trial conversion counts
+-- them.  effective_at is the `created` of the Stripe event that made the
+-- change (last_event_created, which never goes backwards for a
+-- subscription), or the time of writing for changes no event made.
+------------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS mrr_movements (
+	id			bigserial	PRIMARY KEY,
+	stripe_subscription_id	text		NOT NULL,
+	customer		text		NOT NULL,	-- stripe_customer_id, else the subscription id
+	currency		text,				-- lower case; NULL if never known
+	kind			text,				-- NULL: status change only
+	delta			bigint		NOT NULL DEFAULT 0,	-- change of the customer's MRR (minor units)
+	amount			bigint		NOT NULL DEFAULT 0,	-- the subscription's monthly amount after it
+	customer_amount		bigint,				-- the customer's MRR in the currency after it
+	status_before		text,				-- NULL: the row was new
+	status			text,				-- NULL: the row was deleted
+	effective_at		timestamptz	NOT NULL,
+	recorded_at		timestamptz	NOT NULL DEFAULT now()
+);
+CALL pg_temp.ensure_constraint('mrr_movements', 'mrr_movements_kind_check',
+	$c$CHECK (kind IN ('new', 'expansion', 'contraction', 'churn', 'reactivation'))$c$);
+CALL pg_temp.ensure_constraint('mrr_movements', 'mrr_movements_kind_delta_check',
+	$c$CHECK ((kind IS NULL) = (delta = 0) AND (kind IS NULL) = (customer_amount IS NULL))$c$);
+-- The customer's latest movement (classification) and the admin pages.
+CREATE INDEX IF NOT EXISTS mrr_movements_customer_idx ON mrr_movements (customer, currency, id)
+	WHERE kind IS NOT NULL;
+CREATE INDEX IF NOT EXISTS mrr_movements_subscription_idx ON mrr_movements (stripe_subscription_id, id);
+
+-- mrr_monthly: the ledger summed per currency and UTC month, kept by a
+-- row trigger on mrr_movements in the same transaction, so the monthly figures
+-- read a few hundred rows instead of millions.  Each (currency, month) is
+-- split into 16 slots by customer so that concurrent webhooks of different
+-- customers rarely wait on the same counter row; readers sum the slots.
+-- Signed sums of delta per kind (contraction and churn are negative), counts
+-- of movements per kind, and the trial transitions of analytics_monthly.
+CREATE TABLE IF NOT EXISTS mrr_monthly (
+	currency		text		NOT NULL,
+	month			date		NOT NULL,	-- first day of the UTC month
+	slot			smallint	NOT NULL,
+	net			bigint		NOT NULL DEFAULT 0,
+	new_mrr			bigint		NOT NULL DEFAULT 0,
+	expansion_mrr		bigint		NOT NULL DEFAULT 0,
+	contraction_mrr		bigint		NOT NULL DEFAULT 0,
+	churned_mrr		bigint		NOT NULL DEFAULT 0,
+	reactivation_mrr	bigint		NOT NULL DEFAULT 0,
+	new_customers		bigint		NOT NULL DEFAULT 0,
+	reactivated_customers	bigint		NOT NULL DEFAULT 0,
+	churned_customers	bigint		NOT NULL DEFAULT 0,
+	upgrades		bigint		NOT NULL DEFAULT 0,
+	downgrades		bigint		NOT NULL DEFAULT 0,
+	trials_started		bigint		NOT NULL DEFAULT 0,
+	trials_ended		bigint		NOT NULL DEFAULT 0,
+	trials_converted	bigint		NOT NULL DEFAULT 0,
+	PRIMARY KEY (currency, month, slot)
+);
+
+-- What one ledger row adds to mrr_monthly (NULL for a row without a
+-- currency): the one place that says which sum and count a row belongs to.
+CREATE OR REPLACE FUNCTION mrr_monthly_of(m mrr_movements)
+RETURNS mrr_monthly LANGUAGE sql IMMUTABLE AS $fn$
+	SELECT m.currency, date_trunc('month', m.effective_at AT TIME ZONE 'UTC')::date,
+	       (hashtext(m.customer) & 15)::smallint,
+	       m.delta,
+	       CASE WHEN m.kind = 'new' THEN m.delta ELSE 0 END,
+	       CASE WHEN m.kind = 'expansion' THEN m.delta ELSE 0 END,
+	       CASE WHEN m.kind = 'contraction' THEN m.delta ELSE 0 END,
+	       CASE WHEN m.kind = 'churn' THEN m.delta ELSE 0 END,
+	       CASE WHEN m.kind = 'reactivation' THEN m.delta ELSE 0 END,
+	       ((m.kind = 'new') IS TRUE)::integer,
+	       ((m.kind = 'reactivation') IS TRUE)::integer,
+	       ((m.kind = 'churn') IS TRUE)::integer,
+	       ((m.kind = 'expansion') IS TRUE)::integer,
+	       ((m.kind = 'contraction') IS TRUE)::integer,
+	       ((m.status = 'trialing' AND m.status_before IS DISTINCT FROM 'trialing') IS TRUE)::integer,
+	       ((m.status_before = 'trialing' AND m.status IS DISTINCT FROM 'trialing') IS TRUE)::integer,
+	       ((m.status_before = 'trialing' AND m.status IN ('active', 'past_due')
+		 AND m.amount > 0) IS TRUE)::integer
+	WHERE m.currency IS NOT NULL
+$fn$;
+
+-- Adds a new ledger row to mrr_monthly (row trigger: a statement trigger's
+-- transition table costs more than the upsert itself).
+CREATE OR REPLACE FUNCTION mrr_monthly_add()
+RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+	INSERT INTO mrr_monthly AS r
+	SELECT c.* FROM mrr_monthly_of(NEW) c
+	WHERE c.currency IS NOT NULL
+	ON CONFLICT (currency, month, slot) DO UPDATE SET
+		net = r.net + EXCLUDED.net,
+		new_mrr = r.new_mrr + EXCLUDED.new_mrr,
+		expansion_mrr = r.expansion_mrr + EXCLUDED.expansion_mrr,
+		contraction_mrr = r.contraction_mrr + EXCLUDED.contraction_mrr,
+		churned_mrr = r.churned_mrr + EXCLUDED.churned_mrr,
+		reactivation_mrr = r.reactivation_mrr + EXCLUDED.reactivation_mrr,
+		new_customers = r.new_customers + EXCLUDED.new_customers,
+		reactivated_customers = r.reactivated_customers + EXCLUDED.reactivated_customers,
+		churned_customers = r.churned_customers + EXCLUDED.churned_customers,
+		upgrades = r.upgrades + EXCLUDED.upgrades,
+		downgrades = r.downgrades + EXCLUDED.downgrades,
+		trials_started = r.trials_started + EXCLUDED.trials_started,
+		trials_ended = r.trials_ended + EXCLUDED.trials_ended,
+		trials_converted = r.trials_converted + EXCLUDED.trials_converted;
+	RETURN NULL;
+END
+$fn$;
+
+-- Recomputes mrr_monthly from the whole ledger; returns its row count.
+-- The ledger is append-only; after any UPDATE or DELETE of its rows (by
+-- hand) the triggers below call this.
+CREATE OR REPLACE FUNCTION mrr_monthly_refresh()
+RETURNS bigint LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+	v_count bigint;
+BEGIN
+	LOCK TABLE mrr_monthly IN EXCLUSIVE MODE;
+	DELETE FROM mrr_monthly;
+	INSERT INTO mrr_monthly
+	SELECT c.currency, c.month, c.slot, sum(c.net), sum(c.new_mrr), sum(c.expansion_mrr),
+	       sum(c.contraction_mrr), sum(c.churned_mrr), sum(c.reactivation_mrr),
+	       sum(c.new_customers), sum(c.reactivated_customers), sum(c.churned_customers),
+	       sum(c.upgrades), sum(c.downgrades), sum(c.trials_started), sum(c.trials_ended),
+	       sum(c.trials_converted)
+	FROM mrr_movements m
+	CROSS JOIN LATERAL mrr_monthly_of(m) c
+	WHERE m.currency IS NOT NULL
+	GROUP BY c.currency, c.month, c.slot;
+	GET DIAGNOSTICS v_count = ROW_COUNT;
+	RETURN v_count;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION mrr_monthly_resync()
+RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+	IF TG_OP = 'TRUNCATE' THEN
+		TRUNCATE mrr_monthly;
+	ELSE
+		PERFORM mrr_monthly_refresh();
+	END IF;
+	RETURN NULL;
+END
+$fn$;
+DROP TRIGGER IF EXISTS mrr_movements_monthly_insert ON mrr_movements;	-- was per statement
+CREATE OR REPLACE TRIGGER mrr_movements_monthly_row
+	AFTER INSERT ON mrr_movements
+	FOR EACH ROW EXECUTE FUNCTION mrr_monthly_add();
+CREATE OR REPLACE TRIGGER mrr_movements_monthly_change
+	AFTER UPDATE OR DELETE ON mrr_movements
+	FOR EACH STATEMENT EXECUTE FUNCTION mrr_monthly_resync();
+CREATE OR REPLACE TRIGGER mrr_movements_monthly_truncate
+	AFTER TRUNCATE ON mrr_movements
+	FOR EACH STATEMENT EXECUTE FUNCTION mrr_monthly_resync();
+
+-- Monthly amount of a subscription in minor units (rule above).
+CREATE OR REPLACE FUNCTION subscription_monthly_amount(p_status text, p_unit_amount bigint,
+	p_quantity bigint, p_interval text, p_currency text)
+RETURNS bigint LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+	SELECT CASE
+		WHEN p_status IS NULL OR p_status NOT IN ('active', 'past_due')
+		     OR p_unit_amount IS NULL OR p_unit_amount <= 0 OR p_currency IS NULL THEN 0
+		WHEN p_interval = 'yearly' THEN (p_unit_amount * coalesce(p_quantity, 1) + 6) / 12
+		ELSE p_unit_amount * coalesce(p_quantity, 1)
+	END::bigint
+$fn$;
+
+-- One MRR movement of p_delta for a customer in a currency: classifies it
+-- against the customer's previous MRR there and appends it.  Movements of
+-- one customer are serialised (transaction-scoped advisory lock in a key
+-- space of its own), so two subscriptions of the customer changing at once
+-- still chain their customer_amount.
+CREATE OR REPLACE FUNCTION mrr_ledger_move(p_sub text, p_customer text, p_currency text,
+	p_delta bigint, p_amount bigint, p_status_before text, p_status text, p_at timestamptz)
+RETURNS void LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+	v_before bigint;
+	v_after bigint;
+	v_kind text;
+BEGIN
+	PERFORM pg_advisory_xact_lock(7294811, hashtext(p_customer));
+	SELECT m.customer_amount INTO v_before
+	FROM mrr_movements m
+	WHERE m.customer = p_customer AND m.currency = p_currency AND m.kind IS NOT NULL
+	ORDER BY m.id DESC LIMIT 1;
+	v_before := coalesce(v_before, 0);
+	v_after := v_before + p_delta;
+	-- (An MRR at or below 0 before a movement only happens on a ledger
+	-- that started after the subscriptions did: run rebuild_mrr_movements().)
+	IF v_before <= 0 AND v_after > 0 THEN
+		v_kind := CASE WHEN EXISTS (SELECT 1 FROM mrr_movements m
+					    WHERE m.customer = p_customer AND m.kind IS NOT NULL)
+			       THEN 'reactivation' ELSE 'new' END;
+	ELSIF v_before > 0 AND v_after <= 0 THEN
+		v_kind := 'churn';
+	ELSIF p_delta > 0 THEN
+		v_kind := 'expansion';
+	ELSE
+		v_kind := 'contraction';
+	END IF;
+	INSERT INTO mrr_movements (stripe_subscription_id, customer, currency, kind, delta, amount,
+				   customer_amount, status_before, status, effective_at)
+	VALUES (p_sub, p_customer, p_currency, v_kind, p_delta, p_amount, v_after,
+		p_status_before, p_status, p_at);
+END
+$fn$;
+
+-- Writes the ledger rows for one change of a subscription from (status,
+-- currency, monthly amount) before to after: the MRR movement(s), or a
+-- status-only row when the status changed and MRR did not.  A change of
+-- currency while paying leaves the old currency and enters the new one (two
+-- movements; the status change rides on the first).  Shared by the
+-- subscriptions triggers and rebuild_mrr_movements(), so live writing and a
+-- rebuild classify alike.
+CREATE OR REPLACE FUNCTION mrr_ledger_write(p_sub text, p_customer text,
+	p_status_before text, p_currency_before text, p_amount_before bigint,
+	p_status text, p_currency text, p_amount bigint, p_at timestamptz)
+RETURNS void LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+	v_customer text := coalesce(p_customer, p_sub);
+	v_sb text := p_status_before;
+	v_moved boolean := false;
+BEGIN
+	IF p_amount_before > 0 AND (p_amount = 0 OR p_currency IS DISTINCT FROM p_currency_before) THEN
+		PERFORM mrr_ledger_move(p_sub, v_customer, p_currency_before, -p_amount_before, 0,
+					v_sb, p_status, p_at);
+		v_sb := p_status;
+		v_moved := true;
+	END IF;
+	IF p_amount > 0 AND (p_amount_before = 0 OR p_currency IS DISTINCT FROM p_currency_before) THEN
+		PERFORM mrr_ledger_move(p_sub, v_customer, p_currency, p_amount, p_amount,
+					v_sb, p_status, p_at);
+		v_moved := true;
+	ELSIF p_amount > 0 AND p_amount <> p_amount_before THEN
+		PERFORM mrr_ledger_move(p_sub, v_customer, p_currency, p_amount - p_amount_before,
+					p_amount, v_sb, p_status, p_at);
+		v_moved := true;
+	END IF;
+	IF NOT v_moved AND p_status IS DISTINCT FROM p_status_before THEN
+		INSERT INTO mrr_movements (stripe_subscription_id, customer, currency, kind, amount,
+					   status_before, status, effective_at)
+		VALUES (p_sub, v_customer, coalesce(p_currency, p_currency_before), NULL, p_amount,
+			p_status_before, p_status, p_at);
+	END IF;
+END
+$fn$;
+
+-- Trigger on subscriptions (AFTER INSERT, UPDATE of the columns that make
+-- MRR or status, DELETE).  The effective time is last_event_created when the
+-- statement applied an event (a new last_event_id), else now().
+CREATE OR REPLACE FUNCTION subscriptions_mrr_ledger()
+RETURNS trigger LANGUAGE plpgsql AS $fn$
+DECLARE
+	v_before bigint := 0;
+	v_after bigint := 0;
+	v_at timestamptz := now();
+BEGIN
+	IF TG_OP <> 'INSERT' THEN
+		v_before := subscription_monthly_amount(OLD.status, OLD.unit_amount, OLD.quantity,
+							OLD.billing_interval, OLD.currency);
+	END IF;
+	IF TG_OP <> 'DELETE' THEN
+		v_after := subscription_monthly_amount(NEW.status, NEW.unit_amount, NEW.quantity,
+						       NEW.billing_interval, NEW.currency);
+		IF NEW.last_event_created IS NOT NULL
+		   AND (TG_OP = 'INSERT' OR NEW.last_event_id IS DISTINCT FROM OLD.last_event_id) THEN
+			v_at := NEW.last_event_created;
+		END IF;
+	END IF;
+	IF TG_OP = 'INSERT' THEN
+		PERFORM mrr_ledger_write(NEW.stripe_subscription_id, NEW.stripe_customer_id,
+			NULL, NULL, 0, NEW.status, lower(NEW.currency), v_after, v_at);
+	ELSIF TG_OP = 'UPDATE' THEN
+		PERFORM mrr_ledger_write(NEW.stripe_subscription_id, NEW.stripe_customer_id,
+			OLD.status, lower(OLD.currency), v_before,
+			NEW.status, lower(NEW.currency), v_after, v_at);
+	ELSE
+		PERFORM mrr_ledger_write(OLD.stripe_subscription_id, OLD.stripe_customer_id,
+			OLD.status, lower(OLD.currency), v_before, NULL, lower(OLD.currency), 0, v_at);
+	END IF;
+	RETURN NULL;
+END
+$fn$;
+CREATE OR REPLACE TRIGGER subscriptions_mrr_ledger_insert
+	AFTER INSERT ON subscriptions
+	FOR EACH ROW EXECUTE FUNCTION subscriptions_mrr_ledger();
+CREATE OR REPLACE TRIGGER subscriptions_mrr_ledger_update
+	AFTER UPDATE ON subscriptions
+	FOR EACH ROW
+	WHEN ((OLD.status, OLD.unit_amount, OLD.quantity, OLD.billing_interval, lower(OLD.currency))
+	      IS DISTINCT FROM
+	      (NEW.status, NEW.unit_amount, NEW.quantity, NEW.billing_interval, lower(NEW.currency)))
+	EXECUTE FUNCTION subscriptions_mrr_ledger();
+CREATE OR REPLACE TRIGGER subscriptions_mrr_ledger_delete
+	AFTER DELETE ON subscriptions
+	FOR EACH ROW EXECUTE FUNCTION subscriptions_mrr_ledger();
+
+-- subscription_counts: how many subscriptions rows there are per tier and
+-- status (the snapshot's byTier and byStatus), kept by triggers on
+-- subscriptions, in 16 slots by subscription id like mrr_monthly.  Readers
+-- sum the slots.
+CREATE TABLE IF NOT EXISTS subscription_counts (
+	tier			text		NOT NULL,
+	status			text		NOT NULL,
+	slot			smallint	NOT NULL,
+	n			bigint		NOT NULL,
+	PRIMARY KEY (tier, status, slot)
+);
+
+CREATE OR REPLACE FUNCTION subscription_counts_move()
+RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+	IF TG_OP = 'TRUNCATE' THEN
+		TRUNCATE subscription_counts;
+		RETURN NULL;
+	END IF;
+	-- One statement, rows in key order: two transactions moving
+	-- subscriptions between the same cells lock them in the same order.
+	INSERT INTO subscription_counts AS c (tier, status, slot, n)
+	SELECT x.tier, x.status, x.slot, sum(x.n)
+	FROM (SELECT OLD.tier, OLD.status, (hashtext(OLD.stripe_subscription_id) & 15)::smallint, -1
+	      WHERE TG_OP <> 'INSERT'
+	      UNION ALL
+	      SELECT NEW.tier, NEW.status, (hashtext(NEW.stripe_subscription_id) & 15)::smallint, 1
+	      WHERE TG_OP <> 'DELETE') x(tier, status, slot, n)
+	GROUP BY 1, 2, 3
+	ORDER BY 1, 2, 3
+	ON CONFLICT (tier, status, slot) DO UPDATE SET n = c.n + EXCLUDED.n;
+	RETURN NULL;
+END
+$fn$;
+
+-- Recomputes subscription_counts from subscriptions; returns its row count.
+CREATE OR REPLACE FUNCTION subscription_counts_refresh()
+RETURNS bigint LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+	v_count bigint;
+BEGIN
+	LOCK TABLE subscription_counts IN EXCLUSIVE MODE;
+	DELETE FROM subscription_counts;
+	INSERT INTO subscription_counts (tier, status, slot, n)
+	SELECT s.tier, s.status, (hashtext(s.stripe_subscription_id) & 15)::smallint, count(*)
+	FROM subscriptions s
+	GROUP BY 1, 2, 3;
+	GET DIAGNOSTICS v_count = ROW_COUNT;
+	RETURN v_count;
+END
+$fn$;
+CREATE OR REPLACE TRIGGER subscriptions_counts_insert
+	AFTER INSERT ON subscriptions
+	FOR EACH ROW EXECUTE FUNCTION subscription_counts_move();
+CREATE OR REPLACE TRIGGER subscriptions_counts_update
+	AFTER UPDATE ON subscriptions
+	FOR EACH ROW
+	WHEN ((OLD.tier, OLD.status, OLD.stripe_subscription_id)
+	      IS DISTINCT FROM (NEW.tier, NEW.status, NEW.stripe_subscription_id))
+	EXECUTE FUNCTION subscription_counts_move();
+CREATE OR REPLACE TRIGGER subscriptions_counts_delete
+	AFTER DELETE ON subscriptions
+	FOR EACH ROW EXECUTE FUNCTION subscription_counts_move();
+CREATE OR REPLACE TRIGGER subscriptions_counts_truncate
+	AFTER TRUNCATE ON subscriptions
+	FOR EACH STATEMENT EXECUTE FUNCTION subscription_counts_move();
+
+------------------------------------------------------------------------------
+-- Rebuilding the ledger from billing_events
+--
+-- rebuild_mrr_movements() empties mrr_movements and replays every recorded
+-- Stripe event (billing_events in the order received, payload copies) through
+-- the rules lib/subscription.c applies in event mode, writing through the same
+-- mrr_ledger_write() as the triggers.  For events processed one after the
+-- other in event mode, the result is the ledger live writing produced.  It
+-- differs where the live path had information the payloads lack: refetch
+-- mode (Stripe's state at that moment instead of the event's object), the
+-- self-service endpoints' writes (Stripe's answer, stored before its event
+-- arrives), tier and interval from configured price ids when the
+-- subscription carries neither metadata.interval nor a price interval,
+-- events stored without a payload or not applied (processed_at NULL), and
+-- rows changed by hand.  Returns the number of ledger rows.  Locks
+-- subscriptions against writers while it runs.
+------------------------------------------------------------------------------
+
+-- A Stripe id as lib/subscription.c accepts one ([A-Za-z0-9_]{1,255}): the
+-- string, or an expanded object's "id"; NULL otherwise.
+CREATE OR REPLACE FUNCTION billing_json_stripe_id(p jsonb)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+	SELECT CASE WHEN v ~ '^[A-Za-z0-9_]{1,255}$' THEN v END
+	FROM (SELECT CASE jsonb_typeof(p)
+			WHEN 'string' THEN p #>> '{}'
+			WHEN 'object' THEN CASE WHEN jsonb_typeof(p -> 'id') = 'string'
+						THEN p ->> 'id' END
+		     END AS v) x
+$fn$;
+
+-- A JSON integer as bigint (NULL for anything else), like jsonget_path_int.
+CREATE OR REPLACE FUNCTION billing_json_int(p jsonb)
+RETURNS bigint LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+	SELECT CASE WHEN jsonb_typeof(p) = 'number' AND (p #>> '{}') ~ '^-?[0-9]{1,18}$'
+		    THEN (p #>> '{}')::bigint END
+$fn$;
+
+-- A JSON string (NULL for anything else), like jsonget_str.
+CREATE OR REPLACE FUNCTION billing_json_text(p jsonb)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+	SELECT CASE WHEN jsonb_typeof(p) = 'string' THEN p #>> '{}' END
+$fn$;
+
+-- A JSON string fit for a text column of at most p_max bytes, without
+-- control characters (column_text in lib/subscription.c); NULL otherwise.
+CREATE OR REPLACE FUNCTION billing_json_column_text(p jsonb, p_max integer)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+	SELECT CASE WHEN octet_length(v) <= p_max AND v !~ '[\x01-\x1f\x7f]' THEN v END
+	FROM (SELECT billing_json_text(p) AS v) x
+$fn$;
+
+-- 'monthly' / 'yearly' for the spellings plan_interval_parse accepts.
+CREATE OR REPLACE FUNCTION billing_interval_parse(p text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+	SELECT CASE WHEN p IN ('monthly', 'month') THEN 'monthly'
+		    WHEN p IN ('yearly', 'year') THEN 'yearly' END
+$fn$;
+
+-- Lifecycle rank of a status (status_ranks in lib/subscription.c); NULL
+-- for a status Stripe does not have.
+CREATE OR REPLACE FUNCTION subscription_status_rank(p_status text)
+RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+	SELECT CASE p_status
+		WHEN 'incomplete' THEN 0 WHEN 'trialing' THEN 1 WHEN 'active' THEN 2
+		WHEN 'past_due' THEN 3 WHEN 'unpaid' THEN 3 WHEN 'paused' THEN 3
+		WHEN 'canceled' THEN 4 WHEN 'incomplete_expired' THEN 4
+	END
+$fn$;
+
+-- Whether an event applies to the stored row: should_apply() of
+-- lib/subscription.c (newer event wins; a deletion always applies; nothing
+-- resurrects a canceled or incomplete_expired subscription; in the same
+-- second an update's previous_attributes (p_previous) decide: one that moved
+-- the status away from ours is the next step, one that left the status
+-- alone came before a different status we hold; otherwise the later
+-- lifecycle stage wins).
+DROP FUNCTION IF EXISTS subscription_event_applies(text, timestamptz, text, timestamptz, boolean);
+CREATE OR REPLACE FUNCTION subscription_event_applies(p_row_status text, p_row_last timestamptz,
+	p_status text, p_created timestamptz, p_deletion boolean, p_previous jsonb)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+	SELECT CASE
+		WHEN p_row_status IS NULL THEN true
+		WHEN subscription_status_rank(p_row_status) = 4
+		     AND subscription_status_rank(p_status) IS DISTINCT FROM 4 THEN false
+		WHEN p_deletion OR p_row_last IS NULL OR p_created > p_row_last THEN true
+		WHEN p_created < p_row_last THEN false
+		WHEN jsonb_typeof(p_previous) = 'object' AND p_previous ? 'status' THEN
+			billing_json_text(p_previous -> 'status') IS NOT DISTINCT FROM p_row_status
+			OR subscription_status_rank(p_status) >= subscription_status_rank(p_row_status)
+		WHEN jsonb_typeof(p_previous) = 'object' AND p_status <> p_row_status THEN false
+		ELSE subscription_status_rank(p_status) >= subscription_status_rank(p_row_status)
+	END
+$fn$;
+
+CREATE OR REPLACE FUNCTION rebuild_mrr_movements()
+RETURNS bigint LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+	e record;
+	o jsonb;
+	r record;
+	v_sub text;
+	v_status text;
+	v_created timestamptz;
+	v_deletion boolean;
+	v_customer text;
+	v_unit bigint;
+	v_qty bigint;
+	v_interval text;
+	v_currency text;
+	v_last timestamptz;
+	v_before bigint;
+	v_after bigint;
+	v_count bigint;
+BEGIN
+	-- Webhooks wait until the rebuild commits, so none is lost in between.
+	LOCK TABLE subscriptions IN SHARE ROW EXCLUSIVE MODE;
+	LOCK TABLE mrr_movements IN ACCESS EXCLUSIVE MODE;
+	TRUNCATE mrr_movements;
+	CREATE TEMP TABLE IF NOT EXISTS mrr_replay (
+		sub text PRIMARY KEY, customer text, status text, unit_amount bigint,
+		quantity bigint, billing_interval text, currency text, last timestamptz
+	) ON COMMIT DROP;
+	TRUNCATE mrr_replay;
+
+	FOR e IN
+		SELECT b.event_type, b.occurred_at, b.received_at, b.payload
+		FROM billing_events b
+		WHERE b.payload IS NOT NULL AND b.processed_at IS NOT NULL	-- NULL: not applied
+		  AND b.event_type IN ('customer.subscription.created', 'customer.subscription.updated',
+				       'customer.subscription.deleted',
+				       'customer.subscription.trial_will_end',
+				       'checkout.session.completed', 'invoice.payment_failed')
+		ORDER BY b.id
+	LOOP
+		o := e.payload #> '{data,object}';
+		v_created := to_timestamp(billing_json_int(e.payload -> 'created'));
+		IF jsonb_typeof(o) IS DISTINCT FROM 'object' OR v_created IS NULL THEN
+			CONTINUE;
+		END IF;
+
+		IF e.event_type = 'checkout.session.completed' THEN
+			-- Until the subscription itself is known: a row with status incomplete.
+			v_sub := billing_json_stripe_id(o -> 'subscription');
+			IF billing_json_text(o -> 'mode') IS DISTINCT FROM 'subscription' OR v_sub IS NULL
+			   OR EXISTS (SELECT 1 FROM mrr_replay x WHERE x.sub = v_sub) THEN
+				CONTINUE;
+			END IF;
+			v_customer := billing_json_stripe_id(o -> 'customer');
+			INSERT INTO mrr_replay (sub, customer, status, billing_interval)
+			VALUES (v_sub, v_customer, 'incomplete',
+				billing_interval_parse(billing_json_text(o #> '{metadata,interval}')));
+			PERFORM mrr_ledger_write(v_sub, v_customer, NULL, NULL, 0, 'incomplete', NULL, 0,
+						 e.received_at);
+			CONTINUE;
+		END IF;
+
+		IF e.event_type = 'invoice.payment_failed' THEN
+			-- A renewal failure makes an active or trialing subscription past_due.
+			v_sub := coalesce(billing_json_stripe_id(o #> '{parent,subscription_details,subscription}'),
+					  billing_json_stripe_id(o -> 'subscription'));
+			SELECT * INTO r FROM mrr_replay x WHERE x.sub = v_sub;
+			IF NOT FOUND OR r.status NOT IN ('active', 'trialing')
+			   OR NOT subscription_event_applies(r.status, r.last, 'past_due', v_created, false,
+							     NULL) THEN
+				CONTINUE;
+			END IF;
+			v_last := greatest(r.last, v_created);
+			UPDATE mrr_replay x SET status = 'past_due', last = v_last WHERE x.sub = v_sub;
+			v_before := subscription_monthly_amount(r.status, r.unit_amount, r.quantity,
+								r.billing_interval, r.currency);
+			v_after := subscription_monthly_amount('past_due', r.unit_amount, r.quantity,
+							       r.billing_interval, r.currency);
+			IF v_before <> v_after OR r.status <> 'past_due' THEN
+				PERFORM mrr_ledger_write(v_sub, r.customer, r.status, lower(r.currency),
+					v_before, 'past_due', lower(r.currency), v_after, v_last);
+			END IF;
+			CONTINUE;
+		END IF;
+
+		-- customer.subscription.*: store_subscription() in event mode.
+		v_sub := billing_json_stripe_id(o -> 'id');
+		v_status := billing_json_text(o -> 'status');
+		v_deletion := e.event_type = 'customer.subscription.deleted';
+		IF v_deletion AND subscription_status_rank(v_status) IS DISTINCT FROM 4 THEN
+			v_status := 'canceled';
+		END IF;
+		IF v_sub IS NULL OR subscription_status_rank(v_status) IS NULL THEN
+			CONTINUE;
+		END IF;
+		SELECT * INTO r FROM mrr_replay x WHERE x.sub = v_sub;
+		IF FOUND AND NOT subscription_event_applies(r.status, r.last, v_status, v_created,
+				v_deletion, CASE WHEN e.event_type = 'customer.subscription.updated'
+						 THEN e.payload #> '{data,previous_attributes}' END) THEN
+			CONTINUE;
+		END IF;
+		v_customer := coalesce(billing_json_stripe_id(o -> 'customer'), r.customer);
+		v_unit := coalesce(billing_json_int(o #> '{items,data,0,price,unit_amount}'), r.unit_amount);
+		v_qty := coalesce(CASE WHEN billing_json_int(o #> '{items,data,0,quantity}') >= 0
+				       THEN billing_json_int(o #> '{items,data,0,quantity}') END, r.quantity);
+		v_interval := coalesce(
+			billing_interval_parse(billing_json_text(o #> '{metadata,interval}')),
+			billing_interval_parse(billing_json_text(o #> '{items,data,0,price,recurring,interval}')),
+			r.billing_interval);
+		v_currency := coalesce(billing_json_column_text(o -> 'currency', 16),
+				       billing_json_column_text(o #> '{items,data,0,price,currency}', 16),
+				       r.currency);
+		v_last := CASE WHEN r.last IS NULL THEN v_created ELSE greatest(r.last, v_created) END;
+		INSERT INTO mrr_replay AS x (sub, customer, status, unit_amount, quantity,
+					     billing_interval, currency, last)
+		VALUES (v_sub, v_customer, v_status, v_unit, v_qty, v_interval, v_currency, v_last)
+		ON CONFLICT (sub) DO UPDATE SET customer = EXCLUDED.customer, status = EXCLUDED.status,
+			unit_amount = EXCLUDED.unit_amount, quantity = EXCLUDED.quantity,
+			billing_interval = EXCLUDED.billing_interval, currency = EXCLUDED.currency,
+			last = EXCLUDED.last;
+		v_before := CASE WHEN r IS NULL THEN 0 ELSE subscription_monthly_amount(r.status,
+				r.unit_amount, r.quantity, r.billing_interval, r.currency) END;
+		v_after := subscription_monthly_amount(v_status, v_unit, v_qty, v_interval, v_currency);
+		IF r IS NULL THEN
+			PERFORM mrr_ledger_write(v_sub, v_customer, NULL, NULL, 0, v_status,
+						 lower(v_currency), v_after, v_last);
+		ELSIF (r.status, r.unit_amount, r.quantity, r.billing_interval, lower(r.currency))
+		      IS DISTINCT FROM (v_status, v_unit, v_qty, v_interval, lower(v_currency)) THEN
+			PERFORM mrr_ledger_write(v_sub, v_customer, r.status, lower(r.currency), v_before,
+						 v_status, lower(v_currency), v_after, v_last);
+		END IF;
+	END LOOP;
+	SELECT count(*) INTO v_count FROM mrr_movements;
+	RETURN v_count;
+END
+$fn$;
+
+------------------------------------------------------------------------------
+-- Business figures (the operator console's analytics; also for psql)
+--
+-- Months are UTC calendar months, given as their first day (a date).  Money
+-- is in minor units of one currency: figures are never summed across
+-- currencies.  Rates are fractions (0.05 = 5 %), rounded to 6 decimals, NULL
+-- when the denominator is 0.  Where SaaS metric vendors differ, these follow
+-- Stripe Billing's metric definitions
+-- (https://docs.stripe.com/billing/subscriptions/analytics/glossary).
+------------------------------------------------------------------------------
+
+-- The months p_from .. p_to (each truncated to its first day), checked:
+-- both given, p_from <= p_to, at most 240 months.  Errors: SQLSTATE 22023.
+CREATE OR REPLACE FUNCTION analytics_months(p_from date, p_to date)
+RETURNS SETOF date LANGUAGE plpgsql IMMUTABLE AS $fn$
+DECLARE
+	v_from date := date_trunc('month', p_from)::date;
+	v_to date := date_trunc('month', p_to)::date;
+BEGIN
+	IF v_from IS NULL OR v_to IS NULL OR v_from > v_to
+	   OR v_to >= (v_from + interval '240 months')::date THEN
+		RAISE EXCEPTION 'analytics: months must be from <= to, at most 240 of them'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN QUERY SELECT g::date FROM generate_series(v_from, v_to, interval '1 month') g;
+END
+$fn$;
+
+-- A currency code as the figures use it: lower case, three letters.
+-- Errors: SQLSTATE 22023.
+CREATE OR REPLACE FUNCTION analytics_currency(p_currency text)
+RETURNS text LANGUAGE plpgsql IMMUTABLE AS $fn$
+BEGIN
+	IF p_currency IS NULL OR p_currency !~ '^[A-Za-z]{3}$' THEN
+		RAISE EXCEPTION 'analytics: currency must be a three-letter code'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN lower(p_currency);
+END
+$fn$;
+
+-- analytics_monthly(from, to, currency): one row per month, from the ledger
+-- (through its monthly sums, mrr_monthly).
+-- For month M (start S, end E) in the currency:
+--   mrr_start, mrr_end    MRR at S and at E = sum of all movement deltas
+--                         effective before that instant (equals the sum of
+--                         the monthly amounts of the active and past_due
+--                         subscriptions then); arr_end = 12 x mrr_end;
+--   new_mrr, expansion_mrr, reactivation_mrr     sum of those movements in M;
+--   contraction_mrr, churned_mrr   the same, as positive amounts;
+--   net_new_mrr           mrr_end - mrr_start;
+--   customers_start, customers_end   paying customers (MRR > 0 in the
+--                         currency) at S and E = new + reactivation - churn
+--                         movements before that instant;
+--   new_customers, reactivated_customers, churned_customers   those
+--                         movements in M (a customer who leaves and comes
+--                         back within M counts in both);
+--   arpa                  mrr_end / customers_end (average revenue per
+--                         account; Stripe: per active subscriber), 2 decimals;
+--   customer_churn_rate   churned_customers / customers_start.  (Stripe's
+--                         subscriber churn rate; some vendors divide by the
+--                         average or add the month's new customers);
+--   gross_mrr_churn_rate  (churned_mrr + contraction_mrr) / mrr_start;
+--   net_mrr_churn_rate    (churned_mrr + contraction_mrr - expansion_mrr
+--                         - reactivation_mrr) / mrr_start (negative = net
+--                         expansion; Stripe counts reactivation in it);
+--   upgrades, downgrades  expansion and contraction movements in M (Stripe
+--                         reports MRR changes as upgrades and downgrades, so
+--                         a switch to a cheaper yearly price is a downgrade);
+--   upgrade_rate, downgrade_rate   upgrades or downgrades / customers_start;
+--   trials_started        subscriptions entering trialing in M;
+--   trials_ended          subscriptions leaving trialing in M (converted,
+--                         canceled, expired, paused, ...);
+--   trials_converted      those that left it for active or past_due with a
+--                         monthly amount > 0 (became paying);
+--   trial_conversion_rate trials_converted / trials_ended.
+CREATE OR REPLACE FUNCTION analytics_monthly(p_from date, p_to date, p_currency text)
+RETURNS TABLE (month date, currency text, mrr_start bigint, mrr_end bigint, arr_end bigint,
+	       new_mrr bigint, expansion_mrr bigint, contraction_mrr bigint, churned_mrr bigint,
+	       reactivation_mrr bigint, net_new_mrr bigint,
+	       customers_start bigint, customers_end bigint, new_customers bigint,
+	       reactivated_customers bigint, churned_customers bigint,
+	       arpa numeric, customer_churn_rate numeric, gross_mrr_churn_rate numeric,
+	       net_mrr_churn_rate numeric, upgrades bigint, downgrades bigint,
+	       upgrade_rate numeric, downgrade_rate numeric,
+	       trials_started bigint, trials_ended bigint, trials_converted bigint,
+	       trial_conversion_rate numeric)
+LANGUAGE sql STABLE AS $fn$
+	WITH months AS (
+		SELECT g AS month FROM analytics_months(p_from, p_to) g
+	), cur AS (
+		SELECT analytics_currency(p_currency) AS c
+	), per AS (
+		-- Months before the range fold into one opening row (month NULL).
+		SELECT CASE WHEN r.month < (SELECT min(months.month) FROM months) THEN NULL
+			    ELSE r.month END AS month,
+		       sum(r.net) AS net,
+		       sum(r.new_customers + r.reactivated_customers - r.churned_customers) AS dcust,
+		       sum(r.new_mrr) AS new_mrr,
+		       sum(r.expansion_mrr) AS expansion_mrr,
+		       -sum(r.contraction_mrr) AS contraction_mrr,
+		       -sum(r.churned_mrr) AS churned_mrr,
+		       sum(r.reactivation_mrr) AS reactivation_mrr,
+		       sum(r.new_customers) AS new_customers,
+		       sum(r.reactivated_customers) AS reactivated_customers,
+		       sum(r.churned_customers) AS churned_customers,
+		       sum(r.upgrades) AS upgrades,
+		       sum(r.downgrades) AS downgrades,
+		       sum(r.trials_started) AS trials_started,
+		       sum(r.trials_ended) AS trials_ended,
+		       sum(r.trials_converted) AS trials_converted
+		FROM mrr_monthly r, cur
+		WHERE r.currency = cur.c AND r.month <= (SELECT max(months.month) FROM months)
+		GROUP BY 1
+	), opening AS (
+		SELECT coalesce((SELECT net FROM per WHERE per.month IS NULL), 0) AS mrr,
+		       coalesce((SELECT dcust FROM per WHERE per.month IS NULL), 0) AS customers
+	), series AS (
+		SELECT months.month,
+		       o.mrr + coalesce(sum(p.net) OVER w, 0) - coalesce(p.net, 0) AS mrr_start,
+		       o.mrr + coalesce(sum(p.net) OVER w, 0) AS mrr_end,
+		       o.customers + coalesce(sum(p.dcust) OVER w, 0) - coalesce(p.dcust, 0) AS customers_start,
+		       o.customers + coalesce(sum(p.dcust) OVER w, 0) AS customers_end,
+		       p.new_mrr, p.expansion_mrr, p.contraction_mrr, p.churned_mrr,
+		       p.reactivation_mrr, p.new_customers, p.reactivated_customers,
+		       p.churned_customers, p.upgrades, p.downgrades, p.trials_started,
+		       p.trials_ended, p.trials_converted
+		FROM months
+		CROSS JOIN opening o
+		LEFT JOIN per p ON p.month = months.month
+		WINDOW w AS (ORDER BY months.month)
+	)
+	SELECT s.month, cur.c,
+	       s.mrr_start::bigint, s.mrr_end::bigint, 12 * s.mrr_end::bigint,
+	       coalesce(s.new_mrr, 0)::bigint, coalesce(s.expansion_mrr, 0)::bigint,
+	       coalesce(s.contraction_mrr, 0)::bigint, coalesce(s.churned_mrr, 0)::bigint,
+	       coalesce(s.reactivation_mrr, 0)::bigint, (s.mrr_end - s.mrr_start)::bigint,
+	       s.customers_start::bigint, s.customers_end::bigint,
+	       coalesce(s.new_customers, 0), coalesce(s.reactivated_customers, 0),
+	       coalesce(s.churned_customers, 0),
+	       round(s.mrr_end / nullif(s.customers_end, 0), 2),
+	       round(coalesce(s.churned_customers, 0) / nullif(s.customers_start, 0)::numeric, 6),
+	       round((coalesce(s.churned_mrr, 0) + coalesce(s.contraction_mrr, 0))
+		     / nullif(s.mrr_start, 0)::numeric, 6),
+	       round((coalesce(s.churned_mrr, 0) + coalesce(s.contraction_mrr, 0)
+		      - coalesce(s.expansion_mrr, 0) - coalesce(s.reactivation_mrr, 0))
+		     / nullif(s.mrr_start, 0)::numeric, 6),
+	       coalesce(s.upgrades, 0), coalesce(s.downgrades, 0),
+	       round(coalesce(s.upgrades, 0) / nullif(s.customers_start, 0)::numeric, 6),
+	       round(coalesce(s.downgrades, 0) / nullif(s.customers_start, 0)::numeric, 6),
+	       coalesce(s.trials_started, 0), coalesce(s.trials_ended, 0),
+	       coalesce(s.trials_converted, 0),
+	       round(coalesce(s.trials_converted, 0) / nullif(s.trials_ended, 0)::numeric, 6)
+	FROM series s CROSS JOIN cur
+	ORDER BY s.month
+$fn$;
+
+-- mrr_now: the current MRR per currency straight from subscriptions (the
+-- same figure the ledger sums to).  mrr = sum of the monthly amounts of the
+-- active and past_due subscriptions; arr = 12 x mrr; paying_customers =
+-- customers with a monthly amount > 0 in the currency; arpa = mrr /
+-- paying_customers (2 decimals).  Currencies with no paying customer are
+-- left out.
+CREATE OR REPLACE VIEW mrr_now AS
+	SELECT c.currency, sum(c.amount)::bigint AS mrr, (12 * sum(c.amount))::bigint AS arr,
+	       count(*) FILTER (WHERE c.amount > 0) AS paying_customers,
+	       round(sum(c.amount) / nullif(count(*) FILTER (WHERE c.amount > 0), 0), 2) AS arpa
+	FROM (SELECT lower(s.currency) AS currency,
+		     coalesce(s.stripe_customer_id, s.stripe_subscription_id) AS customer,
+		     sum(subscription_monthly_amount(s.status, s.unit_amount, s.quantity,
+						     s.billing_interval, s.currency)) AS amount
+	      FROM subscriptions s
+	      WHERE s.status IN ('active', 'past_due') AND s.currency IS NOT NULL
+	      GROUP BY 1, 2) c
+	GROUP BY c.currency
+	HAVING sum(c.amount) > 0;
+
+-- analytics_snapshot() -> jsonb, the state now (the original backend's
+-- getSubscriptionAnalytics(), extended):
+-- {
+--   "totalSubscriptions": 1234,                    every subscriptions row
+--   "byTier":   {"free": 0, "basic": 0, "pro": 0, "enterprise": 0},
+--   "byStatus": {"incomplete": 0, ..., "paused": 0},  all eight statuses
+--   "byTierAndStatus": {"pro": {"active": 3, ...}, ...}  non-zero cells only
+--   "monthlyRecurringRevenue": {"usd": 123400, "eur": 5600},  minor units,
+--   "annualRecurringRevenue":  {"usd": 1480800, ...},      per currency
+--   "payingCustomers": {"usd": 80, ...},
+--   "averageRevenuePerAccount": {"usd": 1542.50, ...}
+-- }
+CREATE OR REPLACE FUNCTION analytics_snapshot()
+RETURNS jsonb LANGUAGE sql STABLE AS $fn$
+	WITH cells AS MATERIALIZED (
+		SELECT c.tier, c.status, sum(c.n)::bigint AS n
+		FROM subscription_counts c
+		GROUP BY c.tier, c.status
+		HAVING sum(c.n) <> 0
+	), mrr AS MATERIALIZED (
+		-- mrr_now's figures, summed from the ledger (equal to mrr_now, and
+		-- a few hundred rows to read instead of every paying subscription).
+		SELECT r.currency, sum(r.net)::bigint AS mrr, (12 * sum(r.net))::bigint AS arr,
+		       sum(r.new_customers + r.reactivated_customers - r.churned_customers)::bigint
+			       AS paying_customers,
+		       round(sum(r.net) / nullif(sum(r.new_customers + r.reactivated_customers
+						      - r.churned_customers), 0), 2) AS arpa
+		FROM mrr_monthly r
+		GROUP BY r.currency
+		HAVING sum(r.net) <> 0
+	)
+	SELECT jsonb_build_object(
+		'totalSubscriptions', (SELECT coalesce(sum(n), 0) FROM cells),
+		'byTier', (SELECT jsonb_object_agg(t, (SELECT coalesce(sum(n), 0) FROM cells WHERE cells.tier = t))
+			   FROM unnest(ARRAY['free', 'basic', 'pro', 'enterprise']) t),
+		'byStatus', (SELECT jsonb_object_agg(st, (SELECT coalesce(sum(n), 0) FROM cells WHERE cells.status = st))
+			     FROM unnest(ARRAY['incomplete', 'incomplete_expired', 'trialing', 'active',
+					       'past_due', 'canceled', 'unpaid', 'paused']) st),
+		'byTierAndStatus', coalesce((SELECT jsonb_object_agg(t.tier, t.o) FROM (
+				SELECT cells.tier, jsonb_object_agg(cells.status, cells.n) AS o
+				FROM cells GROUP BY cells.tier) t), '{}'::jsonb),
+		'monthlyRecurringRevenue', coalesce((SELECT jsonb_object_agg(currency, mrr) FROM mrr), '{}'::jsonb),
+		'annualRecurringRevenue', coalesce((SELECT jsonb_object_agg(currency, arr) FROM mrr), '{}'::jsonb),
+		'payingCustomers', coalesce((SELECT jsonb_object_agg(currency, paying_customers) FROM mrr), '{}'::jsonb),
+		'averageRevenuePerAccount', coalesce((SELECT jsonb_object_agg(currency, arpa) FROM mrr), '{}'::jsonb))
+$fn$;
+
+-- usage_closed_months: feature usage and quota refusals of months that
+-- ended, per tier and usage type, summed on first demand by
+-- analytics_feature_usage() and analytics_quota_breaches().  track_usage
+-- only ever writes the current month, so a month that ended (an hour ago:
+-- no transaction that counted in it is still open) no longer changes; a
+-- change to a closed month's rows anyway (by hand, an admin reset) drops
+-- that month from here (triggers on usage_tracking and quota_refusals), and
+-- it is summed again when next asked for.  tier NULL: counters written
+-- before usage_tracking.tier existed.
+CREATE TABLE IF NOT EXISTS usage_closed_months (
+	month			date		NOT NULL,	-- first day of the UTC month
+	tier			text,
+	usage_type		text		NOT NULL,
+	users			bigint		NOT NULL,	-- users who recorded > 0
+	total			bigint		NOT NULL,	-- sum recorded
+	refusals		bigint		NOT NULL,	-- 402 answers
+	refused_users		bigint		NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS usage_closed_months_key
+	ON usage_closed_months (month, usage_type, tier) NULLS NOT DISTINCT;
+
+-- Whether the UTC month starting p_month ended more than an hour ago.
+CREATE OR REPLACE FUNCTION usage_month_closed(p_month date)
+RETURNS boolean LANGUAGE sql STABLE PARALLEL SAFE AS $fn$
+	SELECT p_month < usage_period_start(now() - interval '1 hour')
+$fn$;
+
+-- Fillers and forgetters of one month are serialised by this lock key.
+CREATE OR REPLACE FUNCTION usage_month_lock_key(p_month date)
+RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+	SELECT (p_month - DATE '2000-01-01')::integer
+$fn$;
+
+CREATE OR REPLACE FUNCTION usage_closed_months_forget()
+RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+	IF TG_OP = 'TRUNCATE' THEN
+		TRUNCATE usage_closed_months;
+		RETURN NULL;
+	END IF;
+	IF TG_OP <> 'INSERT' THEN
+		PERFORM pg_advisory_xact_lock_shared(7294812, usage_month_lock_key(OLD.period_start));
+		DELETE FROM usage_closed_months WHERE month = OLD.period_start;
+	END IF;
+	IF TG_OP <> 'DELETE' THEN
+		PERFORM pg_advisory_xact_lock_shared(7294812, usage_month_lock_key(NEW.period_start));
+		DELETE FROM usage_closed_months WHERE month = NEW.period_start;
+	END IF;
+	RETURN NULL;
+END
+$fn$;
+DO $$
+DECLARE
+	t text;
+BEGIN
+	FOREACH t IN ARRAY ARRAY['usage_tracking', 'quota_refusals'] LOOP
+		EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER INSERT ON %I FOR EACH ROW
+			WHEN (usage_month_closed(NEW.period_start))
+			EXECUTE FUNCTION usage_closed_months_forget()', t || '_closed_insert', t);
+		EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER UPDATE ON %I FOR EACH ROW
+			WHEN (usage_month_closed(OLD.period_start) OR usage_month_closed(NEW.period_start))
+			EXECUTE FUNCTION usage_closed_months_forget()', t || '_closed_update', t);
+		EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER DELETE ON %I FOR EACH ROW
+			WHEN (usage_month_closed(OLD.period_start))
+			EXECUTE FUNCTION usage_closed_months_forget()', t || '_closed_delete', t);
+		EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER TRUNCATE ON %I FOR EACH STATEMENT
+			EXECUTE FUNCTION usage_closed_months_forget()', t || '_closed_truncate', t);
+	END LOOP;
+END
+$$;
+
+-- Sums the closed months of p_from .. p_to that usage_closed_months lacks
+-- and returns the months of the range that are still open, to be summed
+-- from the live tables (an array, not a subquery: the planner then sees how
+-- few rows match).  Every tier x type gets a row (zeros included), so a
+-- summed month is known to be there.
+CREATE OR REPLACE FUNCTION usage_closed_months_fill(p_from date, p_to date)
+RETURNS date[] LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+	v_month date;
+BEGIN
+	FOR v_month IN
+		SELECT g FROM analytics_months(p_from, p_to) g
+		WHERE usage_month_closed(g)
+		  AND NOT EXISTS (SELECT 1 FROM usage_closed_months c WHERE c.month = g)
+	LOOP
+		-- Waits for writers that are dropping this month; then sums it.
+		PERFORM pg_advisory_xact_lock(7294812, usage_month_lock_key(v_month));
+		INSERT INTO usage_closed_months (month, tier, usage_type, users, total, refusals,
+						 refused_users)
+		WITH u AS (
+			SELECT x.tier, x.usage_type, count(*) FILTER (WHERE x.amount > 0) AS users,
+			       sum(x.amount)::bigint AS total
+			FROM usage_tracking x WHERE x.period_start = v_month
+			GROUP BY x.tier, x.usage_type
+		), r AS (
+			SELECT x.tier, x.usage_type, sum(x.refusals)::bigint AS refusals,
+			       count(*) AS users
+			FROM quota_refusals x WHERE x.period_start = v_month
+			GROUP BY x.tier, x.usage_type
+		), k AS (
+			SELECT u.tier, u.usage_type FROM u
+			UNION SELECT r.tier, r.usage_type FROM r
+			UNION SELECT t, ut FROM unnest(ARRAY['free', 'basic', 'pro', 'enterprise']) t
+					 CROSS JOIN unnest(billing_usage_types()) ut
+		)
+		SELECT v_month, k.tier, k.usage_type, coalesce(u.users, 0), coalesce(u.total, 0),
+		       coalesce(r.refusals, 0), coalesce(r.users, 0)
+		FROM k
+		LEFT JOIN u ON u.tier IS NOT DISTINCT FROM k.tier AND u.usage_type = k.usage_type
+		LEFT JOIN r ON r.tier = k.tier AND r.usage_type = k.usage_type
+		ON CONFLICT DO NOTHING;
+	END LOOP;
+	RETURN ARRAY(SELECT g FROM analytics_months(p_from, p_to) g WHERE NOT usage_month_closed(g));
+END
+$fn$;
+
+-- analytics_feature_usage(from, to): usage per type per month, every month x
+-- type of the range (zeros included): users = users who recorded more than
+-- 0 of the type that month, total = the sum recorded (storage: bytes).
+-- Closed months come from usage_closed_months (summed there the first
+-- time), the others from usage_tracking.  VOLATILE: it may fill
+-- usage_closed_months; call it in a READ COMMITTED transaction.
+CREATE OR REPLACE FUNCTION analytics_feature_usage(p_from date, p_to date)
+RETURNS TABLE (month date, usage_type text, users bigint, total bigint)
+LANGUAGE plpgsql VOLATILE AS $fn$
+#variable_conflict use_column
+DECLARE
+	v_open date[];
+BEGIN
+	v_open := usage_closed_months_fill(p_from, p_to);
+	RETURN QUERY
+	WITH months AS (
+		SELECT g AS month FROM analytics_months(p_from, p_to) g
+	), sums AS (
+		SELECT c.month, c.usage_type, sum(c.users)::bigint AS users,
+		       sum(c.total)::bigint AS total
+		FROM usage_closed_months c
+		WHERE c.month IN (SELECT m.month FROM months m) AND NOT (c.month = ANY (v_open))
+		GROUP BY c.month, c.usage_type
+		UNION ALL
+		SELECT u.period_start, u.usage_type, count(*) FILTER (WHERE u.amount > 0),
+		       sum(u.amount)::bigint
+		FROM usage_tracking u
+		WHERE u.period_start = ANY (v_open)
+		GROUP BY u.period_start, u.usage_type
+	)
+	SELECT m.month, t.usage_type, coalesce(x.users, 0), coalesce(x.total, 0)
+	FROM months m
+	CROSS JOIN unnest(billing_usage_types()) WITH ORDINALITY AS t(usage_type, ord)
+	LEFT JOIN sums x ON x.month = m.month AND x.usage_type = t.usage_type
+	ORDER BY m.month, t.ord;
+END
+$fn$;
+
+-- analytics_quota_breaches(from, to): 402 quota_exceeded answers of
+-- usage.cgi per month, tier (effective when refused) and usage type;
+-- refusals = answers, users = distinct users refused (quota_refusals has one
+-- row per user in such a group).  Only non-zero rows.  Closed months come
+-- from usage_closed_months, as for analytics_feature_usage (VOLATILE).
+CREATE OR REPLACE FUNCTION analytics_quota_breaches(p_from date, p_to date)
+RETURNS TABLE (month date, tier text, usage_type text, refusals bigint, users bigint)
+LANGUAGE plpgsql VOLATILE AS $fn$
+#variable_conflict use_column
+DECLARE
+	v_open date[];
+BEGIN
+	v_open := usage_closed_months_fill(p_from, p_to);
+	RETURN QUERY
+	SELECT x.month, x.tier, x.usage_type, x.refusals, x.users
+	FROM (SELECT c.month, c.tier, c.usage_type, c.refusals, c.refused_users AS users
+	      FROM usage_closed_months c
+	      WHERE c.month IN (SELECT g FROM analytics_months(p_from, p_to) g)
+		AND NOT (c.month = ANY (v_open)) AND c.refusals > 0
+	      UNION ALL
+	      SELECT r.period_start, r.tier, r.usage_type, sum(r.refusals)::bigint, count(*)
+	      FROM quota_refusals r
+	      WHERE r.period_start = ANY (v_open)
+	      GROUP BY r.period_start, r.tier, r.usage_type) x
+	ORDER BY x.month, array_position(ARRAY['free', 'basic', 'pro', 'enterprise'], x.tier),
+		 array_position(billing_usage_types(), x.usage_type);
+END
+$fn$;
+
+-- analytics_quota_utilisation(month = this month): per tier and usage type,
+-- over the users with a counter of that type in the month, counted under the
+-- tier it was last incremented under: users, the tier's monthly limit now
+-- (NULL = unlimited), avg_utilisation = average of used / limit (NULL when
+-- unlimited, the limit is 0 or nobody used it; 4 decimals) and at_limit =
+-- users whose counter reached the limit.  Every tier x type, zeros included.
+CREATE OR REPLACE FUNCTION analytics_quota_utilisation(p_month date DEFAULT NULL)
+RETURNS TABLE (month date, tier text, usage_type text, monthly_limit bigint, users bigint,
+	       avg_utilisation numeric, at_limit bigint)
+LANGUAGE sql STABLE AS $fn$
+	WITH m AS (
+		SELECT coalesce(date_trunc('month', p_month)::date, usage_period_start(now())) AS month
+	), grid AS (
+		-- plan_limit() for every tier x type, in display order.
+		SELECT t.tier, ut.usage_type, t.tord, ut.uord,
+		       CASE WHEN q.tier IS NULL THEN 0 ELSE q.monthly_limit END AS lim
+		FROM unnest(ARRAY['free', 'basic', 'pro', 'enterprise']) WITH ORDINALITY AS t(tier, tord)
+		CROSS JOIN unnest(billing_usage_types()) WITH ORDINALITY AS ut(usage_type, uord)
+		LEFT JOIN plan_quotas q ON q.tier = t.tier AND q.usage_type = ut.usage_type
+	), known AS (
+		-- One pass over the month's index range, in index order.
+		SELECT u.usage_type, u.tier, count(*) AS users, sum(u.amount) AS total
+		FROM usage_tracking u
+		WHERE u.period_start = (SELECT m.month FROM m) AND u.tier IS NOT NULL
+		GROUP BY u.usage_type, u.tier
+	), legacy AS (
+		-- Counters written before usage_tracking.tier existed count under
+		-- the user's tier now.
+		SELECT x.tier, x.usage_type, count(*) AS users, sum(x.amount) AS total,
+		       count(*) FILTER (WHERE x.amount >= plan_limit(x.tier, x.usage_type)) AS at_limit
+		FROM (SELECT user_effective_tier(u.user_id) AS tier, u.usage_type, u.amount
+		      FROM usage_tracking u
+		      WHERE u.period_start = (SELECT m.month FROM m) AND u.tier IS NULL) x
+		GROUP BY x.tier, x.usage_type
+	), per AS (
+		SELECT g.tier, g.usage_type, g.tord, g.uord, g.lim,
+		       coalesce(k.users, 0) + coalesce(l.users, 0) AS users,
+		       coalesce(k.total, 0) + coalesce(l.total, 0) AS total,
+		       coalesce(l.at_limit, 0)
+		       + CASE WHEN g.lim IS NULL THEN 0
+			      ELSE (SELECT count(*) FROM usage_tracking u
+				    WHERE u.period_start = (SELECT m.month FROM m)
+				      AND u.usage_type = g.usage_type AND u.tier = g.tier
+				      AND u.amount >= g.lim) END AS at_limit
+		FROM grid g
+		LEFT JOIN known k ON k.tier = g.tier AND k.usage_type = g.usage_type
+		LEFT JOIN legacy l ON l.tier = g.tier AND l.usage_type = g.usage_type
+	)
+	SELECT m.month, p.tier, p.usage_type, p.lim, p.users,
+	       round(p.total::numeric / nullif(p.users, 0) / nullif(p.lim, 0), 4), p.at_limit
+	FROM per p CROSS JOIN m
+	ORDER BY p.tord, p.uord
+$fn$;
+
+-- analytics_report(from, to, currency) -> jsonb, everything the console's
+-- GET /api/admin/analytics answers:
+-- {
+--   "from": "2026-01", "to": "2026-06", "currency": "usd",
+--   "months": [ {"month": "2026-01", <every column of analytics_monthly>}, ... ],
+--   "featureUsage": [ {"month": "2026-01", "usage_type": ..., "users", "total"}, ... ],
+--   "quotaBreaches": [ {"month", "tier", "usage_type", "refusals", "users"}, ... ],
+--   "quotaUtilisation": [ {"month", "tier", "usage_type", "monthly_limit", "users",
+--                          "avg_utilisation", "at_limit"}, ... ],   this month
+--   "snapshot": analytics_snapshot()
+-- }
+CREATE OR REPLACE FUNCTION analytics_report(p_from date, p_to date, p_currency text)
+RETURNS jsonb LANGUAGE sql VOLATILE AS $fn$
+	SELECT jsonb_build_object(
+		'from', to_char(date_trunc('month', p_from), 'YYYY-MM'),
+		'to', to_char(date_trunc('month', p_to), 'YYYY-MM'),
+		'currency', analytics_currency(p_currency),
+		'months', (SELECT jsonb_agg(to_jsonb(a) || jsonb_build_object('month', to_char(a.month, 'YYYY-MM'))
+					    ORDER BY a.month)
+			   FROM analytics_monthly(p_from, p_to, p_currency) a),
+		'featureUsage', coalesce((SELECT jsonb_agg((to_jsonb(f) - 'ordinality') || jsonb_build_object('month', to_char(f.month, 'YYYY-MM'))
+						  ORDER BY f.ordinality)
+				 FROM analytics_feature_usage(p_from, p_to) WITH ORDINALITY f), '[]'::jsonb),
+		'quotaBreaches', coalesce((SELECT jsonb_agg((to_jsonb(b) - 'ordinality') || jsonb_build_object('month', to_char(b.month, 'YYYY-MM'))
+						   ORDER BY b.ordinality)
+				  FROM analytics_quota_breaches(p_from, p_to) WITH ORDINALITY b), '[]'::jsonb),
+		'quotaUtilisation', (SELECT jsonb_agg((to_jsonb(q) - 'ordinality') || jsonb_build_object('month', to_char(q.month, 'YYYY-MM'))
+					      ORDER BY q.ordinality)
+				     FROM analytics_quota_utilisation() WITH ORDINALITY q),
+		'snapshot', analytics_snapshot())
+$fn$;
+
+------------------------------------------------------------------------------
 -- metrics_gauges(): the business figures GET /metrics exposes (lib/metrics.c
 -- names and renders them), read at scrape time: one row per series,
 -- (metric, label1, label2, value).
@@ -696,13 +1875,11 @@ CREATE UNLOGGED TABLE IF NOT EXISTS rate_limits (
 --                                  zeros included, so that alerts see 0
 --   trials (tier)                  subscriptions in status trialing
 --   mrr (currency)                 monthly recurring revenue in minor units
---                                  (cents): unit_amount of the active and
---                                  past_due subscriptions, a yearly one
---                                  divided by 12 (no interval: monthly);
---                                  trialing, incomplete, unpaid, paused and
---                                  canceled ones count nothing (Stripe
---                                  Billing's MRR rule).  One row per currency
---                                  with such subscriptions.
+--                                  (cents), the view mrr_now: the business
+--                                  figures' definition (README, Business
+--                                  figures).  One row per currency with MRR.
+-- The counts come from subscription_counts and MRR from the paying rows'
+-- index, so a scrape stays cheap at a million subscriptions.
 --   notifications (status)         notifications not sent: 'pending' (still
 --                                  to send) and 'failed' (given up).  The
 --                                  status is the mailer's status column when
@@ -723,23 +1900,18 @@ LANGUAGE sql STABLE AS $fn$
 		FROM notifications n
 		WHERE n.sent_at IS NULL
 	)
-	SELECT 'subscriptions', t.tier, st.status, count(s.id)::float8
+	SELECT 'subscriptions', t.tier, st.status, coalesce(sum(c.n), 0)::float8
 	FROM tiers t CROSS JOIN statuses st
-	LEFT JOIN subscriptions s ON s.tier = t.tier AND s.status = st.status
+	LEFT JOIN subscription_counts c ON c.tier = t.tier AND c.status = st.status
 	GROUP BY t.tier, st.status
 	UNION ALL
-	SELECT 'trials', t.tier, NULL, count(s.id)::float8
+	SELECT 'trials', t.tier, NULL, coalesce(sum(c.n), 0)::float8
 	FROM tiers t
-	LEFT JOIN subscriptions s ON s.tier = t.tier AND s.status = 'trialing'
+	LEFT JOIN subscription_counts c ON c.tier = t.tier AND c.status = 'trialing'
 	GROUP BY t.tier
 	UNION ALL
-	SELECT 'mrr', lower(s.currency), NULL,
-	       sum(CASE WHEN s.billing_interval = 'yearly' THEN s.unit_amount / 12.0
-			ELSE s.unit_amount END)::float8
-	FROM subscriptions s
-	WHERE s.status IN ('active', 'past_due') AND s.unit_amount IS NOT NULL
-	  AND s.currency IS NOT NULL
-	GROUP BY lower(s.currency)
+	SELECT 'mrr', m.currency, NULL, m.mrr::float8
+	FROM mrr_now m
 	UNION ALL
 	SELECT 'notifications', k.status, NULL, count(u.status)::float8
 	FROM (VALUES ('pending'), ('failed')) AS k(status)
@@ -752,6 +1924,18 @@ LANGUAGE sql STABLE AS $fn$
 	WHERE u.status = 'pending'
 	ORDER BY 1, 2, 3
 $fn$;
+
+-- Upgrade: counters created on a database with rows get filled once.
+DO $$
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM mrr_monthly) AND EXISTS (SELECT 1 FROM mrr_movements) THEN
+		PERFORM mrr_monthly_refresh();
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM subscription_counts) AND EXISTS (SELECT 1 FROM subscriptions) THEN
+		PERFORM subscription_counts_refresh();
+	END IF;
+END
+$$;
 
 DROP PROCEDURE pg_temp.ensure_constraint(regclass, text, text);
 
