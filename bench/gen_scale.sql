@@ -201,8 +201,9 @@ CROSS JOIN LATERAL (SELECT (k * 7919 + m.n * 104729) % greatest(:subs * 9 / 10, 
 CROSS JOIN unnest(billing_usage_types()) t(usage_type)
 ON CONFLICT DO NOTHING;
 ALTER TABLE usage_tracking ENABLE TRIGGER USER;
-TRUNCATE usage_monthly;
+TRUNCATE usage_closed_months;
 
+ALTER TABLE quota_refusals DISABLE TRIGGER USER;
 INSERT INTO quota_refusals (user_id, usage_type, period_start, tier, refusals, last_refused_at)
 SELECT user_id, usage_type, period_start, tier, 1 + (amount % 5), period_start + interval '21 days'
 FROM usage_tracking
@@ -210,6 +211,7 @@ WHERE user_id LIKE 'bu%' AND ((usage_type = 'export' AND amount >= 20)
 	OR (usage_type IN ('pain_entry', 'mood_entry', 'activity_log') AND amount >= 1000))
   AND tier = 'basic'
 ON CONFLICT DO NOTHING;
+ALTER TABLE quota_refusals ENABLE TRIGGER USER;
 
 SELECT (SELECT count(*) FROM subscriptions) AS subscriptions,
        (SELECT count(*) FROM mrr_movements) AS ledger_rows,

@@ -699,7 +699,8 @@ store_subscription(struct apply *a, struct json_object *sub, int force, int dele
 	    BIGINT(a, sub, where, "items.data.0.price.unit_amount", amount), currency,
 	    UNIXTIME(a, sub, where, "trial_start", ts), UNIXTIME(a, sub, where, "trial_end", te),
 	    pps, ppe, cape ? "true" : "false", UNIXTIME(a, sub, where, "canceled_at", ca), ended,
-	    reason, created, ev->id, BIGINT(a, sub, where, "items.data.0.quantity", qty));
+	    reason, created, ev->id,
+	    column_int(a, sub, where, "items.data.0.quantity", 0, INT64_MAX, qty, sizeof(qty)));
 	if (r == 0)
 		log_note("applied", status);
 	if (r == 0 && user != NULL && status_live(status))

@@ -64,6 +64,9 @@ static const char sql_claim[] =
     "SELECT $1, $2, hash FROM h ON CONFLICT DO NOTHING RETURNING 1) "
     "SELECT (SELECT count(*) FROM ins), hash FROM h";
 
+/* track_usage counts its refusals, but a keyed one is rolled back with the key. */
+static const char sql_refusal[] = "SELECT quota_refusal_record($1, $2)";
+
 static const char sql_stored[] =
     "SELECT request_hash, status, response::text FROM usage_idempotency "
     "WHERE user_id = $1 AND idempotency_key = $2 FOR UPDATE";
@@ -332,6 +335,9 @@ track_once_keyed(struct db *db, const struct usage_record *rec, const char *key,
 			 * it cannot count twice what was never counted.
 			 */
 			db_rollback(db);
+			/* The 402 is still answered: count it (quota breaches). */
+			if (DB_QUERY(db, NULL, sql_refusal, rec->user_id, rec->usage_type) != DB_OK)
+				log_msg("counting the refusal failed");
 			goto out;
 		}
 		if ((r = DB_QUERY(db, NULL, sql_cap, rec->user_id, max_keys)) != DB_OK)

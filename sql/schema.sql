@@ -211,9 +211,12 @@ CREATE INDEX IF NOT EXISTS usage_tracking_user_period_idx ON usage_tracking (use
 ALTER TABLE usage_tracking ADD COLUMN IF NOT EXISTS tier text;
 CALL pg_temp.ensure_constraint('usage_tracking', 'usage_tracking_tier_check',
 	$c$CHECK (tier IN ('free', 'basic', 'pro', 'enterprise'))$c$);
--- Feature usage by month and the current month's utilisation.
-CREATE INDEX IF NOT EXISTS usage_tracking_period_type_idx ON usage_tracking (period_start, usage_type)
-	INCLUDE (amount, tier);
+-- Feature usage and quota utilisation of a month read only this index, in
+-- its order (amount in the key also answers "how many reached the limit"
+-- with a range scan).  It costs track_usage its HOT updates: amount is
+-- indexed.
+CREATE INDEX IF NOT EXISTS usage_tracking_month_idx
+	ON usage_tracking (period_start, usage_type, tier, amount);
 -- Counters from before the tier column, for utilisation's fallback.
 CREATE INDEX IF NOT EXISTS usage_tracking_untiered_idx ON usage_tracking (period_start)
 	WHERE tier IS NULL;
@@ -224,9 +227,10 @@ CREATE OR REPLACE TRIGGER usage_tracking_touch_updated_at
 ------------------------------------------------------------------------------
 -- quota_refusals: how often track_usage refused a user's usage of a type in a
 -- UTC month under a tier, i.e. how many 402 quota_exceeded answers usage.cgi
--- gave (a replay of a stored 402 under the same Idempotency-Key is the same
--- answer again and is not counted twice).  One row per user keeps concurrent
--- refusals of different users from queueing on one counter.
+-- gave.  track_usage counts each refusal; usage.cgi counts again, after its
+-- rollback, a refusal under an Idempotency-Key (whose transaction keeps
+-- nothing).  One row per user keeps concurrent refusals of different users
+-- from queueing on one counter.
 ------------------------------------------------------------------------------
 CREATE TABLE IF NOT EXISTS quota_refusals (
 	user_id			text		NOT NULL,
@@ -753,6 +757,18 @@ RETURNS jsonb LANGUAGE sql STABLE STRICT AS $fn$
 	LEFT JOIN LATERAL user_live_subscription(p_user_id) s ON true
 $fn$;
 
+-- Counts one refusal of p_usage_type for p_user_id in the current UTC month,
+-- under p_tier (NULL: the user's effective tier now).
+CREATE OR REPLACE FUNCTION quota_refusal_record(p_user_id text, p_usage_type text,
+	p_tier text DEFAULT NULL)
+RETURNS void LANGUAGE sql VOLATILE AS $fn$
+	INSERT INTO quota_refusals AS r (user_id, usage_type, period_start, tier)
+	VALUES (p_user_id, p_usage_type, usage_period_start(now()),
+		coalesce(p_tier, user_effective_tier(p_user_id)))
+	ON CONFLICT (user_id, usage_type, period_start, tier) DO UPDATE
+		SET refusals = r.refusals + 1, last_refused_at = now()
+$fn$;
+
 -- track_usage(user_id, usage_type, amount): records amount (>= 0) against the
 -- user's current UTC month if, and only if, the total stays within the limit
 -- of the user's effective tier.  Returns exactly one row:
@@ -821,10 +837,7 @@ BEGIN
 		  AND u.period_start = v_start;
 		v_used := coalesce(v_used, 0);
 		-- usage.cgi answers this refusal with 402: count it (quota breaches).
-		INSERT INTO quota_refusals AS r (user_id, usage_type, period_start, tier)
-		VALUES (p_user_id, p_usage_type, v_start, v_tier)
-		ON CONFLICT (user_id, usage_type, period_start, tier) DO UPDATE
-			SET refusals = r.refusals + 1, last_refused_at = now();
+		PERFORM quota_refusal_record(p_user_id, p_usage_type, v_tier);
 	END IF;
 
 	allowed := v_allowed;
@@ -855,72 +868,6 @@ CREATE UNLOGGED TABLE IF NOT EXISTS rate_limits (
 ) WITH (fillfactor = 70);
 
 ------------------------------------------------------------------------------
--- metrics_gauges(): the business figures GET /metrics exposes (lib/metrics.c
--- names and renders them), read at scrape time: one row per series,
--- (metric, label1, label2, value).
---
---   subscriptions (tier, status)   subscriptions rows; every tier x status,
---                                  zeros included, so that alerts see 0
---   trials (tier)                  subscriptions in status trialing
---   mrr (currency)                 monthly recurring revenue in minor units
---                                  (cents): unit_amount of the active and
---                                  past_due subscriptions, a yearly one
---                                  divided by 12 (no interval: monthly);
---                                  trialing, incomplete, unpaid, paused and
---                                  canceled ones count nothing (Stripe
---                                  Billing's MRR rule).  One row per currency
---                                  with such subscriptions.
---   notifications (status)         notifications not sent: 'pending' (still
---                                  to send) and 'failed' (given up).  The
---                                  status is the mailer's status column when
---                                  the table has one (read through to_jsonb,
---                                  so this works with and without it), else
---                                  every unsent row is pending.
---   notification_oldest_pending_age  seconds since the oldest pending
---                                  notification was queued; 0 when none
-------------------------------------------------------------------------------
-CREATE OR REPLACE FUNCTION metrics_gauges()
-RETURNS TABLE (metric text, label1 text, label2 text, value double precision)
-LANGUAGE sql STABLE AS $fn$
-	WITH tiers(tier) AS (VALUES ('free'), ('basic'), ('pro'), ('enterprise')),
-	statuses(status) AS (VALUES ('incomplete'), ('incomplete_expired'), ('trialing'),
-				    ('active'), ('past_due'), ('canceled'), ('unpaid'), ('paused')),
-	unsent AS (
-		SELECT coalesce(to_jsonb(n) ->> 'status', 'pending') AS status, n.created_at
-		FROM notifications n
-		WHERE n.sent_at IS NULL
-	)
-	SELECT 'subscriptions', t.tier, st.status, count(s.id)::float8
-	FROM tiers t CROSS JOIN statuses st
-	LEFT JOIN subscriptions s ON s.tier = t.tier AND s.status = st.status
-	GROUP BY t.tier, st.status
-	UNION ALL
-	SELECT 'trials', t.tier, NULL, count(s.id)::float8
-	FROM tiers t
-	LEFT JOIN subscriptions s ON s.tier = t.tier AND s.status = 'trialing'
-	GROUP BY t.tier
-	UNION ALL
-	SELECT 'mrr', lower(s.currency), NULL,
-	       sum(CASE WHEN s.billing_interval = 'yearly' THEN s.unit_amount / 12.0
-			ELSE s.unit_amount END)::float8
-	FROM subscriptions s
-	WHERE s.status IN ('active', 'past_due') AND s.unit_amount IS NOT NULL
-	  AND s.currency IS NOT NULL
-	GROUP BY lower(s.currency)
-	UNION ALL
-	SELECT 'notifications', k.status, NULL, count(u.status)::float8
-	FROM (VALUES ('pending'), ('failed')) AS k(status)
-	LEFT JOIN unsent u ON u.status = k.status
-	GROUP BY k.status
-	UNION ALL
-	SELECT 'notification_oldest_pending_age', NULL, NULL,
-	       coalesce(extract(epoch FROM now() - min(u.created_at)), 0)::float8
-	FROM unsent u
-	WHERE u.status = 'pending'
-	ORDER BY 1, 2, 3
-$fn$;
-
-
 -- The MRR movement ledger
 --
 -- mrr_movements holds one row per change of a subscription's monthly
@@ -1245,6 +1192,73 @@ CREATE OR REPLACE TRIGGER subscriptions_mrr_ledger_delete
 	AFTER DELETE ON subscriptions
 	FOR EACH ROW EXECUTE FUNCTION subscriptions_mrr_ledger();
 
+-- subscription_counts: how many subscriptions rows there are per tier and
+-- status (the snapshot's byTier and byStatus), kept by triggers on
+-- subscriptions, in 16 slots by subscription id like mrr_monthly.  Readers
+-- sum the slots.
+CREATE TABLE IF NOT EXISTS subscription_counts (
+	tier			text		NOT NULL,
+	status			text		NOT NULL,
+	slot			smallint	NOT NULL,
+	n			bigint		NOT NULL,
+	PRIMARY KEY (tier, status, slot)
+);
+
+CREATE OR REPLACE FUNCTION subscription_counts_move()
+RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+	IF TG_OP = 'TRUNCATE' THEN
+		TRUNCATE subscription_counts;
+		RETURN NULL;
+	END IF;
+	-- One statement, rows in key order: two transactions moving
+	-- subscriptions between the same cells lock them in the same order.
+	INSERT INTO subscription_counts AS c (tier, status, slot, n)
+	SELECT x.tier, x.status, x.slot, sum(x.n)
+	FROM (SELECT OLD.tier, OLD.status, (hashtext(OLD.stripe_subscription_id) & 15)::smallint, -1
+	      WHERE TG_OP <> 'INSERT'
+	      UNION ALL
+	      SELECT NEW.tier, NEW.status, (hashtext(NEW.stripe_subscription_id) & 15)::smallint, 1
+	      WHERE TG_OP <> 'DELETE') x(tier, status, slot, n)
+	GROUP BY 1, 2, 3
+	ORDER BY 1, 2, 3
+	ON CONFLICT (tier, status, slot) DO UPDATE SET n = c.n + EXCLUDED.n;
+	RETURN NULL;
+END
+$fn$;
+
+-- Recomputes subscription_counts from subscriptions; returns its row count.
+CREATE OR REPLACE FUNCTION subscription_counts_refresh()
+RETURNS bigint LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+	v_count bigint;
+BEGIN
+	LOCK TABLE subscription_counts IN EXCLUSIVE MODE;
+	DELETE FROM subscription_counts;
+	INSERT INTO subscription_counts (tier, status, slot, n)
+	SELECT s.tier, s.status, (hashtext(s.stripe_subscription_id) & 15)::smallint, count(*)
+	FROM subscriptions s
+	GROUP BY 1, 2, 3;
+	GET DIAGNOSTICS v_count = ROW_COUNT;
+	RETURN v_count;
+END
+$fn$;
+CREATE OR REPLACE TRIGGER subscriptions_counts_insert
+	AFTER INSERT ON subscriptions
+	FOR EACH ROW EXECUTE FUNCTION subscription_counts_move();
+CREATE OR REPLACE TRIGGER subscriptions_counts_update
+	AFTER UPDATE ON subscriptions
+	FOR EACH ROW
+	WHEN ((OLD.tier, OLD.status, OLD.stripe_subscription_id)
+	      IS DISTINCT FROM (NEW.tier, NEW.status, NEW.stripe_subscription_id))
+	EXECUTE FUNCTION subscription_counts_move();
+CREATE OR REPLACE TRIGGER subscriptions_counts_delete
+	AFTER DELETE ON subscriptions
+	FOR EACH ROW EXECUTE FUNCTION subscription_counts_move();
+CREATE OR REPLACE TRIGGER subscriptions_counts_truncate
+	AFTER TRUNCATE ON subscriptions
+	FOR EACH STATEMENT EXECUTE FUNCTION subscription_counts_move();
+
 ------------------------------------------------------------------------------
 -- Rebuilding the ledger from billing_events
 --
@@ -1254,11 +1268,13 @@ CREATE OR REPLACE TRIGGER subscriptions_mrr_ledger_delete
 -- mrr_ledger_write() as the triggers.  For events processed one after the
 -- other in event mode, the result is the ledger live writing produced.  It
 -- differs where the live path had information the payloads lack: refetch
--- mode (Stripe's state at that moment instead of the event's object), tier
--- and interval from configured price ids when the subscription carries
--- neither metadata.interval nor a price interval, events stored without a
--- payload (they held \u0000), and rows changed by hand.  Returns the number
--- of ledger rows.  Locks subscriptions against writers while it runs.
+-- mode (Stripe's state at that moment instead of the event's object), the
+-- self-service endpoints' writes (Stripe's answer, stored before its event
+-- arrives), tier and interval from configured price ids when the
+-- subscription carries neither metadata.interval nor a price interval,
+-- events stored without a payload or not applied (processed_at NULL), and
+-- rows changed by hand.  Returns the number of ledger rows.  Locks
+-- subscriptions against writers while it runs.
 ------------------------------------------------------------------------------
 
 -- A Stripe id as lib/subscription.c accepts one ([A-Za-z0-9_]{1,255}): the
@@ -1286,6 +1302,14 @@ RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
 	SELECT CASE WHEN jsonb_typeof(p) = 'string' THEN p #>> '{}' END
 $fn$;
 
+-- A JSON string fit for a text column of at most p_max bytes, without
+-- control characters (column_text in lib/subscription.c); NULL otherwise.
+CREATE OR REPLACE FUNCTION billing_json_column_text(p jsonb, p_max integer)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+	SELECT CASE WHEN octet_length(v) <= p_max AND v !~ '[\x01-\x1f\x7f]' THEN v END
+	FROM (SELECT billing_json_text(p) AS v) x
+$fn$;
+
 -- 'monthly' / 'yearly' for the spellings plan_interval_parse accepts.
 CREATE OR REPLACE FUNCTION billing_interval_parse(p text)
 RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
@@ -1305,11 +1329,15 @@ RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
 $fn$;
 
 -- Whether an event applies to the stored row: should_apply() of
--- lib/subscription.c (newer event wins; same second: the later lifecycle
--- stage wins; a deletion always applies; nothing resurrects a canceled or
--- incomplete_expired subscription).
+-- lib/subscription.c (newer event wins; a deletion always applies; nothing
+-- resurrects a canceled or incomplete_expired subscription; in the same
+-- second an update's previous_attributes (p_previous) decide: one that moved
+-- the status away from ours is the next step, one that left the status
+-- alone came before a different status we hold; otherwise the later
+-- lifecycle stage wins).
+DROP FUNCTION IF EXISTS subscription_event_applies(text, timestamptz, text, timestamptz, boolean);
 CREATE OR REPLACE FUNCTION subscription_event_applies(p_row_status text, p_row_last timestamptz,
-	p_status text, p_created timestamptz, p_deletion boolean)
+	p_status text, p_created timestamptz, p_deletion boolean, p_previous jsonb)
 RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
 	SELECT CASE
 		WHEN p_row_status IS NULL THEN true
@@ -1317,6 +1345,10 @@ RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
 		     AND subscription_status_rank(p_status) IS DISTINCT FROM 4 THEN false
 		WHEN p_deletion OR p_row_last IS NULL OR p_created > p_row_last THEN true
 		WHEN p_created < p_row_last THEN false
+		WHEN jsonb_typeof(p_previous) = 'object' AND p_previous ? 'status' THEN
+			billing_json_text(p_previous -> 'status') IS NOT DISTINCT FROM p_row_status
+			OR subscription_status_rank(p_status) >= subscription_status_rank(p_row_status)
+		WHEN jsonb_typeof(p_previous) = 'object' AND p_status <> p_row_status THEN false
 		ELSE subscription_status_rank(p_status) >= subscription_status_rank(p_row_status)
 	END
 $fn$;
@@ -1354,7 +1386,7 @@ BEGIN
 	FOR e IN
 		SELECT b.event_type, b.occurred_at, b.received_at, b.payload
 		FROM billing_events b
-		WHERE b.payload IS NOT NULL
+		WHERE b.payload IS NOT NULL AND b.processed_at IS NOT NULL	-- NULL: not applied
 		  AND b.event_type IN ('customer.subscription.created', 'customer.subscription.updated',
 				       'customer.subscription.deleted',
 				       'customer.subscription.trial_will_end',
@@ -1389,7 +1421,8 @@ BEGIN
 					  billing_json_stripe_id(o -> 'subscription'));
 			SELECT * INTO r FROM mrr_replay x WHERE x.sub = v_sub;
 			IF NOT FOUND OR r.status NOT IN ('active', 'trialing')
-			   OR NOT subscription_event_applies(r.status, r.last, 'past_due', v_created, false) THEN
+			   OR NOT subscription_event_applies(r.status, r.last, 'past_due', v_created, false,
+							     NULL) THEN
 				CONTINUE;
 			END IF;
 			v_last := greatest(r.last, v_created);
@@ -1417,22 +1450,21 @@ BEGIN
 		END IF;
 		SELECT * INTO r FROM mrr_replay x WHERE x.sub = v_sub;
 		IF FOUND AND NOT subscription_event_applies(r.status, r.last, v_status, v_created,
-							    v_deletion) THEN
+				v_deletion, CASE WHEN e.event_type = 'customer.subscription.updated'
+						 THEN e.payload #> '{data,previous_attributes}' END) THEN
 			CONTINUE;
 		END IF;
 		v_customer := coalesce(billing_json_stripe_id(o -> 'customer'), r.customer);
 		v_unit := coalesce(billing_json_int(o #> '{items,data,0,price,unit_amount}'), r.unit_amount);
-		v_qty := coalesce(billing_json_int(o #> '{items,data,0,quantity}'), r.quantity);
+		v_qty := coalesce(CASE WHEN billing_json_int(o #> '{items,data,0,quantity}') >= 0
+				       THEN billing_json_int(o #> '{items,data,0,quantity}') END, r.quantity);
 		v_interval := coalesce(
 			billing_interval_parse(billing_json_text(o #> '{metadata,interval}')),
 			billing_interval_parse(billing_json_text(o #> '{items,data,0,price,recurring,interval}')),
 			r.billing_interval);
-		v_currency := coalesce(billing_json_text(o -> 'currency'),
-				       billing_json_text(o #> '{items,data,0,price,currency}'));
-		IF length(v_currency) > 16 THEN
-			v_currency := NULL;
-		END IF;
-		v_currency := coalesce(v_currency, r.currency);
+		v_currency := coalesce(billing_json_column_text(o -> 'currency', 16),
+				       billing_json_column_text(o #> '{items,data,0,price,currency}', 16),
+				       r.currency);
 		v_last := CASE WHEN r.last IS NULL THEN v_created ELSE greatest(r.last, v_created) END;
 		INSERT INTO mrr_replay AS x (sub, customer, status, unit_amount, quantity,
 					     billing_interval, currency, last)
@@ -1650,7 +1682,10 @@ CREATE OR REPLACE VIEW mrr_now AS
 CREATE OR REPLACE FUNCTION analytics_snapshot()
 RETURNS jsonb LANGUAGE sql STABLE AS $fn$
 	WITH cells AS MATERIALIZED (
-		SELECT s.tier, s.status, count(*) AS n FROM subscriptions s GROUP BY s.tier, s.status
+		SELECT c.tier, c.status, sum(c.n)::bigint AS n
+		FROM subscription_counts c
+		GROUP BY c.tier, c.status
+		HAVING sum(c.n) <> 0
 	), mrr AS MATERIALIZED (
 		-- mrr_now's figures, summed from the ledger (equal to mrr_now, and
 		-- a few hundred rows to read instead of every paying subscription).
@@ -1679,19 +1714,26 @@ RETURNS jsonb LANGUAGE sql STABLE AS $fn$
 		'averageRevenuePerAccount', coalesce((SELECT jsonb_object_agg(currency, arpa) FROM mrr), '{}'::jsonb))
 $fn$;
 
--- usage_monthly: feature usage of closed months, filled on first demand by
--- analytics_feature_usage().  track_usage only ever writes the current
--- month, so a month that ended (an hour ago: no transaction that counted in
--- it is still open) no longer changes; a change to a closed month's counters
--- anyway (by hand, an admin reset) drops that month from here (triggers on
--- usage_tracking), and it is summed again when next asked for.
-CREATE TABLE IF NOT EXISTS usage_monthly (
+-- usage_closed_months: feature usage and quota refusals of months that
+-- ended, per tier and usage type, summed on first demand by
+-- analytics_feature_usage() and analytics_quota_breaches().  track_usage
+-- only ever writes the current month, so a month that ended (an hour ago:
+-- no transaction that counted in it is still open) no longer changes; a
+-- change to a closed month's rows anyway (by hand, an admin reset) drops
+-- that month from here (triggers on usage_tracking and quota_refusals), and
+-- it is summed again when next asked for.  tier NULL: counters written
+-- before usage_tracking.tier existed.
+CREATE TABLE IF NOT EXISTS usage_closed_months (
 	month			date		NOT NULL,	-- first day of the UTC month
+	tier			text,
 	usage_type		text		NOT NULL,
-	users			bigint		NOT NULL,
-	total			bigint		NOT NULL,
-	PRIMARY KEY (month, usage_type)
+	users			bigint		NOT NULL,	-- users who recorded > 0
+	total			bigint		NOT NULL,	-- sum recorded
+	refusals		bigint		NOT NULL,	-- 402 answers
+	refused_users		bigint		NOT NULL
 );
+CREATE UNIQUE INDEX IF NOT EXISTS usage_closed_months_key
+	ON usage_closed_months (month, usage_type, tier) NULLS NOT DISTINCT;
 
 -- Whether the UTC month starting p_month ended more than an hour ago.
 CREATE OR REPLACE FUNCTION usage_month_closed(p_month date)
@@ -1705,89 +1747,124 @@ RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
 	SELECT (p_month - DATE '2000-01-01')::integer
 $fn$;
 
-CREATE OR REPLACE FUNCTION usage_monthly_forget()
+CREATE OR REPLACE FUNCTION usage_closed_months_forget()
 RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
 	IF TG_OP = 'TRUNCATE' THEN
-		TRUNCATE usage_monthly;
+		TRUNCATE usage_closed_months;
 		RETURN NULL;
 	END IF;
 	IF TG_OP <> 'INSERT' THEN
 		PERFORM pg_advisory_xact_lock_shared(7294812, usage_month_lock_key(OLD.period_start));
-		DELETE FROM usage_monthly WHERE month = OLD.period_start;
+		DELETE FROM usage_closed_months WHERE month = OLD.period_start;
 	END IF;
 	IF TG_OP <> 'DELETE' THEN
 		PERFORM pg_advisory_xact_lock_shared(7294812, usage_month_lock_key(NEW.period_start));
-		DELETE FROM usage_monthly WHERE month = NEW.period_start;
+		DELETE FROM usage_closed_months WHERE month = NEW.period_start;
 	END IF;
 	RETURN NULL;
 END
 $fn$;
-CREATE OR REPLACE TRIGGER usage_tracking_closed_insert
-	AFTER INSERT ON usage_tracking
-	FOR EACH ROW WHEN (usage_month_closed(NEW.period_start))
-	EXECUTE FUNCTION usage_monthly_forget();
-CREATE OR REPLACE TRIGGER usage_tracking_closed_update
-	AFTER UPDATE ON usage_tracking
-	FOR EACH ROW WHEN (usage_month_closed(OLD.period_start) OR usage_month_closed(NEW.period_start))
-	EXECUTE FUNCTION usage_monthly_forget();
-CREATE OR REPLACE TRIGGER usage_tracking_closed_delete
-	AFTER DELETE ON usage_tracking
-	FOR EACH ROW WHEN (usage_month_closed(OLD.period_start))
-	EXECUTE FUNCTION usage_monthly_forget();
-CREATE OR REPLACE TRIGGER usage_tracking_closed_truncate
-	AFTER TRUNCATE ON usage_tracking
-	FOR EACH STATEMENT EXECUTE FUNCTION usage_monthly_forget();
+DO $$
+DECLARE
+	t text;
+BEGIN
+	FOREACH t IN ARRAY ARRAY['usage_tracking', 'quota_refusals'] LOOP
+		EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER INSERT ON %I FOR EACH ROW
+			WHEN (usage_month_closed(NEW.period_start))
+			EXECUTE FUNCTION usage_closed_months_forget()', t || '_closed_insert', t);
+		EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER UPDATE ON %I FOR EACH ROW
+			WHEN (usage_month_closed(OLD.period_start) OR usage_month_closed(NEW.period_start))
+			EXECUTE FUNCTION usage_closed_months_forget()', t || '_closed_update', t);
+		EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER DELETE ON %I FOR EACH ROW
+			WHEN (usage_month_closed(OLD.period_start))
+			EXECUTE FUNCTION usage_closed_months_forget()', t || '_closed_delete', t);
+		EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER TRUNCATE ON %I FOR EACH STATEMENT
+			EXECUTE FUNCTION usage_closed_months_forget()', t || '_closed_truncate', t);
+	END LOOP;
+END
+$$;
+
+-- Sums the closed months of p_from .. p_to that usage_closed_months lacks
+-- and returns the months of the range that are still open, to be summed
+-- from the live tables (an array, not a subquery: the planner then sees how
+-- few rows match).  Every tier x type gets a row (zeros included), so a
+-- summed month is known to be there.
+CREATE OR REPLACE FUNCTION usage_closed_months_fill(p_from date, p_to date)
+RETURNS date[] LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+	v_month date;
+BEGIN
+	FOR v_month IN
+		SELECT g FROM analytics_months(p_from, p_to) g
+		WHERE usage_month_closed(g)
+		  AND NOT EXISTS (SELECT 1 FROM usage_closed_months c WHERE c.month = g)
+	LOOP
+		-- Waits for writers that are dropping this month; then sums it.
+		PERFORM pg_advisory_xact_lock(7294812, usage_month_lock_key(v_month));
+		INSERT INTO usage_closed_months (month, tier, usage_type, users, total, refusals,
+						 refused_users)
+		WITH u AS (
+			SELECT x.tier, x.usage_type, count(*) FILTER (WHERE x.amount > 0) AS users,
+			       sum(x.amount)::bigint AS total
+			FROM usage_tracking x WHERE x.period_start = v_month
+			GROUP BY x.tier, x.usage_type
+		), r AS (
+			SELECT x.tier, x.usage_type, sum(x.refusals)::bigint AS refusals,
+			       count(*) AS users
+			FROM quota_refusals x WHERE x.period_start = v_month
+			GROUP BY x.tier, x.usage_type
+		), k AS (
+			SELECT u.tier, u.usage_type FROM u
+			UNION SELECT r.tier, r.usage_type FROM r
+			UNION SELECT t, ut FROM unnest(ARRAY['free', 'basic', 'pro', 'enterprise']) t
+					 CROSS JOIN unnest(billing_usage_types()) ut
+		)
+		SELECT v_month, k.tier, k.usage_type, coalesce(u.users, 0), coalesce(u.total, 0),
+		       coalesce(r.refusals, 0), coalesce(r.users, 0)
+		FROM k
+		LEFT JOIN u ON u.tier IS NOT DISTINCT FROM k.tier AND u.usage_type = k.usage_type
+		LEFT JOIN r ON r.tier = k.tier AND r.usage_type = k.usage_type
+		ON CONFLICT DO NOTHING;
+	END LOOP;
+	RETURN ARRAY(SELECT g FROM analytics_months(p_from, p_to) g WHERE NOT usage_month_closed(g));
+END
+$fn$;
 
 -- analytics_feature_usage(from, to): usage per type per month, every month x
 -- type of the range (zeros included): users = users who recorded more than
 -- 0 of the type that month, total = the sum recorded (storage: bytes).
--- Closed months come from usage_monthly (summed and stored here the first
--- time), the others are summed from usage_tracking.  VOLATILE: it may write
--- usage_monthly; call it in a READ COMMITTED transaction.
+-- Closed months come from usage_closed_months (summed there the first
+-- time), the others from usage_tracking.  VOLATILE: it may fill
+-- usage_closed_months; call it in a READ COMMITTED transaction.
 CREATE OR REPLACE FUNCTION analytics_feature_usage(p_from date, p_to date)
 RETURNS TABLE (month date, usage_type text, users bigint, total bigint)
 LANGUAGE plpgsql VOLATILE AS $fn$
 #variable_conflict use_column
 DECLARE
-	v_month date;
 	v_open date[];
 BEGIN
-	FOR v_month IN
-		SELECT g FROM analytics_months(p_from, p_to) g
-		WHERE usage_month_closed(g)
-		  AND NOT EXISTS (SELECT 1 FROM usage_monthly c WHERE c.month = g)
-	LOOP
-		-- Waits for writers that are dropping this month; then sums it.
-		PERFORM pg_advisory_xact_lock(7294812, usage_month_lock_key(v_month));
-		INSERT INTO usage_monthly (month, usage_type, users, total)
-		SELECT v_month, t.usage_type, coalesce(a.users, 0), coalesce(a.total, 0)
-		FROM unnest(billing_usage_types()) t(usage_type)
-		LEFT JOIN (SELECT u.usage_type, count(*) FILTER (WHERE u.amount > 0) AS users,
-				  sum(u.amount)::bigint AS total
-			   FROM usage_tracking u
-			   WHERE u.period_start = v_month
-			   GROUP BY u.usage_type) a ON a.usage_type = t.usage_type
-		ON CONFLICT ON CONSTRAINT usage_monthly_pkey DO NOTHING;
-	END LOOP;
-	-- An array, not a subquery: the planner then sees how few rows match.
-	v_open := ARRAY(SELECT g FROM analytics_months(p_from, p_to) g WHERE NOT usage_month_closed(g));
+	v_open := usage_closed_months_fill(p_from, p_to);
 	RETURN QUERY
 	WITH months AS (
-		SELECT g AS month, NOT (g = ANY (v_open)) AS closed
-		FROM analytics_months(p_from, p_to) g
-	), live AS (
-		SELECT u.period_start, u.usage_type, count(*) FILTER (WHERE u.amount > 0) AS users,
-		       sum(u.amount)::bigint AS total
+		SELECT g AS month FROM analytics_months(p_from, p_to) g
+	), sums AS (
+		SELECT c.month, c.usage_type, sum(c.users)::bigint AS users,
+		       sum(c.total)::bigint AS total
+		FROM usage_closed_months c
+		WHERE c.month IN (SELECT m.month FROM months m) AND NOT (c.month = ANY (v_open))
+		GROUP BY c.month, c.usage_type
+		UNION ALL
+		SELECT u.period_start, u.usage_type, count(*) FILTER (WHERE u.amount > 0),
+		       sum(u.amount)::bigint
 		FROM usage_tracking u
 		WHERE u.period_start = ANY (v_open)
 		GROUP BY u.period_start, u.usage_type
 	)
-	SELECT m.month, t.usage_type, coalesce(c.users, l.users, 0), coalesce(c.total, l.total, 0)
+	SELECT m.month, t.usage_type, coalesce(x.users, 0), coalesce(x.total, 0)
 	FROM months m
 	CROSS JOIN unnest(billing_usage_types()) WITH ORDINALITY AS t(usage_type, ord)
-	LEFT JOIN usage_monthly c ON m.closed AND c.month = m.month AND c.usage_type = t.usage_type
-	LEFT JOIN live l ON l.period_start = m.month AND l.usage_type = t.usage_type
+	LEFT JOIN sums x ON x.month = m.month AND x.usage_type = t.usage_type
 	ORDER BY m.month, t.ord;
 END
 $fn$;
@@ -1795,17 +1872,30 @@ $fn$;
 -- analytics_quota_breaches(from, to): 402 quota_exceeded answers of
 -- usage.cgi per month, tier (effective when refused) and usage type;
 -- refusals = answers, users = distinct users refused (quota_refusals has one
--- row per user in such a group).  Only non-zero rows.
+-- row per user in such a group).  Only non-zero rows.  Closed months come
+-- from usage_closed_months, as for analytics_feature_usage (VOLATILE).
 CREATE OR REPLACE FUNCTION analytics_quota_breaches(p_from date, p_to date)
 RETURNS TABLE (month date, tier text, usage_type text, refusals bigint, users bigint)
-LANGUAGE sql STABLE AS $fn$
-	SELECT r.period_start, r.tier, r.usage_type, sum(r.refusals)::bigint, count(*)
-	FROM quota_refusals r
-	WHERE r.period_start BETWEEN (SELECT min(g) FROM analytics_months(p_from, p_to) g)
-				 AND date_trunc('month', p_to)::date
-	GROUP BY r.period_start, r.tier, r.usage_type
-	ORDER BY r.period_start, array_position(ARRAY['free', 'basic', 'pro', 'enterprise'], r.tier),
-		 array_position(billing_usage_types(), r.usage_type)
+LANGUAGE plpgsql VOLATILE AS $fn$
+#variable_conflict use_column
+DECLARE
+	v_open date[];
+BEGIN
+	v_open := usage_closed_months_fill(p_from, p_to);
+	RETURN QUERY
+	SELECT x.month, x.tier, x.usage_type, x.refusals, x.users
+	FROM (SELECT c.month, c.tier, c.usage_type, c.refusals, c.refused_users AS users
+	      FROM usage_closed_months c
+	      WHERE c.month IN (SELECT g FROM analytics_months(p_from, p_to) g)
+		AND NOT (c.month = ANY (v_open)) AND c.refusals > 0
+	      UNION ALL
+	      SELECT r.period_start, r.tier, r.usage_type, sum(r.refusals)::bigint, count(*)
+	      FROM quota_refusals r
+	      WHERE r.period_start = ANY (v_open)
+	      GROUP BY r.period_start, r.tier, r.usage_type) x
+	ORDER BY x.month, array_position(ARRAY['free', 'basic', 'pro', 'enterprise'], x.tier),
+		 array_position(billing_usage_types(), x.usage_type);
+END
 $fn$;
 
 -- analytics_quota_utilisation(month = this month): per tier and usage type,
@@ -1827,34 +1917,39 @@ LANGUAGE sql STABLE AS $fn$
 		FROM unnest(ARRAY['free', 'basic', 'pro', 'enterprise']) WITH ORDINALITY AS t(tier, tord)
 		CROSS JOIN unnest(billing_usage_types()) WITH ORDINALITY AS ut(usage_type, uord)
 		LEFT JOIN plan_quotas q ON q.tier = t.tier AND q.usage_type = ut.usage_type
-	), counters AS (
-		-- Rows written before usage_tracking.tier existed count under the
-		-- user's tier now.
-		SELECT u.tier, u.usage_type, u.amount
+	), known AS (
+		-- One pass over the month's index range, in index order.
+		SELECT u.usage_type, u.tier, count(*) AS users, sum(u.amount) AS total
 		FROM usage_tracking u
 		WHERE u.period_start = (SELECT m.month FROM m) AND u.tier IS NOT NULL
-		UNION ALL
-		SELECT user_effective_tier(u.user_id), u.usage_type, u.amount
-		FROM usage_tracking u
-		WHERE u.period_start = (SELECT m.month FROM m) AND u.tier IS NULL
+		GROUP BY u.usage_type, u.tier
+	), legacy AS (
+		-- Counters written before usage_tracking.tier existed count under
+		-- the user's tier now.
+		SELECT x.tier, x.usage_type, count(*) AS users, sum(x.amount) AS total,
+		       count(*) FILTER (WHERE x.amount >= plan_limit(x.tier, x.usage_type)) AS at_limit
+		FROM (SELECT user_effective_tier(u.user_id) AS tier, u.usage_type, u.amount
+		      FROM usage_tracking u
+		      WHERE u.period_start = (SELECT m.month FROM m) AND u.tier IS NULL) x
+		GROUP BY x.tier, x.usage_type
 	), per AS (
-		-- plan_quotas itself, not grid: its statistics keep the row
-		-- estimate right, so this stays one hash aggregate.
-		SELECT c.tier, c.usage_type, count(*) AS users,
-		       sum(c.amount)::numeric / count(*)
-			/ nullif(min(CASE WHEN q.tier IS NULL THEN 0 ELSE q.monthly_limit END), 0) AS avg_u,
-		       count(*) FILTER (WHERE c.amount >= CASE WHEN q.tier IS NULL THEN 0
-							       ELSE q.monthly_limit END) AS at_limit
-		FROM counters c
-		LEFT JOIN plan_quotas q ON q.tier = c.tier AND q.usage_type = c.usage_type
-		GROUP BY c.tier, c.usage_type
+		SELECT g.tier, g.usage_type, g.tord, g.uord, g.lim,
+		       coalesce(k.users, 0) + coalesce(l.users, 0) AS users,
+		       coalesce(k.total, 0) + coalesce(l.total, 0) AS total,
+		       coalesce(l.at_limit, 0)
+		       + CASE WHEN g.lim IS NULL THEN 0
+			      ELSE (SELECT count(*) FROM usage_tracking u
+				    WHERE u.period_start = (SELECT m.month FROM m)
+				      AND u.usage_type = g.usage_type AND u.tier = g.tier
+				      AND u.amount >= g.lim) END AS at_limit
+		FROM grid g
+		LEFT JOIN known k ON k.tier = g.tier AND k.usage_type = g.usage_type
+		LEFT JOIN legacy l ON l.tier = g.tier AND l.usage_type = g.usage_type
 	)
-	SELECT m.month, g.tier, g.usage_type, g.lim, coalesce(p.users, 0), round(p.avg_u, 4),
-	       coalesce(p.at_limit, 0)
-	FROM m
-	CROSS JOIN grid g
-	LEFT JOIN per p ON p.tier = g.tier AND p.usage_type = g.usage_type
-	ORDER BY g.tord, g.uord
+	SELECT m.month, p.tier, p.usage_type, p.lim, p.users,
+	       round(p.total::numeric / nullif(p.users, 0) / nullif(p.lim, 0), 4), p.at_limit
+	FROM per p CROSS JOIN m
+	ORDER BY p.tord, p.uord
 $fn$;
 
 -- analytics_report(from, to, currency) -> jsonb, everything the console's
@@ -1889,11 +1984,73 @@ RETURNS jsonb LANGUAGE sql VOLATILE AS $fn$
 		'snapshot', analytics_snapshot())
 $fn$;
 
--- Upgrade: a ledger without its monthly sums gets them.
+------------------------------------------------------------------------------
+-- metrics_gauges(): the business figures GET /metrics exposes (lib/metrics.c
+-- names and renders them), read at scrape time: one row per series,
+-- (metric, label1, label2, value).
+--
+--   subscriptions (tier, status)   subscriptions rows; every tier x status,
+--                                  zeros included, so that alerts see 0
+--   trials (tier)                  subscriptions in status trialing
+--   mrr (currency)                 monthly recurring revenue in minor units
+--                                  (cents), the view mrr_now: the business
+--                                  figures' definition (README, Business
+--                                  figures).  One row per currency with MRR.
+-- The counts come from subscription_counts and MRR from the paying rows'
+-- index, so a scrape stays cheap at a million subscriptions.
+--   notifications (status)         notifications not sent: 'pending' (still
+--                                  to send) and 'failed' (given up).  The
+--                                  status is the mailer's status column when
+--                                  the table has one (read through to_jsonb,
+--                                  so this works with and without it), else
+--                                  every unsent row is pending.
+--   notification_oldest_pending_age  seconds since the oldest pending
+--                                  notification was queued; 0 when none
+------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION metrics_gauges()
+RETURNS TABLE (metric text, label1 text, label2 text, value double precision)
+LANGUAGE sql STABLE AS $fn$
+	WITH tiers(tier) AS (VALUES ('free'), ('basic'), ('pro'), ('enterprise')),
+	statuses(status) AS (VALUES ('incomplete'), ('incomplete_expired'), ('trialing'),
+				    ('active'), ('past_due'), ('canceled'), ('unpaid'), ('paused')),
+	unsent AS (
+		SELECT coalesce(to_jsonb(n) ->> 'status', 'pending') AS status, n.created_at
+		FROM notifications n
+		WHERE n.sent_at IS NULL
+	)
+	SELECT 'subscriptions', t.tier, st.status, coalesce(sum(c.n), 0)::float8
+	FROM tiers t CROSS JOIN statuses st
+	LEFT JOIN subscription_counts c ON c.tier = t.tier AND c.status = st.status
+	GROUP BY t.tier, st.status
+	UNION ALL
+	SELECT 'trials', t.tier, NULL, coalesce(sum(c.n), 0)::float8
+	FROM tiers t
+	LEFT JOIN subscription_counts c ON c.tier = t.tier AND c.status = 'trialing'
+	GROUP BY t.tier
+	UNION ALL
+	SELECT 'mrr', m.currency, NULL, m.mrr::float8
+	FROM mrr_now m
+	UNION ALL
+	SELECT 'notifications', k.status, NULL, count(u.status)::float8
+	FROM (VALUES ('pending'), ('failed')) AS k(status)
+	LEFT JOIN unsent u ON u.status = k.status
+	GROUP BY k.status
+	UNION ALL
+	SELECT 'notification_oldest_pending_age', NULL, NULL,
+	       coalesce(extract(epoch FROM now() - min(u.created_at)), 0)::float8
+	FROM unsent u
+	WHERE u.status = 'pending'
+	ORDER BY 1, 2, 3
+$fn$;
+
+-- Upgrade: counters created on a database with rows get filled once.
 DO $$
 BEGIN
 	IF NOT EXISTS (SELECT 1 FROM mrr_monthly) AND EXISTS (SELECT 1 FROM mrr_movements) THEN
 		PERFORM mrr_monthly_refresh();
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM subscription_counts) AND EXISTS (SELECT 1 FROM subscriptions) THEN
+		PERFORM subscription_counts_refresh();
 	END IF;
 END
 $$;

@@ -750,12 +750,13 @@ def test_usage(t, st, h):
             breaches[(tier, typ)] = breaches.get((tier, typ), [0, set()])
             breaches[(tier, typ)][0] += 1
             breaches[(tier, typ)][1].add(u)
-    # A refused request replayed under its Idempotency-Key is one 402, not two.
+    # A refusal under an Idempotency-Key keeps nothing (not even the key), so
+    # its retry is judged afresh: two 402 answers, both counted.
     for _ in range(2):
         r = post_usage(st, "an-free-0", "export", 50, key="an-replay-1")
-        wrong += [] if r.status == 402 else [("replay", r.status)]
+        wrong += [] if r.status == 402 else [("keyed", r.status)]
     breaches.setdefault(("free", "export"), [0, set()])
-    breaches[("free", "export")][0] += 1
+    breaches[("free", "export")][0] += 2
     breaches[("free", "export")][1].add("an-free-0")
     t.ok(not wrong, f"{len(plan) + 2} usage.cgi answers as the quotas say (200 or 402)", wrong[:3])
     t.ok(sum(v[0] for v in breaches.values()) >= 10, "some requests were refused")
@@ -801,14 +802,19 @@ def test_usage(t, st, h):
            if [int(n), int(s)] != want_fu.get((m, ty), [0, 0])]
     t.ok(len(got) == 5 * n_months and not bad,
          f"feature usage: users and totals per type for {n_months} months", bad[:3])
-    t.eq(st.psql_one("SELECT count(DISTINCT month) FROM usage_monthly"), str(n_months - 1),
-         "feature usage: the closed months are kept in usage_monthly")
+    t.eq(st.psql_one("SELECT count(DISTINCT month) FROM usage_closed_months"), str(n_months - 1),
+         "feature usage: the closed months are kept in usage_closed_months")
     st.psql("UPDATE usage_tracking SET amount = amount + 5 WHERE id = (SELECT min(id)"
             " FROM usage_tracking WHERE period_start = '2025-03-01' AND usage_type = 'export')")
     want = want_fu.get(("2025-03-01", "export"), [0, 0])[1] + 5
     t.eq(st.psql_one("SELECT total FROM analytics_feature_usage('2025-03-01', '2025-03-01')"
                      " WHERE usage_type = 'export'"), str(want),
          "feature usage: a changed counter of a closed month is summed again")
+    st.psql("INSERT INTO quota_refusals (user_id, usage_type, period_start, tier, refusals)"
+            " VALUES ('an-past-1', 'export', '2025-03-01', 'basic', 3)")
+    t.eq(st.psql("SELECT tier, usage_type, refusals, users FROM analytics_quota_breaches("
+                 "'2025-01-01', '2025-12-01')"), [["basic", "export", "3", "1"]],
+         "quota breaches: a refusal added to a closed month is summed again")
 
 
 def test_report(t, st):
@@ -849,6 +855,10 @@ def main():
             test_other_writers(t, st)
         with t.guard("concurrency"):
             test_concurrent_customer(t, st)
+        t.eq(st.psql("SELECT tier, status, sum(n) FROM subscription_counts GROUP BY 1, 2"
+                     " HAVING sum(n) <> 0 ORDER BY 1, 2"),
+             st.psql("SELECT tier, status, count(*) FROM subscriptions GROUP BY 1, 2 ORDER BY 1, 2"),
+             "subscription_counts, kept by triggers through every change above, counts the rows")
     return t.done()
 
 

@@ -207,7 +207,9 @@ def check_business(st, s, label):
         if status == "trialing":
             trials[tier] += 1
         if status in ("active", "past_due") and amount is not None and currency is not None:
-            mrr[currency.lower()] += int(amount) / (12 if interval == "yearly" else 1)
+            # yearly: amount / 12 rounded half up per subscription (README)
+            mrr[currency.lower()] += (int(amount) + 6) // 12 if interval == "yearly" \
+                else int(amount)
     got_subs = {(dict(k[1])["tier"], dict(k[1])["status"]): val for k, val in s.items()
                 if k[0] == "billing_subscriptions"}
     t.ok(len(got_subs) == 32 and all(got_subs[k] == subs.get(k, 0) for k in got_subs),
@@ -219,7 +221,7 @@ def check_business(st, s, label):
     got_mrr = {dict(k[1])["currency"]: val for k, val in s.items()
                if k[0] == "billing_mrr_minor_units"}
     t.ok(set(got_mrr) == set(mrr) and all(abs(got_mrr[c] - mrr[c]) < 1e-6 for c in mrr),
-         f"{label}: MRR by currency (active + past_due, yearly / 12) = {dict(mrr)}", got_mrr)
+         f"{label}: MRR by currency (active + past_due, yearly / 12, rounded) = {dict(mrr)}", got_mrr)
 
 
 def check_notifications(st, s, failed, oldest, label):
