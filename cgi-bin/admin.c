@@ -249,6 +249,7 @@ static void
 admin(struct serve *srv, struct request *req)
 {
 	int r = route_of(request_env("PATH_INFO"));
+	struct auth_caller caller;	/* borrows operator */
 	char *operator = NULL;
 	enum outcome rc;
 
@@ -261,7 +262,15 @@ admin(struct serve *srv, struct request *req)
 		return;
 	}
 	log_note("operator", operator);
-	if (r >= 0 && (rc = request_check_method(req, routes[r].methods)) != OUT_OK) {
+	/* An operator is a caller like any other for the rate limit (by name). */
+	caller.kind = AUTH_REMOTE_USER;
+	caller.user_id = operator;
+	if ((rc = serve_limit_caller(srv, &caller)) != OUT_OK) {
+		if (r == ROUTE_API)
+			response_error(rc, NULL);
+		else
+			console_error(operator, rc, NULL);
+	} else if (r >= 0 && (rc = request_check_method(req, routes[r].methods)) != OUT_OK) {
 		if (r == ROUTE_API)
 			response_error(rc, NULL);
 		else
@@ -281,6 +290,7 @@ static const struct serve_endpoint endpoint = {
 	.name = "admin",
 	.methods = "GET, POST",
 	.cors = 0,
+	.rate_limit = { "ADMIN", "300/60s", "600/60s" },
 	.handle = admin,
 };
 

@@ -748,8 +748,21 @@ def test_layouts(t, variant):
         t.eq(r.status, 403, f"{variant}: another Origin: 403")
 
 
+def test_rate_limit(t):
+    """The console is limited per operator (issue 13), like the other endpoints."""
+    with Stack(dict(SETTINGS, RATE_LIMIT_ADMIN="2/60s"), operators=OPERATORS) as st:
+        got = [get(st, "/admin/").status for _ in range(3)]
+        t.eq(got, [200, 200, 429], "RATE_LIMIT_ADMIN=2/60s: the operator's third page is 429")
+        r = st.http("GET", "/api/admin/analytics", headers={"Authorization": jwt("operator")})
+        t.ok(r.status == 429 and (r.json() or {}).get("error", {}).get("code") == "rate_limited"
+             and r.headers.get("retry-after") is not None,
+             "...and the API for the same operator: 429 rate_limited with Retry-After", r)
+
+
 def main():
     t = Tap()
+    with t.guard("rate limit"):
+        test_rate_limit(t)
     with Stack(SETTINGS, operators=OPERATORS) as st:
         with t.guard("seed"):
             seed(st)
