@@ -30,6 +30,11 @@ import tempfile
 import time
 
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"
+# What chromedriver says of an element of a page that has been navigated
+# away from: the W3C "stale element reference", or, while the new document
+# replaces the old one, the inspector's word that the node left the document.
+OLD_PAGE_GONE = ("stale element", "no such element",
+                 "does not belong to the document", "No node with given id")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--disable-extensions",
@@ -174,7 +179,7 @@ class Browser:
             try:
                 self._s(f"/element/{old}/name")
             except WebDriverError as e:
-                if "stale element" in str(e) or "no such element" in str(e):
+                if any(gone in str(e) for gone in OLD_PAGE_GONE):
                     return
                 raise
             time.sleep(0.02)
