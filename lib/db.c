@@ -12,13 +12,29 @@
 #include "log.h"
 #include "mem.h"
 
+/* A statement text prepared on a connection under a name of ours. */
+struct prepared {
+	char *sql;
+	unsigned long hash;
+	char name[24];
+};
+
 struct db {
 	PGconn *conn;
 	char *url;	/* the DATABASE_URL it was made with (a secret: never logged) */
 	/* set_config values for each transaction: milliseconds as text. */
 	char statement_ms[16], lock_ms[16], idle_ms[16];
 	int begin_pending; /* db_begin called; BEGIN goes out with the next statement */
+	int prepare;	/* statements are prepared on this connection (see db_long_lived) */
+	int stale;	/* its prepared statements no longer match the server's: close it */
+	struct prepared prepared[LIMIT_DB_PREPARED];
+	int nprepared;
 };
+
+/* db_long_lived was called: this process runs many requests on one connection. */
+static int long_lived;
+/* The server did not keep a statement we prepared: a pooler; never again here. */
+static int prepare_refused;
 
 /* The timeout settings, their defaults, and where db_connect puts them. */
 static const struct {
@@ -44,8 +60,50 @@ ignore_notice(void *arg, const char *message)
 	(void)message;
 }
 
-enum outcome
-db_connect(struct db **out)
+void
+db_long_lived(void)
+{
+	long_lived = 1;
+}
+
+/*
+ * Whether statements are prepared on a new connection: in a long-lived
+ * process, unless DATABASE_PREPARED_STATEMENTS is off or the connection
+ * leads through a pooler.  A pooler in transaction mode (PgBouncer before
+ * 1.21) hands each transaction to any server connection, where our named
+ * statements do not exist.  It shows: the process id a server reports
+ * when the connection starts is the pooler's own cancel key, not the
+ * backend that answers pg_backend_pid().
+ */
+static enum outcome
+prepare_wanted(PGconn *conn, int *wanted)
+{
+	const char *setting = config_get_default("DATABASE_PREPARED_STATEMENTS", "auto");
+	PGresult *res;
+	char pid[16];
+
+	*wanted = 0;
+	if (strcmp(setting, "off") == 0)
+		return OUT_OK;
+	if (strcmp(setting, "auto") != 0) {
+		log_msg("DATABASE_PREPARED_STATEMENTS must be auto or off");
+		return OUT_MISCONFIGURED;
+	}
+	if (!long_lived || prepare_refused)
+		return OUT_OK;
+	res = PQexec(conn, "SELECT pg_backend_pid()");
+	snprintf(pid, sizeof(pid), "%d", PQbackendPID(conn));
+	if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
+	    strcmp(PQgetvalue(res, 0, 0), pid) == 0)
+		*wanted = 1;
+	else
+		log_msg("database connection leads through a pooler: statements are not prepared");
+	PQclear(res);
+	return OUT_OK;
+}
+
+static enum outcome
+connect_to(struct db **out, int may_prepare)
 {
 	const char *url;
 	char timeout[16];
@@ -81,8 +139,13 @@ db_connect(struct db **out)
 		return OUT_UNAVAILABLE;
 	}
 	PQsetNoticeProcessor(conn, ignore_notice, NULL);
+	if (may_prepare && (rc = prepare_wanted(conn, &may_prepare)) != OUT_OK) {
+		PQfinish(conn);
+		return rc;
+	}
 	db = mem_calloc(1, sizeof(*db));
 	db->conn = conn;
+	db->prepare = may_prepare;
 	db->url = mem_strdup(url);
 	for (i = 0; i < sizeof(timeouts) / sizeof(timeouts[0]); i++)
 		snprintf((char *)db + timeouts[i].field, sizeof(db->statement_ms), "%ld", ms[i]);
@@ -90,11 +153,21 @@ db_connect(struct db **out)
 	return OUT_OK;
 }
 
+enum outcome
+db_connect(struct db **out)
+{
+	return connect_to(out, 1);
+}
+
 void
 db_close(struct db *db)
 {
+	int i;
+
 	if (db == NULL)
 		return;
+	for (i = 0; i < db->nprepared; i++)
+		free(db->prepared[i].sql);
 	PQfinish(db->conn);
 	mem_free_secret(db->url, strlen(db->url));
 	free(db);
@@ -113,7 +186,7 @@ idle_usable(struct db *db)
 	struct pollfd p;
 
 	if (PQstatus(db->conn) != CONNECTION_OK ||
-	    PQtransactionStatus(db->conn) != PQTRANS_IDLE)
+	    PQtransactionStatus(db->conn) != PQTRANS_IDLE || db->stale)
 		return 0;
 	p.fd = PQsocket(db->conn);
 	p.events = POLLIN;
@@ -145,10 +218,82 @@ db_release(struct db **db)
 	/* A request that failed mid-transaction must not hand it to the next. */
 	db_rollback(*db);
 	if (PQstatus((*db)->conn) != CONNECTION_OK ||
-	    PQtransactionStatus((*db)->conn) != PQTRANS_IDLE) {
+	    PQtransactionStatus((*db)->conn) != PQTRANS_IDLE || (*db)->stale) {
 		db_close(*db);
 		*db = NULL;
 	}
+}
+
+/* FNV-1a: statement texts are compared by hash first, then in full. */
+static unsigned long
+text_hash(const char *s)
+{
+	unsigned long h = 2166136261UL;
+
+	while (*s)
+		h = (h ^ (unsigned char)*s++) * 16777619UL;
+	return h;
+}
+
+/*
+ * A failure that says the server's prepared statements are not ours:
+ * 26000 (one we prepared is gone) or 42P05 (the name is taken), which a
+ * pooler that slipped past prepare_wanted causes: no more preparing in
+ * this process; 0A000 (a cached plan's result type changed: the schema
+ * changed under us): this connection is closed after the request, and the
+ * next prepares afresh.
+ */
+static void
+prepared_failed(struct db *db, const char *state)
+{
+	if (strcmp(state, "26000") == 0 || strcmp(state, "42P05") == 0) {
+		log_msg("prepared statements do not survive on this database connection"
+		    " (a pooler?): no longer prepared");
+		prepare_refused = 1;
+		db->prepare = 0;
+		db->stale = 1;
+	} else if (strcmp(state, "0A000") == 0)
+		db->stale = 1;
+}
+
+/*
+ * The name sql is prepared under on this connection, preparing it the
+ * first time; NULL when statements are not prepared here, when the table
+ * is full (LIMIT_DB_PREPARED texts: enough for every fixed statement of a
+ * program), or when preparing failed (the statement then runs unnamed and
+ * reports its own error).
+ */
+static const char *
+prepared_name(struct db *db, const char *sql, int nparams)
+{
+	struct prepared *p;
+	unsigned long h;
+	PGresult *res;
+	const char *state;
+	int i, ok;
+
+	if (!db->prepare)
+		return NULL;
+	h = text_hash(sql);
+	for (i = 0; i < db->nprepared; i++)
+		if (db->prepared[i].hash == h && strcmp(db->prepared[i].sql, sql) == 0)
+			return db->prepared[i].name;
+	if (db->nprepared == LIMIT_DB_PREPARED)
+		return NULL;
+	p = &db->prepared[db->nprepared];
+	snprintf(p->name, sizeof(p->name), "billing_cgi_%d", db->nprepared);
+	res = PQprepare(db->conn, p->name, sql, nparams, NULL);
+	ok = res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK;
+	state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+	if (!ok && state != NULL)
+		prepared_failed(db, state);
+	PQclear(res);
+	if (!ok)
+		return NULL;
+	p->sql = mem_strdup(sql);
+	p->hash = h;
+	db->nprepared++;
+	return p->name;
 }
 
 static enum db_result
@@ -194,6 +339,8 @@ finish(struct db *db, struct db_rows **rows, PGresult *res)
 	}
 	r = classify(db->conn, res);
 	state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+	if (db->prepare && state != NULL)
+		prepared_failed(db, state);
 	/* Expected outcomes (a duplicate delivery) are the caller's to log. */
 	if (r != DB_UNIQUE_VIOLATION)
 		log_msg("database error sqlstate=%s", state ? state : "none");
@@ -206,54 +353,82 @@ static enum db_result
 exec_raw(struct db *db, struct db_rows **rows, const char *sql, int nparams,
     const char *const *params)
 {
+	const char *name = prepared_name(db, sql, nparams);
+
 	if (rows)
 		*rows = NULL;
-	return finish(db, rows, PQexecParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0));
+	return finish(db, rows, name ?
+	    PQexecPrepared(db->conn, name, nparams, params, NULL, NULL, 0) :
+	    PQexecParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0));
+}
+
+/* Queues a statement in the pipeline: by its prepared name when it has one. */
+static int
+send_statement(struct db *db, const char *name, const char *sql, int nparams,
+    const char *const *params)
+{
+	return name ? PQsendQueryPrepared(db->conn, name, nparams, params, NULL, NULL, 0) :
+	    PQsendQueryParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0);
 }
 
 /*
- * Starts a transaction and runs sql in it, in one round trip: BEGIN, the
- * timeouts set LOCAL, the statement and, when commit is set, COMMIT, all
- * sent as one libpq pipeline (PostgreSQL protocol pipelining).
+ * Runs sql first in a transaction, in one round trip, sent as one libpq
+ * pipeline (PostgreSQL protocol pipelining): when open is set, BEGIN, the
+ * timeouts set LOCAL and the statement, and the transaction stays open;
+ * otherwise the timeouts and the statement alone, in the implicit
+ * transaction that the pipeline's Sync commits (or rolls back after a
+ * failure), which saves the server a BEGIN and a COMMIT.
  * pipeline_send sends them: 1 when all went out, 0 when a send failed
  * (pipeline mode entered all the same), -1 when pipeline mode could not be
  * entered.  pipeline_collect reads the answers of what was sent: the
- * result of the first of them that failed, else the statement's; NULL
- * when the connection failed.  A failure aborts what follows it.  Split in
- * two so that db_exec_parallel can have several connections working at
- * once.
+ * result of the first of them that failed (the implicit commit's failure
+ * included), else the statement's; NULL when the connection failed.  A
+ * failure aborts what follows it.  Split in two so that db_exec_parallel
+ * can have several connections working at once.
  */
 static int
 pipeline_send(struct db *db, const char *sql, int nparams, const char *const *params,
-    int commit)
+    int open)
 {
+	/* set_config(..., true) is SET LOCAL: it ends with the transaction (see db.h). */
+	static const char set_timeouts[] =
+	    "SELECT set_config('statement_timeout', $1, true),"
+	    " set_config('lock_timeout', $2, true),"
+	    " set_config('idle_in_transaction_session_timeout', $3, true)";
 	const char *timeouts_params[] = { db->statement_ms, db->lock_ms, db->idle_ms };
+	/* Prepared (a round trip each, once per connection) before the pipeline starts. */
+	const char *timeouts_name = prepared_name(db, set_timeouts, 3);
+	const char *name = prepared_name(db, sql, nparams);
 
 	if (PQenterPipelineMode(db->conn) != 1)
 		return -1;
-	/* set_config(..., true) is SET LOCAL: it ends with the transaction (see db.h). */
-	return PQsendQueryParams(db->conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1 &&
-	    PQsendQueryParams(db->conn,
-		"SELECT set_config('statement_timeout', $1, true),"
-		" set_config('lock_timeout', $2, true),"
-		" set_config('idle_in_transaction_session_timeout', $3, true)",
-		3, NULL, timeouts_params, NULL, NULL, 0) == 1 &&
-	    PQsendQueryParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0) == 1 &&
-	    (!commit || PQsendQueryParams(db->conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) == 1) &&
+	return (!open || PQsendQueryParams(db->conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1) &&
+	    send_statement(db, timeouts_name, set_timeouts, 3, timeouts_params) == 1 &&
+	    send_statement(db, name, sql, nparams, params) == 1 &&
 	    PQpipelineSync(db->conn) == 1;
 }
 
+/* Whether a pipeline result says its query (or the Sync, last) went well. */
+static int
+pipeline_ok(const PGresult *res, int last)
+{
+	ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+
+	return last ? st == PGRES_PIPELINE_SYNC : st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+}
+
 static PGresult *
-pipeline_collect(struct db *db, int sent, int commit)
+pipeline_collect(struct db *db, int sent, int open)
 {
 	PGresult *res, *got[4] = { NULL, NULL, NULL, NULL }, *out = NULL;
-	int i, n = commit ? 4 : 3;
+	/* [BEGIN,] the timeouts, the statement, then the Sync's own result. */
+	int i, n = open ? 4 : 3, statement = n - 2;
 
 	if (sent == -1)
 		return NULL;
 	if (sent == 1) {
-		/* Each query's results, then a NULL; then the sync's own result. */
-		for (i = 0; i < n; i++) {
+		/* Each query's results, then a NULL; the Sync's result comes alone. */
+		for (i = 0; i < n - 1; i++) {
 			while ((res = PQgetResult(db->conn)) != NULL) {
 				if (got[i] == NULL)
 					got[i] = res;
@@ -261,7 +436,12 @@ pipeline_collect(struct db *db, int sent, int commit)
 					PQclear(res);
 			}
 		}
-		PQclear(PQgetResult(db->conn));
+		/*
+		 * The Sync's result; a failure of the implicit commit comes
+		 * first instead, and the Sync left behind makes the exit from
+		 * pipeline mode below fail: the connection is reset.
+		 */
+		got[n - 1] = PQgetResult(db->conn);
 	}
 	if (PQexitPipelineMode(db->conn) != 1) {
 		/* Results we cannot account for: this connection is done for. */
@@ -269,17 +449,14 @@ pipeline_collect(struct db *db, int sent, int commit)
 		for (i = 0; i < 4; i++)
 			PQclear(got[i]);
 		PQreset(db->conn);
+		db->stale = 1;
 		return NULL;
 	}
-	for (i = 0; i < n && out == NULL; i++) {
-		ExecStatusType st = got[i] ? PQresultStatus(got[i]) : PGRES_FATAL_ERROR;
-
-		if (i == 2 ? (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
-			   : st != (i == 1 ? PGRES_TUPLES_OK : PGRES_COMMAND_OK))
+	for (i = 0; i < n && out == NULL; i++)
+		if (!pipeline_ok(got[i], i == n - 1))
 			out = got[i];
-	}
 	if (out == NULL)
-		out = got[2];
+		out = got[statement];
 	for (i = 0; i < 4; i++)
 		if (got[i] != out)
 			PQclear(got[i]);
@@ -288,9 +465,9 @@ pipeline_collect(struct db *db, int sent, int commit)
 
 static PGresult *
 exec_in_new_transaction(struct db *db, const char *sql, int nparams,
-    const char *const *params, int commit)
+    const char *const *params, int open)
 {
-	return pipeline_collect(db, pipeline_send(db, sql, nparams, params, commit), commit);
+	return pipeline_collect(db, pipeline_send(db, sql, nparams, params, open), open);
 }
 
 enum db_result
@@ -298,7 +475,6 @@ db_exec(struct db *db, struct db_rows **rows, const char *sql, int nparams,
     const char *const *params)
 {
 	int pending = db->begin_pending;
-	enum db_result r;
 
 	if (rows)
 		*rows = NULL;
@@ -311,11 +487,7 @@ db_exec(struct db *db, struct db_rows **rows, const char *sql, int nparams,
 	 * a transaction of its own, so the timeouts apply.  Either way one
 	 * round trip, as a lone statement was before there were timeouts.
 	 */
-	r = finish(db, rows, exec_in_new_transaction(db, sql, nparams, params, !pending));
-	/* A lone statement that failed leaves its aborted transaction behind: end it. */
-	if (r != DB_OK && !pending)
-		db_rollback(db);
-	return r;
+	return finish(db, rows, exec_in_new_transaction(db, sql, nparams, params, pending));
 }
 
 enum db_result
@@ -334,12 +506,12 @@ db_exec_parallel(struct db *db, int n, const struct db_statement *st, struct db_
 	/* The first statement on db, each other on a connection of its own. */
 	for (i = 0; i < n; i++) {
 		on[i] = db;
-		if (i > 0 && db_connect(&extra[i]) == OUT_OK)
+		if (i > 0 && connect_to(&extra[i], 0) == OUT_OK)
 			on[i] = extra[i];
 	}
 	for (i = 0; i < n; i++) {
 		if (on[i] != db || i == 0)
-			sent[i] = pipeline_send(on[i], st[i].sql, st[i].nparams, st[i].params, 1);
+			sent[i] = pipeline_send(on[i], st[i].sql, st[i].nparams, st[i].params, 0);
 		else
 			sent[i] = -2;	/* no extra connection: run it on db once db is free */
 	}
@@ -348,7 +520,7 @@ db_exec_parallel(struct db *db, int n, const struct db_statement *st, struct db_
 			r = db_exec(db, &rows[i], st[i].sql, st[i].nparams, st[i].params);
 		else
 			r = finish(on[i], &rows[i],
-			    pipeline_collect(on[i], sent[i], 1));
+			    pipeline_collect(on[i], sent[i], 0));
 		if (r != DB_OK && first == DB_OK)
 			first = r;
 	}

@@ -45,6 +45,16 @@ enum db_result {
  */
 enum outcome db_connect(struct db **db) __attribute__((warn_unused_result));
 
+/*
+ * Says that this process serves many requests (a FastCGI process): its
+ * connections then prepare each statement once, by name, and run it by
+ * name afterwards (PostgreSQL parses and plans it once per connection
+ * instead of at every run), unless DATABASE_PREPARED_STATEMENTS is off or
+ * the connection leads through a pooler (db.c, prepare_wanted).  Call
+ * before connecting.
+ */
+void db_long_lived(void);
+
 /* Closes the connection (rolling back an open transaction); NULL is fine. */
 void db_close(struct db *db);
 

@@ -217,6 +217,12 @@
 #define LIMIT_DB_STATEMENT_MS	8000
 #define LIMIT_DB_LOCK_MS	4000
 #define LIMIT_DB_IDLE_IN_TRANSACTION_MS	15000
+/*
+ * Statement texts a long-lived process prepares per connection (db.c);
+ * past that they run unprepared.  Every endpoint has fewer fixed
+ * statements than this; the cap bounds what text built at run time costs.
+ */
+#define LIMIT_DB_PREPARED	64
 #define LIMIT_DB_TIMEOUT_MAX_MS	3600000
 
 /*

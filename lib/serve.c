@@ -302,8 +302,10 @@ serve_main(const struct serve_endpoint *ep)
 			in.deadline.tv_nsec -= 1000000000;
 		}
 		serve_one(&srv, NULL, cgi_read, &in, NULL);
-	} else
+	} else {
+		db_long_lived();
 		status = serve_fastcgi(&srv);
+	}
 	db_close(srv.db);
 	config_reset();
 	return status;

@@ -12,10 +12,15 @@ request of a test:
     growth is printed; plain build: at most 1 MiB), and under the ASan
     build LeakSanitizer at exit;
   - PostgreSQL killed while the process is idle, then started again: the
-    next request gets 503 or succeeds, the one after succeeds.
+    next request gets 503 or succeeds, the one after succeeds;
+  - prepared statements, as PostgreSQL's own log of every statement shows
+    them: a FastCGI process parses each statement once and runs it by name
+    afterwards; a CGI does not name any; a FastCGI process whose
+    DATABASE_URL leads through PgBouncer does not either, and works.
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -306,6 +311,61 @@ def killed_while_idle(t, st):
         proc.cleanup()
 
 
+def pg_log(st):
+    with open(os.path.join(st.tmp, "logs", "postgres.log"), errors="replace") as f:
+        return f.read()
+
+
+def statements_logged(text):
+    """(names parsed, names executed, unnamed statements parsed other than
+    BEGIN/COMMIT/ROLLBACK) in PostgreSQL's log lines of log_min_duration_statement."""
+    parsed = re.findall(r"duration: [\d.]+ ms  parse (billing_cgi_\d+):", text)
+    executed = re.findall(r"duration: [\d.]+ ms  execute (billing_cgi_\d+):", text)
+    unnamed = [q for q in re.findall(r"duration: [\d.]+ ms  parse <unnamed>: (.*)", text)
+               if q.strip() not in ("BEGIN", "COMMIT", "ROLLBACK")]
+    return parsed, executed, unnamed
+
+
+def prepared_statements(t, st, pooled):
+    prog = os.path.join(st.cgi_bin, "webhook.cgi")
+    st.psql("ALTER ROLE billing SET log_min_duration_statement = 0")
+    try:
+        if not pooled:
+            # As plain CGI: one request, nothing worth preparing.
+            start = len(pg_log(st))
+            body = signed_event(910000)
+            r = st.cgi("webhook", "POST", body,
+                       headers={"Stripe-Signature": stripe_signature(SECRET, body)})
+            t.eq(r.status, 200, "CGI: event applied")
+            parsed, executed, unnamed = statements_logged(pg_log(st)[start:])
+            t.ok(not parsed and not executed and unnamed,
+                 "CGI: statements run unnamed, none prepared", f"{parsed} {executed}")
+        proc = FcgiProcess(prog, process_env(st, prog))
+        label = "FastCGI through PgBouncer" if pooled else "FastCGI"
+        try:
+            start = len(pg_log(st))
+            statuses = [hook(st, proc, signed_event(910001 + i + 100 * pooled)).status for i in range(4)]
+            t.eq(statuses, [200] * 4, f"{label}: four events applied")
+            parsed, executed, unnamed = statements_logged(pg_log(st)[start:])
+            if pooled:
+                t.ok(not parsed and not executed,
+                     f"{label}: nothing prepared (a pooler hands transactions to any server connection)",
+                     f"{parsed} {executed}")
+                t.ok("leads through a pooler: statements are not prepared" in proc.stderr(),
+                     f"{label}: the process says why")
+            else:
+                t.ok(parsed and len(parsed) == len(set(parsed)),
+                     f"{label}: each statement parsed once, by name", f"{parsed}")
+                t.ok(not unnamed, f"{label}: no statement parsed without a name", f"{unnamed[:3]}")
+                counts = {n: executed.count(n) for n in set(parsed)}
+                t.ok(counts and max(counts.values()) >= 4,
+                     f"{label}: prepared statements run by name in every request", f"{counts}")
+        finally:
+            proc.cleanup()
+    finally:
+        st.psql("ALTER ROLE billing RESET log_min_duration_statement")
+
+
 def main():
     t = Tap()
     with Stack({"STRIPE_SYNC_MODE": "event"}, apache=False) as st:
@@ -315,6 +375,11 @@ def main():
             soak_webhook(t, st)
         with t.guard("PostgreSQL killed while idle"):
             killed_while_idle(t, st)
+        with t.guard("prepared statements"):
+            prepared_statements(t, st, pooled=False)
+    with Stack({"STRIPE_SYNC_MODE": "event"}, apache=False, stripe=False, pgbouncer=True) as st:
+        with t.guard("prepared statements through PgBouncer"):
+            prepared_statements(t, st, pooled=True)
     return t.done()
 
 
