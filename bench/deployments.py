@@ -92,6 +92,8 @@ def event_body(tag, i):
     ev["id"] = f"evt_b_{tag}_{i}"
     ev["data"]["object"]["id"] = f"sub_b_{tag}_{i}"
     ev["data"]["object"]["customer"] = f"cus_b_{tag}_{i}"
+    # A new user's first subscription: the event links the customer to the user.
+    ev["data"]["object"]["metadata"]["userId"] = f"bench_{tag}_{i}"
     return json.dumps(ev, separators=(",", ":")).encode()
 
 

@@ -1,6 +1,7 @@
 /*
  * The only user of libpq.  Parameterised statements only (PQexecParams,
- * text parameters, NULL pointer = SQL NULL); failures are classified
+ * or PQexecPrepared in a long-lived process: db_long_lived; text
+ * parameters, NULL pointer = SQL NULL); failures are classified
  * by SQLSTATE, never by message text, and logged by SQLSTATE only (no
  * SQL text, no parameters, no server message).
  *
@@ -14,8 +15,9 @@
  * PgBouncer, and a session-level SET leaks to other clients under
  * transaction pooling; SET LOCAL lives exactly as long as the
  * transaction, directly and through any pooler.  It costs no round trip:
- * BEGIN, the SET LOCALs and the first statement (and, for a lone
- * statement, its COMMIT) go out as one libpq pipeline.
+ * BEGIN, the SET LOCALs and the first statement go out as one libpq
+ * pipeline; a lone statement goes out with the SET LOCALs alone, in the
+ * implicit transaction that the pipeline's Sync commits.
  */
 #ifndef DB_H
 #define DB_H

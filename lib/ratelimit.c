@@ -127,7 +127,11 @@ ratelimit_policy_for(const struct ratelimit_decl *d, enum ratelimit_scope scope,
  * stored in `allowed` to come back out.  A refused request rewrites the
  * row unchanged (a HOT update of an unindexed column on an UNLOGGED
  * table: cheap).  statement_timestamp() is the one clock all web hosts
- * share.  $2 = T and $3 = window, in microseconds.
+ * share.  What remains is measured from clock_timestamp(), read after the
+ * row lock was taken: statement_timestamp() is read before the wait, so
+ * of two requests queued on the row the later could have the earlier
+ * clock, and both would report the same remaining quota.  $2 = T and $3 =
+ * window, in microseconds.
  */
 static const char sql_take[] =
     "INSERT INTO rate_limits AS s (key, tat, allowed) "
@@ -139,7 +143,7 @@ static const char sql_take[] =
     " <= statement_timestamp() + $3::bigint * interval '1 microsecond'"
     " THEN greatest(s.tat, statement_timestamp()) + $2::bigint * interval '1 microsecond'"
     " ELSE s.tat END "
-    "RETURNING s.allowed, (extract(epoch FROM s.tat - statement_timestamp()) * 1000000)::bigint";
+    "RETURNING s.allowed, (extract(epoch FROM s.tat - clock_timestamp()) * 1000000)::bigint";
 
 /*
  * A row whose tat has passed says exactly what no row says (max(tat, now)
