@@ -29,6 +29,8 @@ struct db {
 	int stale;	/* its prepared statements no longer match the server's: close it */
 	struct prepared prepared[LIMIT_DB_PREPARED];
 	int nprepared;
+	int preparing;	/* a pipeline in flight prepares prepared[nprepared]... */
+	const char *preparing_sql;	/* ...with this text (the caller's) */
 };
 
 /* db_long_lived was called: this process runs many requests on one connection. */
@@ -58,6 +60,17 @@ ignore_notice(void *arg, const char *message)
 {
 	(void)arg;
 	(void)message;
+}
+
+/* The connection is closed or was reset: the server has none of our statements now. */
+static void
+prepared_forget(struct db *db)
+{
+	int i;
+
+	for (i = 0; i < db->nprepared; i++)
+		free(db->prepared[i].sql);
+	db->nprepared = 0;
 }
 
 void
@@ -162,12 +175,9 @@ db_connect(struct db **out)
 void
 db_close(struct db *db)
 {
-	int i;
-
 	if (db == NULL)
 		return;
-	for (i = 0; i < db->nprepared; i++)
-		free(db->prepared[i].sql);
+	prepared_forget(db);
 	PQfinish(db->conn);
 	mem_free_secret(db->url, strlen(db->url));
 	free(db);
@@ -257,20 +267,14 @@ prepared_failed(struct db *db, const char *state)
 }
 
 /*
- * The name sql is prepared under on this connection, preparing it the
- * first time; NULL when statements are not prepared here, when the table
- * is full (LIMIT_DB_PREPARED texts: enough for every fixed statement of a
- * program), or when preparing failed (the statement then runs unnamed and
- * reports its own error).
+ * The name sql is prepared under on this connection, or NULL when it is
+ * not prepared (yet).
  */
 static const char *
-prepared_name(struct db *db, const char *sql, int nparams)
+prepared_lookup(struct db *db, const char *sql)
 {
-	struct prepared *p;
 	unsigned long h;
-	PGresult *res;
-	const char *state;
-	int i, ok;
+	int i;
 
 	if (!db->prepare)
 		return NULL;
@@ -278,11 +282,53 @@ prepared_name(struct db *db, const char *sql, int nparams)
 	for (i = 0; i < db->nprepared; i++)
 		if (db->prepared[i].hash == h && strcmp(db->prepared[i].sql, sql) == 0)
 			return db->prepared[i].name;
-	if (db->nprepared == LIMIT_DB_PREPARED)
+	return NULL;
+}
+
+/*
+ * The name a new text would be prepared under (the next free entry, not
+ * yet taken: prepared_keep takes it once the server has it), or NULL when
+ * statements are not prepared here or the table is full (LIMIT_DB_PREPARED
+ * texts: enough for every fixed statement of a program).  The text's hash
+ * is in the name, so that a name never means other SQL on another
+ * connection should a pooler ever mix them.
+ */
+static const char *
+prepared_claim(struct db *db, const char *sql)
+{
+	struct prepared *p = &db->prepared[db->nprepared];
+
+	if (!db->prepare || db->nprepared == LIMIT_DB_PREPARED)
 		return NULL;
-	p = &db->prepared[db->nprepared];
-	snprintf(p->name, sizeof(p->name), "billing_cgi_%d", db->nprepared);
-	res = PQprepare(db->conn, p->name, sql, nparams, NULL);
+	p->hash = text_hash(sql);
+	snprintf(p->name, sizeof(p->name), "billing_cgi_%08lx_%d", p->hash & 0xffffffffUL,
+	    db->nprepared);
+	return p->name;
+}
+
+static void
+prepared_keep(struct db *db, const char *sql)
+{
+	db->prepared[db->nprepared].sql = mem_strdup(sql);
+	db->nprepared++;
+}
+
+/*
+ * Inside a transaction (whose timeouts are set): the name of sql,
+ * preparing it the first time (a round trip); NULL when it is not
+ * prepared here, or when preparing failed (the statement then runs
+ * unnamed and reports its own error).
+ */
+static const char *
+prepared_name(struct db *db, const char *sql, int nparams)
+{
+	const char *name = prepared_lookup(db, sql), *state;
+	PGresult *res;
+	int ok;
+
+	if (name != NULL || (name = prepared_claim(db, sql)) == NULL)
+		return name;
+	res = PQprepare(db->conn, name, sql, nparams, NULL);
 	ok = res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK;
 	state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
 	if (!ok && state != NULL)
@@ -290,10 +336,8 @@ prepared_name(struct db *db, const char *sql, int nparams)
 	PQclear(res);
 	if (!ok)
 		return NULL;
-	p->sql = mem_strdup(sql);
-	p->hash = h;
-	db->nprepared++;
-	return p->name;
+	prepared_keep(db, sql);
+	return name;
 }
 
 static enum db_result
@@ -396,14 +440,24 @@ pipeline_send(struct db *db, const char *sql, int nparams, const char *const *pa
 	    " set_config('lock_timeout', $2, true),"
 	    " set_config('idle_in_transaction_session_timeout', $3, true)";
 	const char *timeouts_params[] = { db->statement_ms, db->lock_ms, db->idle_ms };
-	/* Prepared (a round trip each, once per connection) before the pipeline starts. */
+	/*
+	 * The timeouts statement touches no table: prepared at once, before
+	 * the pipeline.  A new statement text is prepared in the pipeline,
+	 * after the timeouts (preparing locks the tables it names).
+	 */
 	const char *timeouts_name = prepared_name(db, set_timeouts, 3);
-	const char *name = prepared_name(db, sql, nparams);
+	const char *name = prepared_lookup(db, sql);
 
+	db->preparing = 0;
+	if (name == NULL && (name = prepared_claim(db, sql)) != NULL) {
+		db->preparing = 1;
+		db->preparing_sql = sql;
+	}
 	if (PQenterPipelineMode(db->conn) != 1)
 		return -1;
 	return (!open || PQsendQueryParams(db->conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1) &&
 	    send_statement(db, timeouts_name, set_timeouts, 3, timeouts_params) == 1 &&
+	    (!db->preparing || PQsendPrepare(db->conn, name, sql, nparams, NULL) == 1) &&
 	    send_statement(db, name, sql, nparams, params) == 1 &&
 	    PQpipelineSync(db->conn) == 1;
 }
@@ -420,9 +474,10 @@ pipeline_ok(const PGresult *res, int last)
 static PGresult *
 pipeline_collect(struct db *db, int sent, int open)
 {
-	PGresult *res, *got[4] = { NULL, NULL, NULL, NULL }, *out = NULL;
-	/* [BEGIN,] the timeouts, the statement, then the Sync's own result. */
-	int i, n = open ? 4 : 3, statement = n - 2;
+	PGresult *res, *got[5] = { NULL, NULL, NULL, NULL, NULL }, *out = NULL;
+	/* [BEGIN,] the timeouts, [the new text's Prepare,] the statement, the Sync. */
+	int i, n = open + 1 + db->preparing + 1 + 1, statement = n - 2, sync_failed = 0;
+	ExecStatusType st;
 
 	if (sent == -1)
 		return NULL;
@@ -437,27 +492,43 @@ pipeline_collect(struct db *db, int sent, int open)
 			}
 		}
 		/*
-		 * The Sync's result; a failure of the implicit commit comes
-		 * first instead, and the Sync left behind makes the exit from
-		 * pipeline mode below fail: the connection is reset.
+		 * The Sync's result.  A failure of the implicit commit comes
+		 * first instead (kept: its SQLSTATE says whether to retry); the
+		 * Sync's own result follows it.
 		 */
 		got[n - 1] = PQgetResult(db->conn);
+		if (got[n - 1] != NULL && PQresultStatus(got[n - 1]) != PGRES_PIPELINE_SYNC) {
+			sync_failed = 1;
+			while ((res = PQgetResult(db->conn)) != NULL ||
+			    (res = PQgetResult(db->conn)) != NULL) {
+				st = PQresultStatus(res);
+				PQclear(res);
+				if (st == PGRES_PIPELINE_SYNC)
+					break;
+			}
+		}
 	}
 	if (PQexitPipelineMode(db->conn) != 1) {
 		/* Results we cannot account for: this connection is done for. */
 		log_msg("database pipeline left in an unknown state");
-		for (i = 0; i < 4; i++)
+		for (i = 0; i < 5; i++)
 			PQclear(got[i]);
 		PQreset(db->conn);
+		prepared_forget(db);
 		db->stale = 1;
+		db->preparing = 0;
 		return NULL;
 	}
 	for (i = 0; i < n && out == NULL; i++)
-		if (!pipeline_ok(got[i], i == n - 1))
+		if (!pipeline_ok(got[i], i == n - 1 && !sync_failed))
 			out = got[i];
+	/* The Prepare went through: the server has the text under its name now. */
+	if (db->preparing && pipeline_ok(got[statement - 1], 0))
+		prepared_keep(db, db->preparing_sql);
+	db->preparing = 0;
 	if (out == NULL)
 		out = got[statement];
-	for (i = 0; i < 4; i++)
+	for (i = 0; i < 5; i++)
 		if (got[i] != out)
 			PQclear(got[i]);
 	return out;

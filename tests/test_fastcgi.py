@@ -319,8 +319,8 @@ def pg_log(st):
 def statements_logged(text):
     """(names parsed, names executed, unnamed statements parsed other than
     BEGIN/COMMIT/ROLLBACK) in PostgreSQL's log lines of log_min_duration_statement."""
-    parsed = re.findall(r"duration: [\d.]+ ms  parse (billing_cgi_\d+):", text)
-    executed = re.findall(r"duration: [\d.]+ ms  execute (billing_cgi_\d+):", text)
+    parsed = re.findall(r"duration: [\d.]+ ms  parse (billing_cgi_[0-9a-f]+_\d+):", text)
+    executed = re.findall(r"duration: [\d.]+ ms  execute (billing_cgi_[0-9a-f]+_\d+):", text)
     unnamed = [q for q in re.findall(r"duration: [\d.]+ ms  parse <unnamed>: (.*)", text)
                if q.strip() not in ("BEGIN", "COMMIT", "ROLLBACK")]
     return parsed, executed, unnamed
