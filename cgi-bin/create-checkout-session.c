@@ -29,7 +29,7 @@ create_checkout_session(struct serve *srv, struct request *req)
 	struct checkout_order order;
 	struct json_object *body = NULL, *answer = NULL;
 	struct db *db = NULL;
-	const char *field = NULL, *why = NULL;
+	const char *field = NULL, *why = NULL, *client_key;
 	char *customer_id = NULL, *idem = NULL, *session_id = NULL, *url = NULL;
 	enum outcome o;
 
@@ -47,12 +47,11 @@ create_checkout_session(struct serve *srv, struct request *req)
 	log_note("user", order.user_id);
 	log_note("tier", plan_tier_name(order.tier));
 
-	idem = checkout_idempotency_key(order.user_id, request_header("Idempotency-Key"));
-	if (idem == NULL) {
-		response_error_field(OUT_INVALID_FIELD, "Idempotency-Key",
-				     "must be 1 to 255 visible ASCII characters");
+	if ((o = request_idempotency_key(&client_key, &field, &why)) != OUT_OK) {
+		response_error_field(o, field, why);
 		goto out;
 	}
+	idem = checkout_idempotency_key(order.user_id, client_key);
 	if ((o = serve_db(srv, &db)) != OUT_OK ||
 	    (o = checkout_not_subscribed(db, order.user_id)) != OUT_OK ||
 	    (o = checkout_customer(db, order.user_id, order.email, &customer_id)) != OUT_OK ||

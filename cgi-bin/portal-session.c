@@ -28,7 +28,7 @@ portal_session(struct serve *srv, struct request *req)
 	struct portal_request preq;
 	struct json_object *body = NULL, *answer = NULL;
 	struct db *db = NULL;
-	const char *field = NULL, *why = NULL;
+	const char *field = NULL, *why = NULL, *client_key;
 	char *customer = NULL, *subscription = NULL, *idem = NULL, *url = NULL;
 	enum outcome o;
 
@@ -46,14 +46,11 @@ portal_session(struct serve *srv, struct request *req)
 	log_note("user", preq.user_id);
 	log_note("flow", portal_flow_name(preq.flow));
 
-	idem = stripe_client_idempotency_key("portal", preq.user_id,
-					     request_header("Idempotency-Key"));
-	if (idem == NULL) {
-		response_error(
-		    OUT_BAD_REQUEST,
-		    "The Idempotency-Key header must be 1 to 255 visible ASCII characters.");
+	if ((o = request_idempotency_key(&client_key, &field, &why)) != OUT_OK) {
+		response_error_field(o, field, why);
 		goto out;
 	}
+	idem = stripe_client_idempotency_key("portal", preq.user_id, client_key);
 	if ((o = serve_db(srv, &db)) != OUT_OK ||
 	    (o = portal_customer(db, &preq, &customer, &subscription)) != OUT_OK ||
 	    (o = portal_create_session(&preq, customer, subscription, idem, &url)) != OUT_OK)

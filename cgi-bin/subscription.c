@@ -83,7 +83,7 @@ act_on_subscription(struct serve *srv, struct request *req, const struct auth_ca
 	struct selfservice_request sreq;
 	struct json_object *body = NULL, *answer = NULL;
 	struct db *db = NULL;
-	const char *field = NULL, *why = NULL;
+	const char *field = NULL, *why = NULL, *client_key;
 	char *idem = NULL;
 	enum outcome o;
 
@@ -101,14 +101,11 @@ act_on_subscription(struct serve *srv, struct request *req, const struct auth_ca
 		goto fail;
 	log_note("user", sreq.user_id);
 
-	idem = stripe_client_idempotency_key("subscription", sreq.user_id,
-					     request_header("Idempotency-Key"));
-	if (idem == NULL) {
-		response_error(
-		    OUT_BAD_REQUEST,
-		    "The Idempotency-Key header must be 1 to 255 visible ASCII characters.");
+	if ((o = request_idempotency_key(&client_key, &field, &why)) != OUT_OK) {
+		response_error_field(o, field, why);
 		goto out;
 	}
+	idem = stripe_client_idempotency_key("subscription", sreq.user_id, client_key);
 	if ((o = serve_db(srv, &db)) != OUT_OK)
 		goto fail;
 	o = selfservice_act(db, &sreq, idem, &answer, &why);

@@ -82,13 +82,7 @@ read_record(struct request *req, struct usage_record *rec, const char **key, str
 	if ((rc = request_require_json(req)) != OUT_OK || (rc = request_body(req)) != OUT_OK ||
 	    (rc = usage_parse_record(req->body, req->body_len, rec, &p->field, &p->why)) != OUT_OK)
 		return rc;
-	*key = request_header("Idempotency-Key");
-	if (!usage_idempotency_key_valid(*key)) {
-		p->field = "Idempotency-Key";
-		p->why = "must be 1 to 255 printable ASCII characters";
-		return OUT_INVALID_FIELD;
-	}
-	return OUT_OK;
+	return request_idempotency_key(key, &p->field, &p->why);
 }
 
 static void

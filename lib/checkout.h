@@ -72,8 +72,7 @@ enum outcome checkout_customer(struct db *db, const char *user_id, const char *e
 /*
  * The Idempotency-Key for this checkout: derived from (user id, the
  * client's Idempotency-Key header) when the client sent one, else
- * random.  Caller frees.  NULL when the client's key is unusable
- * (see stripe_client_idempotency_key).
+ * random (client_key has passed request_idempotency_key).  Caller frees.
  */
 char *checkout_idempotency_key(const char *user_id, const char *client_key);
 

@@ -263,6 +263,33 @@ request_header(const char *name)
 	return request_env(var);
 }
 
+int
+request_idempotency_key_valid(const char *key)
+{
+	size_t n;
+
+	if (key == NULL)
+		return 1;
+	n = strlen(key);
+	if (n < 1 || n > LIMIT_IDEMPOTENCY_KEY_LEN)
+		return 0;
+	for (; *key != '\0'; key++)
+		if ((unsigned char)*key < 0x20 || (unsigned char)*key > 0x7e)
+			return 0;
+	return 1;
+}
+
+enum outcome
+request_idempotency_key(const char **key, const char **field, const char **why)
+{
+	*key = request_header("Idempotency-Key");
+	if (request_idempotency_key_valid(*key))
+		return OUT_OK;
+	*field = "Idempotency-Key";
+	*why = "must be 1 to 255 visible ASCII characters";
+	return OUT_INVALID_FIELD;
+}
+
 static int
 hexval(char c)
 {

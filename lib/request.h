@@ -95,6 +95,18 @@ enum outcome request_body_cap(size_t *max) __attribute__((warn_unused_result));
 const char *request_header(const char *name);
 
 /*
+ * The client's Idempotency-Key header, one rule for every endpoint that
+ * takes it: absent (*key NULL) is fine; else 1..LIMIT_IDEMPOTENCY_KEY_LEN
+ * characters in 0x20..0x7e.  OUT_OK and *key (the environment's, not a
+ * copy), or OUT_INVALID_FIELD with *field and *why for the answer.
+ */
+enum outcome request_idempotency_key(const char **key, const char **field, const char **why)
+    __attribute__((warn_unused_result));
+
+/* The rule above on one value (for tests). */
+int request_idempotency_key_valid(const char *key);
+
+/*
  * Looks up name in the query string.  Returns 1 and sets *value (a
  * decoded copy the caller frees) when present exactly once, 0 when
  * absent, -1 when malformed, repeated, or containing control bytes.

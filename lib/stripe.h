@@ -97,8 +97,8 @@ char *stripe_random_idempotency_key(const char *prefix) __attribute__((returns_n
  * The Idempotency-Key for a call made on behalf of a client request:
  * derived from (prefix, user id, the client's Idempotency-Key header)
  * when the client sent one, so that its retry reaches Stripe with the
- * same key; else random.  Caller frees.  NULL when the client's key is
- * unusable (empty, longer than LIMIT_IDEMPOTENCY_KEY_LEN, not visible ASCII).
+ * same key; else random.  client_key has passed request_idempotency_key.
+ * Caller frees.
  */
 char *stripe_client_idempotency_key(const char *prefix, const char *user_id,
 				    const char *client_key);

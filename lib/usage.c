@@ -91,22 +91,6 @@ static const char sql_cap[] =
     "SELECT idempotency_key FROM usage_idempotency WHERE user_id = $1 "
     "ORDER BY created_at DESC, idempotency_key DESC OFFSET $2::integer)";
 
-int
-usage_idempotency_key_valid(const char *key)
-{
-	size_t n;
-
-	if (key == NULL)
-		return 1;
-	n = strlen(key);
-	if (n < 1 || n > LIMIT_IDEMPOTENCY_KEY_LEN)
-		return 0;
-	for (; *key != '\0'; key++)
-		if ((unsigned char)*key < 0x20 || (unsigned char)*key > 0x7e)
-			return 0;
-	return 1;
-}
-
 enum outcome
 usage_parse_record(const char *body, size_t len, struct usage_record *rec, const char **bad,
 		   const char **why)

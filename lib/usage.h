@@ -57,12 +57,6 @@ enum outcome usage_parse_record(const char *body, size_t len, struct usage_recor
 
 void usage_record_free(struct usage_record *rec);
 
-/*
- * Checks an Idempotency-Key header value: NULL (absent) is fine; else it
- * must be 1..LIMIT_IDEMPOTENCY_KEY_LEN characters in 0x20..0x7e.  1 if
- * acceptable.
- */
-int usage_idempotency_key_valid(const char *key);
 
 /*
  * The GET answer for user_id: tier, status, period, subscription (or

@@ -173,9 +173,11 @@ def test_retries(st):
              headers=h)
     expect_error(r, 409, "conflict", "the same key for another request: 409 conflict")
     r = post(st, "http", user, headers={"Idempotency-Key": ""})
-    expect_error(r, 400, "bad_request", "an empty Idempotency-Key header: 400")
+    expect_error(r, 400, "invalid_field", "an empty Idempotency-Key header: 400 naming it",
+                 "Idempotency-Key")
     r = post(st, "http", user, headers={"Idempotency-Key": "k" * 256})
-    expect_error(r, 400, "bad_request", "Idempotency-Key over 255 characters: 400")
+    expect_error(r, 400, "invalid_field", "Idempotency-Key over 255 characters: 400 naming it",
+                 "Idempotency-Key")
 
 
 def test_cors(st):

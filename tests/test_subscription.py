@@ -608,7 +608,9 @@ def test_client_idempotency(st):
     act(st, "http", other, "cancel", headers=h)
     t.ok(calls(st, "POST")[-1]["idempotency_key"] != k1, "the client key is scoped to the user")
     r = act(st, "http", user, "cancel", headers={"Idempotency-Key": "x" * 256})
-    expect_error(r, 400, "bad_request", "Idempotency-Key over 255 characters: 400")
+    expect_error(r, 400, "invalid_field", "Idempotency-Key over 255 characters: 400")
+    t.eq((r.json() or {}).get("error", {}).get("field"), "Idempotency-Key",
+         "... naming the header as the field")
 
 
 def test_auth(st, via):

@@ -5,6 +5,7 @@
  */
 #include <string.h>
 
+#include "request.h"
 #include "usage.h"
 #include "limits.h"
 #include "tap.h"
@@ -103,15 +104,15 @@ main(void)
 	strcpy(big + n + LIMIT_USAGE_METADATA, "\"}}");
 	ok(refused(big, "metadata"), "metadata over 4 KiB");
 
-	ok(usage_idempotency_key_valid(NULL), "no Idempotency-Key is fine");
-	ok(usage_idempotency_key_valid("entry-8f14e45f"), "ordinary key");
-	ok(!usage_idempotency_key_valid(""), "empty key");
-	ok(!usage_idempotency_key_valid("a\tb"), "control character");
-	ok(!usage_idempotency_key_valid("caf\xc3\xa9"), "non-ASCII");
+	ok(request_idempotency_key_valid(NULL), "no Idempotency-Key is fine");
+	ok(request_idempotency_key_valid("entry-8f14e45f"), "ordinary key");
+	ok(!request_idempotency_key_valid(""), "empty key");
+	ok(!request_idempotency_key_valid("a\tb"), "control character");
+	ok(!request_idempotency_key_valid("caf\xc3\xa9"), "non-ASCII");
 	memset(key, 'k', sizeof(key) - 1);
 	key[sizeof(key) - 1] = '\0';
-	ok(!usage_idempotency_key_valid(key), "256 characters");
+	ok(!request_idempotency_key_valid(key), "256 characters");
 	key[LIMIT_IDEMPOTENCY_KEY_LEN] = '\0';
-	ok(usage_idempotency_key_valid(key), "255 characters");
+	ok(request_idempotency_key_valid(key), "255 characters");
 	return done_testing();
 }
