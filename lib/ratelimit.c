@@ -314,16 +314,15 @@ trim(const char **s, const char **e)
 static int
 is_trusted(const struct addr *a, const char *list)
 {
-	const char *s, *e, *comma, *slash;
+	const char *cursor = list, *s, *e, *slash;
 	struct addr net;
+	size_t n;
 	long bits;
 	char *end;
 
-	for (s = list; s != NULL; s = comma ? comma + 1 : NULL) {
-		comma = strchr(s, ',');
-		e = comma ? comma : s + strlen(s);
-		trim(&s, &e);
-		slash = memchr(s, '/', (size_t)(e - s));
+	while (config_list_next(&cursor, &s, &n)) {
+		e = s + n;
+		slash = memchr(s, '/', n);
 		if (addr_parse(s, (size_t)((slash ? slash : e) - s), &net) == -1)
 			continue;
 		bits = net.family == AF_INET ? 32 : 128;
