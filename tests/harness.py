@@ -159,6 +159,27 @@ PASSTHROUGH_ENV = ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "MSAN_OPTION
                    "LD_LIBRARY_PATH", "LD_PRELOAD")
 
 
+def overlay(e, env):
+    """Applies env to the environment e in place: a None value unsets."""
+    for k, v in (env or {}).items():
+        if v is None:
+            e.pop(k, None)
+        else:
+            e[k] = str(v)
+    return e
+
+
+def program_env(*layers, env=None):
+    """The environment of one of our programs run directly: PATH and the
+    sanitizer and loader variables passed through, each layer (a dict) in
+    turn, then env (a None value unsets)."""
+    e = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")}
+    e.update({k: os.environ[k] for k in PASSTHROUGH_ENV if os.environ.get(k)})
+    for layer in layers:
+        e.update(layer)
+    return overlay(e, env)
+
+
 class StackError(RuntimeError):
     pass
 
@@ -1504,10 +1525,7 @@ pidfile = {self.pgb_run}/pgbouncer.pid
     # -- CGIs run directly ---------------------------------------------------------
 
     def cgi_env(self, name, method="POST", body=b"", env=None, headers=None, query=""):
-        e = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")}
-        for k in PASSTHROUGH_ENV:
-            if os.environ.get(k):
-                e[k] = os.environ[k]
+        e = program_env()
         script = ENDPOINTS.get(name, "/cgi-bin/" + name + ".cgi")
         e.update({
             "GATEWAY_INTERFACE": "CGI/1.1",
@@ -1538,12 +1556,7 @@ pidfile = {self.pgb_run}/pgbouncer.pid
             else:
                 e[key] = str(v)
         e.update(self.settings)
-        for k, v in (env or {}).items():
-            if v is None:
-                e.pop(k, None)
-            else:
-                e[k] = str(v)
-        return e
+        return overlay(e, env)
 
     def cgi_raw(self, name, method="POST", body=b"", env=None, headers=None, query="",
                 timeout=60):

@@ -27,7 +27,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import DEFAULT_SETTINGS, PASSTHROUGH_ENV, Stack, Tap, make_jwt, stripe_signature  # noqa: E402
+from harness import (DEFAULT_SETTINGS, PASSTHROUGH_ENV, Stack, Tap, make_jwt, program_env,  # noqa: E402
+                     stripe_signature)
 from fcgi_client import FcgiProcess  # noqa: E402
 
 API_KEY = DEFAULT_SETTINGS["USAGE_API_KEY"]
@@ -44,16 +45,9 @@ def asan_build(program):
 
 def process_env(st, program):
     """What mod_fcgid would give the process: settings via FcgidInitialEnv."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-    for k in PASSTHROUGH_ENV:
-        if os.environ.get(k):
-            env[k] = os.environ[k]
-    if asan_build(program):
-        # Leaks are what this test is about: report them at exit.
-        env["ASAN_OPTIONS"] = "detect_leaks=1:abort_on_error=0:exitcode=23"
-    env.update(st.settings)
-    env["BILLING_MAX_BODY"] = str(CAP)
-    return env
+    # Leaks are what this test is about: under ASan, report them at exit.
+    asan = {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:exitcode=23"} if asan_build(program) else {}
+    return program_env(asan, st.settings, {"BILLING_MAX_BODY": str(CAP)})
 
 
 def params(st, name, method, query="", headers=None, body=b""):

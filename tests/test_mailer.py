@@ -23,7 +23,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Stack, SmtpServer, Tap, free_port  # noqa: E402
+from harness import SmtpServer, Stack, Tap, free_port, program_env  # noqa: E402
 from test_webhook import PRICE_PRO_MONTH, deliver, event  # noqa: E402
 
 BUILDDIR = os.path.abspath(os.environ.get("BUILDDIR") or os.getcwd())
@@ -87,20 +87,8 @@ def row(st, nid):
 
 
 def mailer_env(st, url=None, env=None):
-    e = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TZ": "UTC"}
-    for k in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "LD_LIBRARY_PATH"):
-        if os.environ.get(k):
-            e[k] = os.environ[k]
-    e["DATABASE_URL"] = st.database_url
-    e.update(MAIL)
-    if url:
-        e["SMTP_URL"] = url
-    for k, v in (env or {}).items():
-        if v is None:
-            e.pop(k, None)
-        else:
-            e[k] = str(v)
-    return e
+    return program_env({"TZ": "UTC", "DATABASE_URL": st.database_url}, MAIL,
+                       {"SMTP_URL": url} if url else {}, env=env)
 
 
 def mailer(st, url=None, *args, env=None, timeout=120):

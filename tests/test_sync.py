@@ -27,7 +27,7 @@ import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import PASSTHROUGH_ENV, Stack, Tap  # noqa: E402
+from harness import Stack, Tap, program_env  # noqa: E402
 from test_webhook import SUB_COLS, count, deliver, sub_row  # noqa: E402
 
 BUILDDIR = os.environ.get("BUILDDIR") or os.getcwd()
@@ -75,12 +75,7 @@ def eq(t, got, want, name, diag=None):
 
 def sync_env(st, env=None):
     """The settings of the stack, fast pacing, then env (a None value unsets)."""
-    e = {k: os.environ[k] for k in PASSTHROUGH_ENV if os.environ.get(k)}
-    e.update(PATH=os.environ.get("PATH", "/usr/bin:/bin"), TZ="UTC")
-    e.update(st.settings)
-    e["SYNC_MAX_RPS"] = "100"
-    e.update({k: str(v) for k, v in (env or {}).items() if v is not None})
-    return {k: v for k, v in e.items() if (env or {}).get(k, "") is not None}
+    return program_env({"TZ": "UTC"}, st.settings, {"SYNC_MAX_RPS": "100"}, env=env)
 
 
 def run(st, *args, env=None, timeout=300):
