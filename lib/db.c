@@ -26,7 +26,7 @@ struct db {
 	char statement_ms[16], lock_ms[16], idle_ms[16];
 	int begin_pending; /* db_begin called; BEGIN goes out with the next statement */
 	int prepare;	/* statements are prepared on this connection (see db_long_lived) */
-	int stale;	/* its prepared statements no longer match the server's: close it */
+	int stale;	/* reset, or its prepared statements are not the server's: close it */
 	struct prepared prepared[LIMIT_DB_PREPARED];
 	int nprepared;
 	int preparing;	/* a pipeline in flight prepares prepared[nprepared]... */
@@ -106,11 +106,13 @@ prepare_wanted(PGconn *conn, int *wanted)
 		return OUT_OK;
 	res = PQexec(conn, "SELECT pg_backend_pid()");
 	snprintf(pid, sizeof(pid), "%d", PQbackendPID(conn));
-	if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
-	    strcmp(PQgetvalue(res, 0, 0), pid) == 0)
-		*wanted = 1;
-	else
-		log_msg("database connection leads through a pooler: statements are not prepared");
+	/* Unanswered (the connection failed): not prepared, and the next use says why. */
+	if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
+		*wanted = strcmp(PQgetvalue(res, 0, 0), pid) == 0;
+		if (!*wanted)
+			log_msg("database connection leads through a pooler:"
+			    " statements are not prepared");
+	}
 	PQclear(res);
 	return OUT_OK;
 }
@@ -446,15 +448,15 @@ pipeline_send(struct db *db, const char *sql, int nparams, const char *const *pa
 	 * after the timeouts (preparing locks the tables it names).
 	 */
 	const char *timeouts_name = prepared_name(db, set_timeouts, 3);
-	const char *name = prepared_lookup(db, sql);
+	const char *name;
 
 	db->preparing = 0;
-	if (name == NULL && (name = prepared_claim(db, sql)) != NULL) {
+	if (PQenterPipelineMode(db->conn) != 1)
+		return -1;
+	if ((name = prepared_lookup(db, sql)) == NULL && (name = prepared_claim(db, sql)) != NULL) {
 		db->preparing = 1;
 		db->preparing_sql = sql;
 	}
-	if (PQenterPipelineMode(db->conn) != 1)
-		return -1;
 	return (!open || PQsendQueryParams(db->conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1) &&
 	    send_statement(db, timeouts_name, set_timeouts, 3, timeouts_params) == 1 &&
 	    (!db->preparing || PQsendPrepare(db->conn, name, sql, nparams, NULL) == 1) &&

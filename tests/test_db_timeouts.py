@@ -21,6 +21,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import Stack, Tap, free_port, make_jwt  # noqa: E402
 from test_webhook import SETTINGS, SUB42, deliver, event, sub_row  # noqa: E402
+from fcgi_client import FcgiProcess  # noqa: E402
+from test_fastcgi import hook, process_env, signed_event  # noqa: E402
 
 t = Tap()
 API = {"Authorization": "Bearer usage-test-key-0123456789abcdef"}
@@ -89,6 +91,30 @@ def test_lock_timeout(st):
     r = deliver(st, event("customer.subscription.created"))
     t.eq((r.status, sub_row(st, SUB42)["status"]), (200, "incomplete"),
          "the redelivery after the lock is gone is applied")
+
+
+def test_fastcgi_first_prepare(st):
+    """A FastCGI process prepares a statement the first time it runs it; the
+    Prepare, which locks the tables the statement names, waits no longer
+    than DB_LOCK_TIMEOUT_MS either."""
+    prog = os.path.join(st.cgi_bin, "webhook.cgi")
+    env = process_env(st, prog)
+    env["DB_LOCK_TIMEOUT_MS"] = "300"
+    proc = FcgiProcess(prog, env)
+    try:
+        h = Holder(st, "LOCK TABLE billing_events IN ACCESS EXCLUSIVE MODE")
+        try:
+            r, took = timed(lambda: hook(st, proc, signed_event(920001)))
+        finally:
+            h.release()
+        t.ok(r is not None and r.status == 503 and took < 4,
+             "FastCGI, table locked while its first statement is prepared: 503 after"
+             " DB_LOCK_TIMEOUT_MS", f"{r and r.status} after {took:.1f}s")
+        t.ok("sqlstate=55P03" in proc.stderr(), "logged as a lock timeout")
+        t.eq(hook(st, proc, signed_event(920001)).status, 200,
+             "the same process applies the redelivery once the lock is gone")
+    finally:
+        proc.cleanup()
 
 
 def test_default_lock_timeout(st):
@@ -223,7 +249,7 @@ pidfile = {d}/pgbouncer.pid
 
 def main():
     with t.guard("timeouts stack"), Stack(settings=dict(SETTINGS, STRIPE_SYNC_MODE="event")) as st:
-        for fn in (test_lock_timeout, test_default_lock_timeout, test_statement_timeout,
+        for fn in (test_lock_timeout, test_fastcgi_first_prepare, test_default_lock_timeout, test_statement_timeout,
                    test_idle_in_transaction, test_checkout_holds_no_transaction,
                    test_bad_setting, test_pgbouncer):
             t.run(fn, st)
