@@ -178,7 +178,11 @@ ratelimit_state_from(const struct ratelimit_policy *p, int allowed, long long ah
 	if (ahead_us < 0)
 		ahead_us = 0;
 	st->allowed = allowed;
-	st->remaining = ahead_us >= w ? 0 : (long)((w - ahead_us) / t);
+	/*
+	 * Refused: nothing remained when it was decided, whatever the clock
+	 * says now (ahead_us is read after the row lock's wait; see sql_take).
+	 */
+	st->remaining = !allowed || ahead_us >= w ? 0 : (long)((w - ahead_us) / t);
 	/* Until one request more than `remaining` fits: within it, no more than r. */
 	st->reset = ceil_seconds(ahead_us + (st->remaining + 1) * t - w);
 	st->retry_after = 0;

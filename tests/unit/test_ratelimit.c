@@ -148,6 +148,15 @@ test_gcra(void)
 	take(&fast, 0, &st);
 	ok(st.remaining == 599 && st.reset == 1, "600/60s first request: r=599, t=1 (%ld, %ld)",
 	   st.remaining, st.reset);
+
+	/*
+	 * Refused, with the clock read after a wait for the row: its quota
+	 * came back meanwhile (ahead 59.7 s of 60 against 600/60s would be
+	 * r=3), but a refusal says r=0.
+	 */
+	ratelimit_state_from(&fast.p, 0, 59700000, &st);
+	ok(!st.allowed && st.remaining == 0 && st.retry_after >= 1,
+	   "refused after a wait: r=0 (%ld), Retry-After %ld", st.remaining, st.retry_after);
 }
 
 static const struct {
