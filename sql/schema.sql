@@ -655,19 +655,30 @@ RETURNS SETOF subscriptions LANGUAGE sql STABLE ROWS 1 AS $fn$
 $fn$;
 
 -- The tier a user is on now: effective_tier of user_live_subscription, else 'free'.
+-- PL/pgSQL, like plan_limit below: PostgreSQL cannot inline a SQL function
+-- whose body holds a subquery or a FROM, and plans such a function's body
+-- anew in every statement that calls it (twice per usage POST, which cost
+-- more than counting the use); PL/pgSQL keeps the plan for the session.
 CREATE OR REPLACE FUNCTION user_effective_tier(p_user_id text)
-RETURNS text LANGUAGE sql STABLE AS $fn$
-	SELECT coalesce((SELECT effective_tier(s.status, s.tier)
-			 FROM user_live_subscription(p_user_id) s), 'free')
+RETURNS text LANGUAGE plpgsql STABLE AS $fn$
+BEGIN
+	RETURN coalesce((SELECT effective_tier(s.status, s.tier)
+			 FROM user_live_subscription(p_user_id) s), 'free');
+END
 $fn$;
 
 -- Monthly limit of (tier, usage_type): NULL = unlimited; 0 when no
 -- plan_quotas row exists (fail closed).
 CREATE OR REPLACE FUNCTION plan_limit(p_tier text, p_usage_type text)
-RETURNS bigint LANGUAGE sql STABLE AS $fn$
-	SELECT CASE WHEN q.tier IS NULL THEN 0 ELSE q.monthly_limit END
-	FROM (SELECT 1) AS one
-	LEFT JOIN plan_quotas q ON q.tier = p_tier AND q.usage_type = p_usage_type
+RETURNS bigint LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+	v_found boolean;
+	v_limit bigint;
+BEGIN
+	SELECT true, q.monthly_limit INTO v_found, v_limit
+	FROM plan_quotas q WHERE q.tier = p_tier AND q.usage_type = p_usage_type;
+	RETURN CASE WHEN v_found THEN v_limit ELSE 0 END;
+END
 $fn$;
 
 -- Usage of one user for the current UTC month, one row per usage type (all
@@ -952,10 +963,15 @@ CREATE TABLE IF NOT EXISTS mrr_monthly (
 	PRIMARY KEY (currency, month, slot)
 );
 
--- What one ledger row adds to mrr_monthly (NULL for a row without a
+-- What one ledger row adds to mrr_monthly (no row for a row without a
 -- currency): the one place that says which sum and count a row belongs to.
-CREATE OR REPLACE FUNCTION mrr_monthly_of(m mrr_movements)
-RETURNS mrr_monthly LANGUAGE sql IMMUTABLE AS $fn$
+-- SETOF so that the planner inlines it into its callers like a view: a
+-- scalar SQL function in FROM is planned anew at every call, which cost the
+-- ledger trigger more than its upsert.  (Its first version, mrr_monthly_of,
+-- returned one row and was dropped for that reason.)
+DROP FUNCTION IF EXISTS mrr_monthly_of(mrr_movements);
+CREATE OR REPLACE FUNCTION mrr_monthly_rows(m mrr_movements)
+RETURNS SETOF mrr_monthly LANGUAGE sql IMMUTABLE AS $fn$
 	SELECT m.currency, date_trunc('month', m.effective_at AT TIME ZONE 'UTC')::date,
 	       (hashtext(m.customer) & 15)::smallint,
 	       m.delta,
@@ -982,8 +998,7 @@ CREATE OR REPLACE FUNCTION mrr_monthly_add()
 RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
 	INSERT INTO mrr_monthly AS r
-	SELECT c.* FROM mrr_monthly_of(NEW) c
-	WHERE c.currency IS NOT NULL
+	SELECT c.* FROM mrr_monthly_rows(NEW) c
 	ON CONFLICT (currency, month, slot) DO UPDATE SET
 		net = r.net + EXCLUDED.net,
 		new_mrr = r.new_mrr + EXCLUDED.new_mrr,
@@ -1020,7 +1035,7 @@ BEGIN
 	       sum(c.upgrades), sum(c.downgrades), sum(c.trials_started), sum(c.trials_ended),
 	       sum(c.trials_converted)
 	FROM mrr_movements m
-	CROSS JOIN LATERAL mrr_monthly_of(m) c
+	CROSS JOIN LATERAL mrr_monthly_rows(m) c
 	WHERE m.currency IS NOT NULL
 	GROUP BY c.currency, c.month, c.slot;
 	GET DIAGNOSTICS v_count = ROW_COUNT;
