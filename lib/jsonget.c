@@ -196,6 +196,12 @@ scan_string(struct scan *s, int in_name)
 	if (!scan_take(s, '"'))
 		return -1;
 	while (s->p < s->end) {
+		/* Plain printable ASCII, most of any text, in a tight loop. */
+		while (s->p < s->end && *s->p >= 0x20 && *s->p < 0x80 && *s->p != '"' &&
+		    *s->p != '\\')
+			s->p++;
+		if (s->p == s->end)
+			break;
 		if (*s->p == '"') {
 			s->p++;
 			return 0;
