@@ -12,11 +12,14 @@
 #include "log.h"
 #include "mem.h"
 
+/* The longest name of a prepared statement of ours, with its NUL. */
+#define DB_NAME_LEN 32
+
 /* A statement text prepared on a connection under a name of ours. */
 struct prepared {
 	char *sql;
 	unsigned long hash;
-	char name[24];
+	char name[DB_NAME_LEN];
 };
 
 struct db {
@@ -29,8 +32,7 @@ struct db {
 	int stale;	/* reset, or its prepared statements are not the server's: close it */
 	struct prepared prepared[LIMIT_DB_PREPARED];
 	int nprepared;
-	int preparing;	/* a pipeline in flight prepares prepared[nprepared]... */
-	const char *preparing_sql;	/* ...with this text (the caller's) */
+	int named;	/* names given on this connection: the next name's number */
 };
 
 /* db_long_lived was called: this process runs many requests on one connection. */
@@ -288,31 +290,32 @@ prepared_lookup(struct db *db, const char *sql)
 }
 
 /*
- * The name a new text would be prepared under (the next free entry, not
- * yet taken: prepared_keep takes it once the server has it), or NULL when
- * statements are not prepared here or the table is full (LIMIT_DB_PREPARED
- * texts: enough for every fixed statement of a program).  The text's hash
- * is in the name, so that a name never means other SQL on another
- * connection should a pooler ever mix them.
+ * The name a new text would be prepared under (taken by prepared_keep
+ * once the server has it), or NULL when statements are not prepared here
+ * or the table has no room for another (LIMIT_DB_PREPARED texts, minus
+ * those claimed already in the pipeline being sent: enough for every
+ * fixed statement of a program).  The text's hash is in the name, so that
+ * a name never means other SQL on another connection should a pooler ever
+ * mix them; the connection's count of names makes it unique.
  */
-static const char *
-prepared_claim(struct db *db, const char *sql)
+static int
+prepared_claim(struct db *db, const char *sql, int claimed, char name[static DB_NAME_LEN])
 {
-	struct prepared *p = &db->prepared[db->nprepared];
-
-	if (!db->prepare || db->nprepared == LIMIT_DB_PREPARED)
-		return NULL;
-	p->hash = text_hash(sql);
-	snprintf(p->name, sizeof(p->name), "billing_cgi_%08lx_%d", p->hash & 0xffffffffUL,
-	    db->nprepared);
-	return p->name;
+	if (!db->prepare || db->nprepared + claimed >= LIMIT_DB_PREPARED)
+		return 0;
+	snprintf(name, DB_NAME_LEN, "billing_cgi_%08lx_%d", text_hash(sql) & 0xffffffffUL,
+	    db->named++);
+	return 1;
 }
 
 static void
-prepared_keep(struct db *db, const char *sql)
+prepared_keep(struct db *db, const char *sql, const char *name)
 {
-	db->prepared[db->nprepared].sql = mem_strdup(sql);
-	db->nprepared++;
+	struct prepared *p = &db->prepared[db->nprepared++];
+
+	p->sql = mem_strdup(sql);
+	p->hash = text_hash(sql);
+	snprintf(p->name, sizeof(p->name), "%s", name);
 }
 
 /*
@@ -325,12 +328,13 @@ static const char *
 prepared_name(struct db *db, const char *sql, int nparams)
 {
 	const char *name = prepared_lookup(db, sql), *state;
+	char fresh[DB_NAME_LEN];
 	PGresult *res;
 	int ok;
 
-	if (name != NULL || (name = prepared_claim(db, sql)) == NULL)
+	if (name != NULL || !prepared_claim(db, sql, 0, fresh))
 		return name;
-	res = PQprepare(db->conn, name, sql, nparams, NULL);
+	res = PQprepare(db->conn, fresh, sql, nparams, NULL);
 	ok = res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK;
 	state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
 	if (!ok && state != NULL)
@@ -338,8 +342,8 @@ prepared_name(struct db *db, const char *sql, int nparams)
 	PQclear(res);
 	if (!ok)
 		return NULL;
-	prepared_keep(db, sql);
-	return name;
+	prepared_keep(db, sql, fresh);
+	return db->prepared[db->nprepared - 1].name;
 }
 
 static enum db_result
@@ -417,24 +421,45 @@ send_statement(struct db *db, const char *name, const char *sql, int nparams,
 	    PQsendQueryParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0);
 }
 
+/* Where a pipeline's statements run. */
+enum pipe_mode {
+	PIPE_IN_TRANSACTION,	/* in the transaction open on the connection */
+	PIPE_IMPLICIT,		/* the timeouts set LOCAL, then the statements, in the
+				   implicit transaction that the Sync commits */
+	PIPE_BEGIN		/* BEGIN, the timeouts set LOCAL, then the statements;
+				   the transaction stays open */
+};
+
 /*
- * Runs sql first in a transaction, in one round trip, sent as one libpq
- * pipeline (PostgreSQL protocol pipelining): when open is set, BEGIN, the
- * timeouts set LOCAL and the statement, and the transaction stays open;
- * otherwise the timeouts and the statement alone, in the implicit
- * transaction that the pipeline's Sync commits (or rolls back after a
- * failure), which saves the server a BEGIN and a COMMIT.
- * pipeline_send sends them: 1 when all went out, 0 when a send failed
- * (pipeline mode entered all the same), -1 when pipeline mode could not be
- * entered.  pipeline_collect reads the answers of what was sent: the
- * result of the first of them that failed (the implicit commit's failure
- * included), else the statement's; NULL when the connection failed.  A
- * failure aborts what follows it.  Split in two so that db_exec_parallel
- * can have several connections working at once.
+ * The most queries a pipeline sends before its Sync: BEGIN, the timeouts,
+ * and a Prepare and an Execute per statement.
  */
-static int
-pipeline_send(struct db *db, const char *sql, int nparams, const char *const *params,
-    int open)
+#define PIPE_MAX (2 + 2 * LIMIT_DB_BATCH)
+
+/* One pipeline in flight: what was sent, and where each answer goes. */
+struct pipe {
+	int sent;		/* 1 all went out, 0 a send failed, -1 no pipeline mode */
+	int count;		/* queries sent before the Sync */
+	int n;			/* the caller's statements */
+	int at[LIMIT_DB_BATCH];		/* the index in got of statement i's answer */
+	int prepare_at[LIMIT_DB_BATCH];	/* ...and of its Prepare's, or -1 */
+	const char *prepare_sql[LIMIT_DB_BATCH];	/* the caller's text */
+	char prepare_name[LIMIT_DB_BATCH][DB_NAME_LEN];
+	PGresult *got[PIPE_MAX + 1];	/* the answers, then the Sync's */
+};
+
+/*
+ * Sends n statements as one libpq pipeline (PostgreSQL protocol
+ * pipelining): one round trip for all, run in order, a failure aborting
+ * those after it.  A statement text new to a connection that prepares is
+ * prepared in the pipeline, just before it and after the timeouts
+ * (preparing locks the tables it names).  pipe_send sends; pipe_collect
+ * reads the answers.  Split in two so that db_exec_parallel can have
+ * several connections working at once.
+ */
+static void
+pipe_send(struct db *db, struct pipe *p, int n, const struct db_statement *st,
+    enum pipe_mode mode)
 {
 	/* set_config(..., true) is SET LOCAL: it ends with the transaction (see db.h). */
 	static const char set_timeouts[] =
@@ -442,26 +467,44 @@ pipeline_send(struct db *db, const char *sql, int nparams, const char *const *pa
 	    " set_config('lock_timeout', $2, true),"
 	    " set_config('idle_in_transaction_session_timeout', $3, true)";
 	const char *timeouts_params[] = { db->statement_ms, db->lock_ms, db->idle_ms };
-	/*
-	 * The timeouts statement touches no table: prepared at once, before
-	 * the pipeline.  A new statement text is prepared in the pipeline,
-	 * after the timeouts (preparing locks the tables it names).
-	 */
-	const char *timeouts_name = prepared_name(db, set_timeouts, 3);
+	/* The timeouts statement touches no table: prepared at once, before the pipeline. */
+	const char *timeouts_name = mode == PIPE_IN_TRANSACTION ? NULL :
+	    prepared_name(db, set_timeouts, 3);
 	const char *name;
+	int i, j, claimed = 0, ok;
 
-	db->preparing = 0;
-	if (PQenterPipelineMode(db->conn) != 1)
-		return -1;
-	if ((name = prepared_lookup(db, sql)) == NULL && (name = prepared_claim(db, sql)) != NULL) {
-		db->preparing = 1;
-		db->preparing_sql = sql;
+	memset(p, 0, sizeof(*p));
+	p->n = n;
+	for (i = 0; i < n; i++)
+		p->prepare_at[i] = -1;
+	if (PQenterPipelineMode(db->conn) != 1) {
+		p->sent = -1;
+		return;
 	}
-	return (!open || PQsendQueryParams(db->conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1) &&
-	    send_statement(db, timeouts_name, set_timeouts, 3, timeouts_params) == 1 &&
-	    (!db->preparing || PQsendPrepare(db->conn, name, sql, nparams, NULL) == 1) &&
-	    send_statement(db, name, sql, nparams, params) == 1 &&
-	    PQpipelineSync(db->conn) == 1;
+	ok = mode != PIPE_BEGIN ||
+	    PQsendQueryParams(db->conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1;
+	p->count = mode == PIPE_BEGIN;
+	if (ok && mode != PIPE_IN_TRANSACTION) {
+		ok = send_statement(db, timeouts_name, set_timeouts, 3, timeouts_params) == 1;
+		p->count++;
+	}
+	for (i = 0; i < n && ok; i++) {
+		name = prepared_lookup(db, st[i].sql);
+		/* A text twice in one pipeline is prepared once. */
+		for (j = 0; j < i && name == NULL; j++)
+			if (p->prepare_at[j] != -1 && strcmp(p->prepare_sql[j], st[i].sql) == 0)
+				name = p->prepare_name[j];
+		if (name == NULL && prepared_claim(db, st[i].sql, claimed, p->prepare_name[i])) {
+			claimed++;
+			name = p->prepare_name[i];
+			p->prepare_sql[i] = st[i].sql;
+			p->prepare_at[i] = p->count++;
+			ok = PQsendPrepare(db->conn, name, st[i].sql, st[i].nparams, NULL) == 1;
+		}
+		ok = ok && send_statement(db, name, st[i].sql, st[i].nparams, st[i].params) == 1;
+		p->at[i] = p->count++;
+	}
+	p->sent = ok && PQpipelineSync(db->conn) == 1;
 }
 
 /* Whether a pipeline result says its query (or the Sync, last) went well. */
@@ -473,22 +516,25 @@ pipeline_ok(const PGresult *res, int last)
 	return last ? st == PGRES_PIPELINE_SYNC : st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
 }
 
-static PGresult *
-pipeline_collect(struct db *db, int sent, int open)
+/*
+ * Reads the answers of what pipe_send sent.  DB_OK and, when rows is not
+ * NULL, each statement's result in rows[i]; otherwise the failure of the
+ * first query that failed (the implicit commit's included), rows all NULL.
+ */
+static enum db_result
+pipe_collect(struct db *db, struct pipe *p, struct db_rows **rows)
 {
-	PGresult *res, *got[5] = { NULL, NULL, NULL, NULL, NULL }, *out = NULL;
-	/* [BEGIN,] the timeouts, [the new text's Prepare,] the statement, the Sync. */
-	int i, n = open + 1 + db->preparing + 1 + 1, statement = n - 2, sync_failed = 0;
+	PGresult *res;
 	ExecStatusType st;
+	int i, sync_failed = 0, failed = -1;
+	enum db_result r;
 
-	if (sent == -1)
-		return NULL;
-	if (sent == 1) {
+	if (p->sent == 1) {
 		/* Each query's results, then a NULL; the Sync's result comes alone. */
-		for (i = 0; i < n - 1; i++) {
+		for (i = 0; i < p->count; i++) {
 			while ((res = PQgetResult(db->conn)) != NULL) {
-				if (got[i] == NULL)
-					got[i] = res;
+				if (p->got[i] == NULL)
+					p->got[i] = res;
 				else
 					PQclear(res);
 			}
@@ -498,8 +544,9 @@ pipeline_collect(struct db *db, int sent, int open)
 		 * first instead (kept: its SQLSTATE says whether to retry); the
 		 * Sync's own result follows it.
 		 */
-		got[n - 1] = PQgetResult(db->conn);
-		if (got[n - 1] != NULL && PQresultStatus(got[n - 1]) != PGRES_PIPELINE_SYNC) {
+		p->got[p->count] = PQgetResult(db->conn);
+		if (p->got[p->count] != NULL &&
+		    PQresultStatus(p->got[p->count]) != PGRES_PIPELINE_SYNC) {
 			sync_failed = 1;
 			while ((res = PQgetResult(db->conn)) != NULL ||
 			    (res = PQgetResult(db->conn)) != NULL) {
@@ -510,57 +557,83 @@ pipeline_collect(struct db *db, int sent, int open)
 			}
 		}
 	}
-	if (PQexitPipelineMode(db->conn) != 1) {
-		/* Results we cannot account for: this connection is done for. */
-		log_msg("database pipeline left in an unknown state");
-		for (i = 0; i < 5; i++)
-			PQclear(got[i]);
-		PQreset(db->conn);
-		prepared_forget(db);
-		db->stale = 1;
-		db->preparing = 0;
-		return NULL;
+	if (p->sent == -1 || PQexitPipelineMode(db->conn) != 1) {
+		if (p->sent != -1) {
+			/* Results we cannot account for: this connection is done for. */
+			log_msg("database pipeline left in an unknown state");
+			PQreset(db->conn);
+			prepared_forget(db);
+			db->stale = 1;
+		}
+		for (i = 0; i <= p->count; i++)
+			PQclear(p->got[i]);
+		return finish(db, NULL, NULL);
 	}
-	for (i = 0; i < n && out == NULL; i++)
-		if (!pipeline_ok(got[i], i == n - 1 && !sync_failed))
-			out = got[i];
-	/* The Prepare went through: the server has the text under its name now. */
-	if (db->preparing && pipeline_ok(got[statement - 1], 0))
-		prepared_keep(db, db->preparing_sql);
-	db->preparing = 0;
-	if (out == NULL)
-		out = got[statement];
-	for (i = 0; i < 5; i++)
-		if (got[i] != out)
-			PQclear(got[i]);
-	return out;
+	for (i = 0; i <= p->count && failed == -1; i++)
+		if (!pipeline_ok(p->got[i], i == p->count && !sync_failed))
+			failed = i;
+	/* A Prepare that went through: the server has the text under its name now. */
+	for (i = 0; i < p->n; i++)
+		if (p->prepare_at[i] != -1 && pipeline_ok(p->got[p->prepare_at[i]], 0))
+			prepared_keep(db, p->prepare_sql[i], p->prepare_name[i]);
+	for (i = 0; i < p->n; i++) {
+		if (rows)
+			rows[i] = NULL;
+		if (failed == -1 && rows) {
+			rows[i] = mem_alloc(sizeof(**rows));
+			rows[i]->res = p->got[p->at[i]];
+			p->got[p->at[i]] = NULL;
+		}
+	}
+	/* finish takes the failed result over (NULL: the connection failed). */
+	r = failed == -1 ? DB_OK : finish(db, NULL, p->got[failed]);
+	for (i = 0; i <= p->count; i++)
+		if (i != failed)
+			PQclear(p->got[i]);
+	return r;
 }
 
-static PGresult *
-exec_in_new_transaction(struct db *db, const char *sql, int nparams,
-    const char *const *params, int open)
+static enum db_result
+exec_piped(struct db *db, int n, const struct db_statement *st, struct db_rows **rows,
+    enum pipe_mode mode)
 {
-	return pipeline_collect(db, pipeline_send(db, sql, nparams, params, open), open);
+	struct pipe p;
+
+	pipe_send(db, &p, n, st, mode);
+	return pipe_collect(db, &p, rows);
+}
+
+enum db_result
+db_exec_batch(struct db *db, int n, const struct db_statement *st, struct db_rows **rows)
+{
+	int pending = db->begin_pending;
+	int i;
+
+	if (rows)
+		for (i = 0; i < n; i++)
+			rows[i] = NULL;
+	if (n < 1 || n > LIMIT_DB_BATCH)
+		return DB_ERROR;
+	db->begin_pending = 0;
+	/* In a transaction: the statement as it is. */
+	if (!pending && PQtransactionStatus(db->conn) != PQTRANS_IDLE)
+		return n == 1 ? exec_raw(db, rows, st[0].sql, st[0].nparams, st[0].params) :
+		    exec_piped(db, n, st, rows, PIPE_IN_TRANSACTION);
+	/*
+	 * The first statements of db_begin's transaction, or ones outside
+	 * any: the timeouts go with them, and BEGIN or the implicit
+	 * transaction's Sync.  One round trip either way.
+	 */
+	return exec_piped(db, n, st, rows, pending ? PIPE_BEGIN : PIPE_IMPLICIT);
 }
 
 enum db_result
 db_exec(struct db *db, struct db_rows **rows, const char *sql, int nparams,
     const char *const *params)
 {
-	int pending = db->begin_pending;
+	struct db_statement st = { sql, nparams, params };
 
-	if (rows)
-		*rows = NULL;
-	db->begin_pending = 0;
-	/* In a transaction: the statement as it is. */
-	if (!pending && PQtransactionStatus(db->conn) != PQTRANS_IDLE)
-		return exec_raw(db, rows, sql, nparams, params);
-	/*
-	 * The first statement of db_begin's transaction, or one outside any:
-	 * a transaction of its own, so the timeouts apply.  Either way one
-	 * round trip, as a lone statement was before there were timeouts.
-	 */
-	return finish(db, rows, exec_in_new_transaction(db, sql, nparams, params, pending));
+	return db_exec_batch(db, 1, &st, rows);
 }
 
 enum db_result
@@ -568,7 +641,8 @@ db_exec_parallel(struct db *db, int n, const struct db_statement *st, struct db_
 {
 	struct db *extra[LIMIT_DB_PARALLEL] = { NULL };
 	struct db *on[LIMIT_DB_PARALLEL];
-	int sent[LIMIT_DB_PARALLEL], i;
+	struct pipe pipes[LIMIT_DB_PARALLEL];
+	int deferred[LIMIT_DB_PARALLEL], i;
 	enum db_result r, first = DB_OK;
 
 	for (i = 0; i < n; i++)
@@ -583,17 +657,16 @@ db_exec_parallel(struct db *db, int n, const struct db_statement *st, struct db_
 			on[i] = extra[i];
 	}
 	for (i = 0; i < n; i++) {
-		if (on[i] != db || i == 0)
-			sent[i] = pipeline_send(on[i], st[i].sql, st[i].nparams, st[i].params, 0);
-		else
-			sent[i] = -2;	/* no extra connection: run it on db once db is free */
+		/* No extra connection: run it on db once db is free. */
+		deferred[i] = i > 0 && on[i] == db;
+		if (!deferred[i])
+			pipe_send(on[i], &pipes[i], 1, &st[i], PIPE_IMPLICIT);
 	}
 	for (i = 0; i < n; i++) {
-		if (sent[i] == -2)
+		if (deferred[i])
 			r = db_exec(db, &rows[i], st[i].sql, st[i].nparams, st[i].params);
 		else
-			r = finish(on[i], &rows[i],
-			    pipeline_collect(on[i], sent[i], 0));
+			r = pipe_collect(on[i], &pipes[i], &rows[i]);
 		if (r != DB_OK && first == DB_OK)
 			first = r;
 	}
@@ -610,7 +683,7 @@ db_exec_parallel(struct db *db, int n, const struct db_statement *st, struct db_
 enum db_result
 db_begin(struct db *db)
 {
-	/* Sent with the first statement: see exec_in_new_transaction. */
+	/* Sent with the first statement: see db_exec_batch. */
 	db->begin_pending = 1;
 	return DB_OK;
 }

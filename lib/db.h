@@ -89,12 +89,25 @@ enum db_result db_exec(struct db *db, struct db_rows **rows, const char *sql,
 	    (int)(sizeof((const char *[]){ __VA_ARGS__ }) / sizeof(const char *)), \
 	    (const char *const[]){ __VA_ARGS__ })
 
-/* One statement of db_exec_parallel: sql with nparams text parameters. */
+/* One statement of db_exec_batch or db_exec_parallel: sql with nparams text parameters. */
 struct db_statement {
 	const char *sql;
 	int nparams;
 	const char *const *params;
 };
+
+/*
+ * Runs n (1..LIMIT_DB_BATCH) statements one after the other, as n
+ * db_exec calls would (in the open transaction, else together in one of
+ * their own), but in a single round trip: for statements none of whose
+ * parameters comes from another's result, such as a lock and the read it
+ * guards, or the last write and COMMIT.  The first failure ends the run
+ * (the statements after it do not run) and is returned.  On DB_OK and
+ * when rows is not NULL, rows[i] receives statement i's result (free
+ * each with db_rows_free); otherwise every rows[i] is NULL.
+ */
+enum db_result db_exec_batch(struct db *db, int n, const struct db_statement *st,
+    struct db_rows **rows) __attribute__((warn_unused_result));
 
 
 /*

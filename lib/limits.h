@@ -303,5 +303,7 @@
 #define LIMIT_FORM_NONCE		16
 #define LIMIT_FORM_CLOCK_SKEW_S		60
 #define LIMIT_DB_PARALLEL		4
+/* Statements db_exec_batch sends in one round trip. */
+#define LIMIT_DB_BATCH			4
 
 #endif

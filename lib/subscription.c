@@ -36,6 +36,12 @@ struct apply {
 	struct json_object *left_out;	/* paths of values beyond their column's range */
 	int duplicate;
 	int ignored;
+	/*
+	 * A subscription whose lock (lock_subscription) read_row is to take
+	 * in the same round trip as its read, when nothing but checks of the
+	 * event comes between: the event's own subscription in event mode.
+	 */
+	const char *lock_with_read;
 };
 
 /* The subscriptions row as read under the lock. */
@@ -415,23 +421,37 @@ record_event(struct apply *a)
 }
 
 /* Serialises all work on one subscription until the transaction ends. */
+static const char sql_lock_subscription[] = "SELECT pg_advisory_xact_lock(hashtext($1))";
+
 static int
 lock_subscription(struct apply *a, const char *sub)
 {
-	return Q(a, NULL, "SELECT pg_advisory_xact_lock(hashtext($1))", sub);
+	return Q(a, NULL, sql_lock_subscription, sub);
 }
 
 static int
 read_row(struct apply *a, const char *sub, struct sub_row *row)
 {
-	struct db_rows *rows = NULL;
+	static const char read_sql[] =
+	    "SELECT status, tier, billing_interval, extract(epoch FROM last_event_created)::bigint"
+	    " FROM subscriptions WHERE stripe_subscription_id = $1 FOR UPDATE";
+	const char *params[] = { sub };
+	const struct db_statement st[] = {
+		{ sql_lock_subscription, 1, params }, { read_sql, 1, params },
+	};
+	struct db_rows *rows = NULL, *got[2] = { NULL, NULL };
 	const char *v;
 	int r;
 
 	memset(row, 0, sizeof(*row));
-	r = Q(a, &rows,
-	    "SELECT status, tier, billing_interval, extract(epoch FROM last_event_created)::bigint"
-	    " FROM subscriptions WHERE stripe_subscription_id = $1 FOR UPDATE", sub);
+	if (a->lock_with_read != NULL && strcmp(a->lock_with_read, sub) == 0) {
+		/* The read is a statement of its own: its snapshot comes after the lock. */
+		r = fail(a, db_exec_batch(a->db, 2, st, got));
+		db_rows_free(got[0]);
+		rows = got[1];
+	} else
+		r = Q(a, &rows, read_sql, sub);
+	a->lock_with_read = NULL;
 	if (r == 0 && db_rows_count(rows) == 1) {
 		row->exists = 1;
 		snprintf(row->status, sizeof(row->status), "%s", db_rows_get(rows, 0, 0));
@@ -500,14 +520,29 @@ resolve_owner(struct apply *a, const char *claimed, const char *customer, char *
 		*owner = claimed ? mem_strdup(claimed) : NULL;
 		return 0;
 	}
-	/* Twice at most: a concurrent link makes our INSERT do nothing, then we read it. */
+	/*
+	 * One statement reads the links of the customer and of the claimed
+	 * user and, when neither exists, makes the claimed one.  Twice at
+	 * most: a concurrent link makes our INSERT do nothing, then we read it.
+	 */
 	for (tries = 0; tries < 2; tries++) {
 		db_rows_free(rows);
 		rows = NULL;
 		cus_user = user_cus = NULL;
-		if ((r = Q(a, &rows, "SELECT user_id, stripe_customer_id FROM customers"
-		    " WHERE stripe_customer_id = $1 OR user_id = $2", customer, claimed)) != 0)
+		if ((r = Q(a, &rows, "WITH found AS (SELECT user_id, stripe_customer_id"
+		    " FROM customers WHERE stripe_customer_id = $1 OR user_id = $2),"
+		    " linked AS (INSERT INTO customers (user_id, stripe_customer_id)"
+		    " SELECT $2, $1 WHERE $2 IS NOT NULL AND NOT EXISTS (SELECT FROM found)"
+		    " ON CONFLICT DO NOTHING RETURNING user_id, stripe_customer_id)"
+		    " SELECT user_id, stripe_customer_id, false FROM found"
+		    " UNION ALL SELECT user_id, stripe_customer_id, true FROM linked",
+		    customer, claimed)) != 0)
 			break;
+		if (db_rows_count(rows) == 1 && strcmp(db_rows_get(rows, 0, 2), "t") == 0) {
+			log_msg("customer %s linked to user %s", customer, claimed);
+			*owner = mem_strdup(claimed);
+			break;
+		}
 		for (i = 0; i < db_rows_count(rows); i++) {
 			if (strcmp(db_rows_get(rows, i, 1), customer) == 0)
 				cus_user = db_rows_get(rows, i, 0);
@@ -526,16 +561,6 @@ resolve_owner(struct apply *a, const char *claimed, const char *customer, char *
 		if (user_cus != NULL) {
 			r = record_conflict(a, "user_has_other_customer", claimed, customer, NULL,
 			    user_cus, NULL, NULL);
-			break;
-		}
-		db_rows_free(rows);
-		if ((r = Q(a, &rows, "INSERT INTO customers (user_id, stripe_customer_id)"
-		    " VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING user_id", claimed,
-		    customer)) != 0)
-			break;
-		if (db_rows_count(rows) == 1) {
-			log_msg("customer %s linked to user %s", customer, claimed);
-			*owner = mem_strdup(claimed);
 			break;
 		}
 	}
@@ -753,12 +778,21 @@ apply_subscription_event(struct apply *a, enum outcome *fatal)
 		a->ignored = 1;
 		return 0;
 	}
-	if ((r = lock_subscription(a, sub)) != 0)
-		return r;
-	if (a->mode == SYNC_REFETCH &&
-	    ((r = refetch(a, sub, NULL, &stored, fatal)) != 0 || *fatal != OUT_OK))
-		return r;
-	if (!stored && (r = store_subscription(a, a->ev->object, 0, deletion, NULL)) != 0)
+	if (a->mode == SYNC_REFETCH) {
+		/* Stripe is asked under the lock: take it now. */
+		if ((r = lock_subscription(a, sub)) != 0 ||
+		    (r = refetch(a, sub, NULL, &stored, fatal)) != 0 || *fatal != OUT_OK)
+			return r;
+	} else
+		a->lock_with_read = sub;
+	r = stored ? 0 : store_subscription(a, a->ev->object, 0, deletion, NULL);
+	/* Not read (the object was only recorded): the lock, for what follows. */
+	if (r == 0 && a->lock_with_read != NULL) {
+		a->lock_with_read = NULL;
+		r = lock_subscription(a, sub);
+	}
+	a->lock_with_read = NULL;
+	if (r != 0)
 		return r;
 	/* The mailer's trial notice needs the owner even when the row has none yet. */
 	if (is_type(a->ev, "customer.subscription.trial_will_end") && a->user_id == NULL) {
@@ -984,6 +1018,28 @@ customer_owner(struct apply *a, const char *customer)
 	return r;
 }
 
+/*
+ * Sets the event row's owner and left-out paths, learnt while applying,
+ * and commits: one round trip.  0 or a db_result (rolled back).
+ */
+static int
+commit_with_event_row(struct apply *a)
+{
+	const char *params[] = { a->event_row, a->user_id, paths_json(a->left_out) };
+	const struct db_statement st[] = {
+		{ "UPDATE billing_events SET user_id = coalesce(user_id, $2),"
+		  " left_out = CASE WHEN $3::jsonb IS NULL THEN left_out ELSE coalesce(left_out,"
+		  " '{}') || ARRAY(SELECT jsonb_array_elements_text($3::jsonb)) END"
+		  " WHERE id = $1::bigint", 3, params },
+		{ "COMMIT", 0, NULL },
+	};
+	int r = fail(a, db_exec_batch(a->db, 2, st, NULL));
+
+	if (r != 0)
+		db_rollback(a->db);
+	return r;
+}
+
 /* One transaction; 0 or a db_result, with *fatal set for non-database failures. */
 static int
 apply_once(struct apply *a, enum outcome *fatal)
@@ -1017,11 +1073,8 @@ apply_once(struct apply *a, enum outcome *fatal)
 		log_msg("event %s: value(s) beyond their column's range left out: %s", ev->id,
 		    json_object_to_json_string_ext(a->left_out,
 		    JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
-	if (r == 0 && (a->user_id || a->left_out))
-		r = Q(a, NULL, "UPDATE billing_events SET user_id = coalesce(user_id, $2),"
-		    " left_out = CASE WHEN $3::jsonb IS NULL THEN left_out ELSE coalesce(left_out,"
-		    " '{}') || ARRAY(SELECT jsonb_array_elements_text($3::jsonb)) END"
-		    " WHERE id = $1::bigint", a->event_row, a->user_id, paths_json(a->left_out));
+	if (r == 0 && *fatal == OUT_OK && (a->user_id || a->left_out))
+		return commit_with_event_row(a);
 out:
 	if (r == 0 && *fatal == OUT_OK)
 		r = fail(a, db_commit(a->db));

@@ -117,6 +117,36 @@ def test_fastcgi_first_prepare(st):
         proc.cleanup()
 
 
+def test_fastcgi_lock_batch(st):
+    """The subscription's lock and the read it guards go out in one round
+    trip, each prepared in that pipeline the first time: when the lock
+    times out, the read's Prepare never ran, and the process prepares it
+    with the redelivery instead of assuming the server has it."""
+    prog = os.path.join(st.cgi_bin, "webhook.cgi")
+    env = process_env(st, prog)
+    env["DB_LOCK_TIMEOUT_MS"] = "300"
+    proc = FcgiProcess(prog, env)
+    try:
+        h = Holder(st, "SELECT pg_advisory_xact_lock(hashtext('sub_soak_920101'))")
+        try:
+            r, took = timed(lambda: hook(st, proc, signed_event(920101)))
+        finally:
+            h.release()
+        t.ok(r is not None and r.status == 503 and took < 4,
+             "FastCGI, the subscription locked elsewhere: 503 after DB_LOCK_TIMEOUT_MS",
+             f"{r and r.status} after {took:.1f}s")
+        t.eq(st.psql_one("SELECT count(*) FROM billing_events WHERE stripe_event_id ="
+                         " 'evt_soak_920101'"), "0", "nothing recorded: Stripe redelivers")
+        r = hook(st, proc, signed_event(920101))
+        t.eq((r.status, (sub_row(st, "sub_soak_920101") or {}).get("user_id")),
+             (200, "soak_hook_920101"),
+             "the same process applies the redelivery: subscription stored and linked")
+        t.ok("sqlstate=26000" not in proc.stderr() and proc.alive(),
+             "no statement was run by a name the server does not have", proc.stderr()[-500:])
+    finally:
+        proc.cleanup()
+
+
 def test_default_lock_timeout(st):
     h = Holder(st, "LOCK TABLE usage_tracking IN ACCESS EXCLUSIVE MODE")
     try:
@@ -249,7 +279,8 @@ pidfile = {d}/pgbouncer.pid
 
 def main():
     with t.guard("timeouts stack"), Stack(settings=dict(SETTINGS, STRIPE_SYNC_MODE="event")) as st:
-        for fn in (test_lock_timeout, test_fastcgi_first_prepare, test_default_lock_timeout, test_statement_timeout,
+        for fn in (test_lock_timeout, test_fastcgi_first_prepare, test_fastcgi_lock_batch,
+                   test_default_lock_timeout, test_statement_timeout,
                    test_idle_in_transaction, test_checkout_holds_no_transaction,
                    test_bad_setting, test_pgbouncer):
             t.run(fn, st)
