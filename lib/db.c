@@ -12,14 +12,11 @@
 #include "log.h"
 #include "mem.h"
 
-/* The longest name of a prepared statement of ours, with its NUL. */
-#define DB_NAME_LEN 32
-
 /* A statement text prepared on a connection under a name of ours. */
 struct prepared {
 	char *sql;
 	unsigned long hash;
-	char name[DB_NAME_LEN];
+	char name[LIMIT_DB_NAME_LEN];
 };
 
 struct db {
@@ -299,11 +296,11 @@ prepared_lookup(struct db *db, const char *sql)
  * mix them; the connection's count of names makes it unique.
  */
 static int
-prepared_claim(struct db *db, const char *sql, int claimed, char name[static DB_NAME_LEN])
+prepared_claim(struct db *db, const char *sql, int claimed, char name[static LIMIT_DB_NAME_LEN])
 {
 	if (!db->prepare || db->nprepared + claimed >= LIMIT_DB_PREPARED)
 		return 0;
-	snprintf(name, DB_NAME_LEN, "billing_cgi_%08lx_%d", text_hash(sql) & 0xffffffffUL,
+	snprintf(name, LIMIT_DB_NAME_LEN, "billing_cgi_%08lx_%d", text_hash(sql) & 0xffffffffUL,
 	    db->named++);
 	return 1;
 }
@@ -328,7 +325,7 @@ static const char *
 prepared_name(struct db *db, const char *sql, int nparams)
 {
 	const char *name = prepared_lookup(db, sql), *state;
-	char fresh[DB_NAME_LEN];
+	char fresh[LIMIT_DB_NAME_LEN];
 	PGresult *res;
 	int ok;
 
@@ -434,7 +431,7 @@ enum pipe_mode {
  * The most queries a pipeline sends before its Sync: BEGIN, the timeouts,
  * and a Prepare and an Execute per statement.
  */
-#define PIPE_MAX (2 + 2 * LIMIT_DB_BATCH)
+#define PIPE_MAX (LIMIT_DB_BATCH * 2 + 2)
 
 /* One pipeline in flight: what was sent, and where each answer goes. */
 struct pipe {
@@ -444,7 +441,7 @@ struct pipe {
 	int at[LIMIT_DB_BATCH];		/* the index in got of statement i's answer */
 	int prepare_at[LIMIT_DB_BATCH];	/* ...and of its Prepare's, or -1 */
 	const char *prepare_sql[LIMIT_DB_BATCH];	/* the caller's text */
-	char prepare_name[LIMIT_DB_BATCH][DB_NAME_LEN];
+	char prepare_name[LIMIT_DB_BATCH][LIMIT_DB_NAME_LEN];
 	PGresult *got[PIPE_MAX + 1];	/* the answers, then the Sync's */
 };
 
