@@ -37,11 +37,14 @@ struct apply {
 	int duplicate;
 	int ignored;
 	/*
-	 * A subscription whose lock (lock_subscription) read_row is to take
-	 * in the same round trip as its read, when nothing but checks of the
-	 * event comes between: the event's own subscription in event mode.
+	 * In event mode, the event's own subscription: record_event takes its
+	 * lock (lock_subscription) and reads its row (read_row) in the same
+	 * round trip as the event's INSERT, since none of the three waits for
+	 * another's result.  row_read is that row until read_row takes it.
 	 */
-	const char *lock_with_read;
+	const char *early;
+	int early_locked;
+	struct db_rows *row_read;
 };
 
 /* The subscriptions row as read under the lock. */
@@ -235,6 +238,16 @@ fail(struct apply *a, enum db_result r)
 /* Runs sql; on failure returns the db_result (non-zero). */
 #define Q(a, rows, sql, ...) fail((a), DB_QUERY((a)->db, (rows), (sql), __VA_ARGS__))
 
+/* Serialises all work on one subscription until the transaction ends. */
+static const char sql_lock_subscription[] = "SELECT pg_advisory_xact_lock(hashtext($1))";
+/*
+ * The subscriptions row, under that lock: a statement of its own after the
+ * lock's, so that its snapshot shows what the lock's last holder wrote.
+ */
+static const char sql_read_row[] =
+    "SELECT status, tier, billing_interval, extract(epoch FROM last_event_created)::bigint"
+    " FROM subscriptions WHERE stripe_subscription_id = $1 FOR UPDATE";
+
 static enum sync_mode
 default_mode(void)
 {
@@ -367,6 +380,39 @@ paths_json(struct json_object *paths)
  * The billing_events row, first thing in the transaction.  Sets
  * a->duplicate when the event was already recorded.
  */
+/*
+ * The event's INSERT with its 12 parameters, and in event mode the lock
+ * and the read of its subscription (a->early) in the same round trip.
+ * 0 and the INSERT's *rows, or a db_result.
+ */
+static int
+insert_event(struct apply *a, const char *const *params, struct db_rows **rows)
+{
+	const char *early[] = { a->early };
+	const struct db_statement st[] = {
+		{ "INSERT INTO billing_events (stripe_event_id, event_type, stripe_subscription_id,"
+		  " stripe_customer_id, amount, currency, status, attempt_count, occurred_at,"
+		  " processed_at, payload, left_out, source)"
+		  " VALUES ($1, $2, $3, $4, $5::bigint, $6, $7, $8::integer,"
+		  " to_timestamp($9::bigint), now(), $10::jsonb,"
+		  " CASE WHEN $11::jsonb IS NOT NULL"
+		  " THEN ARRAY(SELECT jsonb_array_elements_text($11::jsonb)) END,"
+		  " coalesce($12, 'webhook'))"
+		  " ON CONFLICT (stripe_event_id) DO NOTHING RETURNING id", 12, params },
+		{ sql_lock_subscription, 1, early },
+		{ sql_read_row, 1, early },
+	};
+	struct db_rows *got[3] = { NULL, NULL, NULL };
+	int r;
+
+	r = fail(a, db_exec_batch(a->db, a->early ? 3 : 1, st, got));
+	*rows = got[0];
+	db_rows_free(got[1]);
+	a->row_read = got[2];
+	a->early_locked = r == 0 && a->early != NULL;
+	return r;
+}
+
 static int
 record_event(struct apply *a)
 {
@@ -399,17 +445,8 @@ record_event(struct apply *a)
 		customer = id_of(o, "id");
 	}
 	snprintf(created, sizeof(created), "%lld", ev->created);
-	r = Q(a, &rows,
-	    "INSERT INTO billing_events (stripe_event_id, event_type, stripe_subscription_id,"
-	    " stripe_customer_id, amount, currency, status, attempt_count, occurred_at,"
-	    " processed_at, payload, left_out, source)"
-	    " VALUES ($1, $2, $3, $4, $5::bigint, $6, $7, $8::integer,"
-	    " to_timestamp($9::bigint), now(), $10::jsonb,"
-	    " CASE WHEN $11::jsonb IS NOT NULL"
-	    " THEN ARRAY(SELECT jsonb_array_elements_text($11::jsonb)) END, coalesce($12, 'webhook'))"
-	    " ON CONFLICT (stripe_event_id) DO NOTHING RETURNING id",
-	    ev->id, ev->type, sub, customer, amount, currency, status, attempts, created,
-	    ev->raw, paths_json(ev->fit.paths), ev->source);
+	r = insert_event(a, (const char *[]){ ev->id, ev->type, sub, customer, amount, currency,
+	    status, attempts, created, ev->raw, paths_json(ev->fit.paths), ev->source }, &rows);
 	if (r == 0) {
 		if (db_rows_count(rows) == 0)
 			a->duplicate = 1;
@@ -420,9 +457,6 @@ record_event(struct apply *a)
 	return r;
 }
 
-/* Serialises all work on one subscription until the transaction ends. */
-static const char sql_lock_subscription[] = "SELECT pg_advisory_xact_lock(hashtext($1))";
-
 static int
 lock_subscription(struct apply *a, const char *sub)
 {
@@ -432,26 +466,16 @@ lock_subscription(struct apply *a, const char *sub)
 static int
 read_row(struct apply *a, const char *sub, struct sub_row *row)
 {
-	static const char read_sql[] =
-	    "SELECT status, tier, billing_interval, extract(epoch FROM last_event_created)::bigint"
-	    " FROM subscriptions WHERE stripe_subscription_id = $1 FOR UPDATE";
-	const char *params[] = { sub };
-	const struct db_statement st[] = {
-		{ sql_lock_subscription, 1, params }, { read_sql, 1, params },
-	};
-	struct db_rows *rows = NULL, *got[2] = { NULL, NULL };
+	struct db_rows *rows = NULL;
 	const char *v;
-	int r;
+	int r = 0;
 
 	memset(row, 0, sizeof(*row));
-	if (a->lock_with_read != NULL && strcmp(a->lock_with_read, sub) == 0) {
-		/* The read is a statement of its own: its snapshot comes after the lock. */
-		r = fail(a, db_exec_batch(a->db, 2, st, got));
-		db_rows_free(got[0]);
-		rows = got[1];
+	if (a->row_read != NULL && strcmp(a->early, sub) == 0) {
+		rows = a->row_read;	/* read by record_event, under the lock */
+		a->row_read = NULL;
 	} else
-		r = Q(a, &rows, read_sql, sub);
-	a->lock_with_read = NULL;
+		r = Q(a, &rows, sql_read_row, sub);
 	if (r == 0 && db_rows_count(rows) == 1) {
 		row->exists = 1;
 		snprintf(row->status, sizeof(row->status), "%s", db_rows_get(rows, 0, 0));
@@ -778,21 +802,12 @@ apply_subscription_event(struct apply *a, enum outcome *fatal)
 		a->ignored = 1;
 		return 0;
 	}
-	if (a->mode == SYNC_REFETCH) {
-		/* Stripe is asked under the lock: take it now. */
-		if ((r = lock_subscription(a, sub)) != 0 ||
-		    (r = refetch(a, sub, NULL, &stored, fatal)) != 0 || *fatal != OUT_OK)
-			return r;
-	} else
-		a->lock_with_read = sub;
-	r = stored ? 0 : store_subscription(a, a->ev->object, 0, deletion, NULL);
-	/* Not read (the object was only recorded): the lock, for what follows. */
-	if (r == 0 && a->lock_with_read != NULL) {
-		a->lock_with_read = NULL;
-		r = lock_subscription(a, sub);
-	}
-	a->lock_with_read = NULL;
-	if (r != 0)
+	if (!a->early_locked && (r = lock_subscription(a, sub)) != 0)
+		return r;
+	if (a->mode == SYNC_REFETCH &&
+	    ((r = refetch(a, sub, NULL, &stored, fatal)) != 0 || *fatal != OUT_OK))
+		return r;
+	if (!stored && (r = store_subscription(a, a->ev->object, 0, deletion, NULL)) != 0)
 		return r;
 	/* The mailer's trial notice needs the owner even when the row has none yet. */
 	if (is_type(a->ev, "customer.subscription.trial_will_end") && a->user_id == NULL) {
@@ -1049,6 +1064,9 @@ apply_once(struct apply *a, enum outcome *fatal)
 
 	if ((r = fail(a, db_begin(a->db))) != 0)
 		return r;
+	/* Stripe is asked under the lock in refetch mode: that one is taken later. */
+	if (a->mode == SYNC_EVENT && is_subscription_event(ev))
+		a->early = id_of(ev->object, "id");
 	if ((r = record_event(a)) != 0 || a->duplicate)
 		goto out;
 	if (is_subscription_event(ev))
@@ -1130,6 +1148,7 @@ subscription_apply_event(struct db *db, const struct subscription_event *ev,
 		a.mode = mode;
 		fatal = OUT_OK;
 		r = apply_once(&a, &fatal);
+		db_rows_free(a.row_read);
 		free(a.event_row);
 		free(a.user_id);
 		json_object_put(a.left_out);
