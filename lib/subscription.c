@@ -45,6 +45,19 @@ struct apply {
 	const char *early;
 	int early_locked;
 	struct db_rows *row_read;
+	/*
+	 * In event mode, the subscriptions upsert is held back (hold_store)
+	 * to go out in the same round trip as the transaction's next
+	 * statement, its COMMIT at the latest: every statement after it runs
+	 * after it on the server, and nothing outside the database depends on
+	 * it.  Its failure is the next statement's.
+	 */
+	int hold_store;
+	struct held {
+		const char *sql;	/* a literal */
+		int nparams;
+		char **params;		/* copies */
+	} held;
 };
 
 /* The subscriptions row as read under the lock. */
@@ -235,8 +248,75 @@ fail(struct apply *a, enum db_result r)
 	return r == DB_OK ? 0 : (int)r;
 }
 
-/* Runs sql; on failure returns the db_result (non-zero). */
-#define Q(a, rows, sql, ...) fail((a), DB_QUERY((a)->db, (rows), (sql), __VA_ARGS__))
+static void
+held_drop(struct held *h)
+{
+	int i;
+
+	for (i = 0; i < h->nparams; i++)
+		free(h->params[i]);
+	free(h->params);
+	memset(h, 0, sizeof(*h));
+}
+
+/* Holds sql back until the next statement (see struct apply). */
+static void
+held_keep(struct apply *a, const char *sql, int nparams, const char *const *params)
+{
+	int i;
+
+	a->held.sql = sql;
+	a->held.nparams = nparams;
+	a->held.params = mem_calloc((size_t)nparams, sizeof(char *));
+	for (i = 0; i < nparams; i++)
+		a->held.params[i] = params[i] ? mem_strdup(params[i]) : NULL;
+}
+
+/*
+ * Runs n statements in one round trip, the held-back one first if there
+ * is one; 0 and rows[i] (when rows is not NULL), or the first failure.
+ */
+static int
+query_batch(struct apply *a, int n, const struct db_statement *st, struct db_rows **rows)
+{
+	struct db_statement all[LIMIT_DB_BATCH];
+	struct db_rows *got[LIMIT_DB_BATCH] = { NULL };
+	int k = a->held.sql != NULL, i, r;
+
+	if (k + n == 0)
+		return 0;
+	if (k + n > LIMIT_DB_BATCH)
+		return DB_ERROR;
+	if (k)
+		all[0] = (struct db_statement){ a->held.sql, a->held.nparams,
+		    (const char *const *)a->held.params };
+	for (i = 0; i < n; i++)
+		all[k + i] = st[i];
+	r = fail(a, db_exec_batch(a->db, k + n, all, got));
+	held_drop(&a->held);
+	db_rows_free(k ? got[0] : NULL);
+	for (i = 0; i < n; i++)
+		if (rows)
+			rows[i] = got[k + i];
+		else
+			db_rows_free(got[k + i]);
+	return r;
+}
+
+static int
+query(struct apply *a, struct db_rows **rows, const char *sql, int nparams,
+    const char *const *params)
+{
+	const struct db_statement st = { sql, nparams, params };
+
+	return query_batch(a, 1, &st, rows);
+}
+
+/* Runs sql with the parameters listed; on failure returns the db_result (non-zero). */
+#define Q(a, rows, sql, ...)                                                    \
+	query((a), (rows), (sql),                                               \
+	    (int)(sizeof((const char *[]){ __VA_ARGS__ }) / sizeof(const char *)), \
+	    (const char *const[]){ __VA_ARGS__ })
 
 /* Serialises all work on one subscription until the transaction ends. */
 static const char sql_lock_subscription[] = "SELECT pg_advisory_xact_lock(hashtext($1))";
@@ -647,6 +727,45 @@ resolve_plan(struct json_object *sub, const struct sub_row *row, const char **ti
 	}
 }
 
+/* The subscriptions upsert of store_subscription: 20 parameters. */
+static const char sql_store[] =
+    "INSERT INTO subscriptions AS s (user_id, stripe_customer_id, stripe_subscription_id,"
+    " tier, status, billing_interval, price_id, unit_amount, currency, trial_start,"
+    " trial_end, current_period_start, current_period_end, cancel_at_period_end,"
+    " canceled_at, ended_at, cancellation_reason, last_event_created, last_event_id,"
+    " quantity)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::bigint, $9, to_timestamp($10::bigint),"
+    " to_timestamp($11::bigint), to_timestamp($12::bigint), to_timestamp($13::bigint),"
+    " $14::boolean, to_timestamp($15::bigint), to_timestamp($16::bigint), $17,"
+    " to_timestamp($18::bigint), $19, $20::bigint)"
+    " ON CONFLICT (stripe_subscription_id) DO UPDATE SET"
+    " user_id = coalesce(EXCLUDED.user_id, s.user_id),"
+    " stripe_customer_id = coalesce(EXCLUDED.stripe_customer_id, s.stripe_customer_id),"
+    " tier = EXCLUDED.tier, status = EXCLUDED.status,"
+    " billing_interval = EXCLUDED.billing_interval,"
+    " price_id = coalesce(EXCLUDED.price_id, s.price_id),"
+    " unit_amount = coalesce(EXCLUDED.unit_amount, s.unit_amount),"
+    " currency = coalesce(EXCLUDED.currency, s.currency),"
+    " trial_start = EXCLUDED.trial_start, trial_end = EXCLUDED.trial_end,"
+    " current_period_start = coalesce(EXCLUDED.current_period_start, s.current_period_start),"
+    " current_period_end = coalesce(EXCLUDED.current_period_end, s.current_period_end),"
+    " cancel_at_period_end = EXCLUDED.cancel_at_period_end,"
+    " canceled_at = EXCLUDED.canceled_at, ended_at = EXCLUDED.ended_at,"
+    " cancellation_reason = coalesce(EXCLUDED.cancellation_reason, s.cancellation_reason),"
+    " last_event_created = greatest(s.last_event_created, EXCLUDED.last_event_created),"
+    " last_event_id = EXCLUDED.last_event_id,"
+    " quantity = coalesce(EXCLUDED.quantity, s.quantity)";
+
+/* Runs sql_store, or holds it back for the next statement (a->hold_store). */
+static int
+store_write(struct apply *a, const char *const *params)
+{
+	if (!a->hold_store)
+		return query(a, NULL, sql_store, 20, params);
+	held_keep(a, sql_store, 20, params);
+	return 0;
+}
+
 /*
  * Writes a subscription object.  force: the object is Stripe's current
  * state (refetch), applied whatever the order; otherwise the event-mode
@@ -717,39 +836,12 @@ store_subscription(struct apply *a, struct json_object *sub, int force, int dele
 	ended = UNIXTIME(a, sub, where, "ended_at", ea);
 	if (ended == NULL && deletion)
 		ended = created;
-	r = Q(a, NULL,
-	    "INSERT INTO subscriptions AS s (user_id, stripe_customer_id, stripe_subscription_id,"
-	    " tier, status, billing_interval, price_id, unit_amount, currency, trial_start,"
-	    " trial_end, current_period_start, current_period_end, cancel_at_period_end,"
-	    " canceled_at, ended_at, cancellation_reason, last_event_created, last_event_id,"
-	    " quantity)"
-	    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::bigint, $9, to_timestamp($10::bigint),"
-	    " to_timestamp($11::bigint), to_timestamp($12::bigint), to_timestamp($13::bigint),"
-	    " $14::boolean, to_timestamp($15::bigint), to_timestamp($16::bigint), $17,"
-	    " to_timestamp($18::bigint), $19, $20::bigint)"
-	    " ON CONFLICT (stripe_subscription_id) DO UPDATE SET"
-	    " user_id = coalesce(EXCLUDED.user_id, s.user_id),"
-	    " stripe_customer_id = coalesce(EXCLUDED.stripe_customer_id, s.stripe_customer_id),"
-	    " tier = EXCLUDED.tier, status = EXCLUDED.status,"
-	    " billing_interval = EXCLUDED.billing_interval,"
-	    " price_id = coalesce(EXCLUDED.price_id, s.price_id),"
-	    " unit_amount = coalesce(EXCLUDED.unit_amount, s.unit_amount),"
-	    " currency = coalesce(EXCLUDED.currency, s.currency),"
-	    " trial_start = EXCLUDED.trial_start, trial_end = EXCLUDED.trial_end,"
-	    " current_period_start = coalesce(EXCLUDED.current_period_start, s.current_period_start),"
-	    " current_period_end = coalesce(EXCLUDED.current_period_end, s.current_period_end),"
-	    " cancel_at_period_end = EXCLUDED.cancel_at_period_end,"
-	    " canceled_at = EXCLUDED.canceled_at, ended_at = EXCLUDED.ended_at,"
-	    " cancellation_reason = coalesce(EXCLUDED.cancellation_reason, s.cancellation_reason),"
-	    " last_event_created = greatest(s.last_event_created, EXCLUDED.last_event_created),"
-	    " last_event_id = EXCLUDED.last_event_id,"
-	    " quantity = coalesce(EXCLUDED.quantity, s.quantity)",
-	    user, customer, id, tier, status, interval, price,
+	r = store_write(a, (const char *[]){ user, customer, id, tier, status, interval, price,
 	    BIGINT(a, sub, where, "items.data.0.price.unit_amount", amount), currency,
 	    UNIXTIME(a, sub, where, "trial_start", ts), UNIXTIME(a, sub, where, "trial_end", te),
 	    pps, ppe, cape ? "true" : "false", UNIXTIME(a, sub, where, "canceled_at", ca), ended,
 	    reason, created, ev->id,
-	    column_int(a, sub, where, "items.data.0.quantity", 0, INT64_MAX, qty, sizeof(qty)));
+	    column_int(a, sub, where, "items.data.0.quantity", 0, INT64_MAX, qty, sizeof(qty)) });
 	if (r == 0)
 		log_note("applied", status);
 	if (r == 0 && user != NULL && status_live(status))
@@ -807,7 +899,11 @@ apply_subscription_event(struct apply *a, enum outcome *fatal)
 	if (a->mode == SYNC_REFETCH &&
 	    ((r = refetch(a, sub, NULL, &stored, fatal)) != 0 || *fatal != OUT_OK))
 		return r;
-	if (!stored && (r = store_subscription(a, a->ev->object, 0, deletion, NULL)) != 0)
+	/* In event mode the upsert goes out with the next statement. */
+	a->hold_store = a->mode == SYNC_EVENT;
+	r = stored ? 0 : store_subscription(a, a->ev->object, 0, deletion, NULL);
+	a->hold_store = 0;
+	if (r != 0)
 		return r;
 	/* The mailer's trial notice needs the owner even when the row has none yet. */
 	if (is_type(a->ev, "customer.subscription.trial_will_end") && a->user_id == NULL) {
@@ -999,6 +1095,7 @@ queue_notice(struct apply *a)
 	struct notify_event n = { a->ev->id, a->ev->created, o, a->user_id,
 		id_of(o, "customer"), NULL };
 	size_t i;
+	int r;
 
 	for (i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
 		if (is_type(a->ev, kinds[i].type))
@@ -1014,6 +1111,8 @@ queue_notice(struct apply *a)
 	/* Every mail is about a subscription; a one-off invoice has none to tell of. */
 	if (n.subscription_id == NULL)
 		return 0;
+	if ((r = query_batch(a, 0, NULL, NULL)) != 0)	/* the held upsert first */
+		return r;
 	return fail(a, notify_queue(a->db, kinds[i].kind, &n));
 }
 
@@ -1048,7 +1147,7 @@ commit_with_event_row(struct apply *a)
 		  " WHERE id = $1::bigint", 3, params },
 		{ "COMMIT", 0, NULL },
 	};
-	int r = fail(a, db_exec_batch(a->db, 2, st, NULL));
+	int r = query_batch(a, 2, st, NULL);
 
 	if (r != 0)
 		db_rollback(a->db);
@@ -1094,10 +1193,13 @@ apply_once(struct apply *a, enum outcome *fatal)
 	if (r == 0 && *fatal == OUT_OK && (a->user_id || a->left_out))
 		return commit_with_event_row(a);
 out:
-	if (r == 0 && *fatal == OUT_OK)
+	if (r == 0 && *fatal == OUT_OK && a->held.sql != NULL)
+		r = query_batch(a, 1, (const struct db_statement[]){ { "COMMIT", 0, NULL } }, NULL);
+	else if (r == 0 && *fatal == OUT_OK)
 		r = fail(a, db_commit(a->db));
-	else
+	if (r != 0 || *fatal != OUT_OK)
 		db_rollback(a->db);
+	held_drop(&a->held);
 	return r;
 }
 
