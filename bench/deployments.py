@@ -3,7 +3,7 @@
 
     python3 bench/deployments.py [BUILDDIR]        (default: $BUILDDIR, else build/)
     DURATION=4 CONCURRENCY=1,4,8,16 RUNS=200 python3 bench/deployments.py build
-    BENCH_PARTS=1 python3 bench/deployments.py build     (part 1 only)
+    BENCH_PARTS=1 python3 bench/deployments.py build     (parts 1 and 1b only)
     BENCH_DEPLOYMENTS=fastcgi BENCH_RATE_LIMITS=off ...  (some deployments; no rate limits)
 
 In one run, on this machine, against the same PostgreSQL and Apache:
@@ -12,6 +12,8 @@ In one run, on this machine, against the same PostgreSQL and Apache:
      (a fresh record each run) and the minimal C webhook limit.cgi from
      ../shared/bench/floor (read, HMAC, json-c, connect, one INSERT, answer),
      each timed from spawn to exit; medians and the ratio to limit.cgi.
+     1b. The same with every program connecting through PgBouncer, where no
+     backend starts: what is left of the wall-time ratio without that.
   2. Through Apache (event MPM) with wrk, at each concurrency: events/s and
      p50/p99 for webhook.cgi and usage.cgi POST, deployed as
        cgi        mod_cgid, a new process and PostgreSQL connection a request
@@ -128,12 +130,14 @@ def spawn(prog, env, body):
     return out, ru.ru_utime + ru.ru_stime
 
 
-def per_invocation(st, floor_cgi):
+def per_invocation(st, floor_cgi, title="1. Plain CGI per invocation, piped, interleaved"):
     progs = [("webhook.cgi", os.path.join(st.cgi_bin, "webhook.cgi")),
              ("usage.cgi POST", os.path.join(st.cgi_bin, "usage.cgi"))]
     if floor_cgi:
         progs.append(("floor limit.cgi", floor_cgi))
-    pg = {"PGHOST": st.pg_run, "PGPORT": str(st.pg_port), "PGUSER": "billing", "PGDATABASE": "floor",
+    # The floor connects where the programs do: PostgreSQL, or PgBouncer.
+    pgh, pgp = (st.pgb_run, st.pgb_port) if st.want_pgbouncer else (st.pg_run, st.pg_port)
+    pg = {"PGHOST": pgh, "PGPORT": str(pgp), "PGUSER": "billing", "PGDATABASE": "floor",
           "STRIPE_WEBHOOK_SECRET": SECRET}
     times = {name: [] for name, _ in progs}
     cpu = {name: [] for name, _ in progs}
@@ -156,9 +160,12 @@ def per_invocation(st, floor_cgi):
                 times[name].append(dt)
                 cpu[name].append(used)
                 bad[name] += not out.startswith(b"Status: 200")
-    print(f"\n## 1. Plain CGI per invocation, piped, interleaved ({RUNS} runs each)")
-    print("wall: spawn to exit (includes PostgreSQL forking a backend); CPU: the program's own")
-    print("user + system time (getrusage of the child), which other load on the machine does not inflate.")
+    print(f"\n## {title} ({RUNS} runs each)")
+    if st.want_pgbouncer:
+        print("Every program connects through PgBouncer: no backend starts, its catalog caches are warm.")
+    else:
+        print("wall: spawn to exit (includes PostgreSQL forking a backend); CPU: the program's own")
+        print("user + system time (getrusage of the child), which other load on the machine does not inflate.")
     print("| program | wall median ms | wall p90 ms | x floor | CPU median ms | x floor |")
     print("|---|---|---|---|---|---|")
     floor = "floor limit.cgi"
@@ -310,6 +317,8 @@ def main():
     only = os.environ.get("BENCH_DEPLOYMENTS")
     if only:
         deployments = [d for d in deployments if d[0] in only.split(",")]
+    if ONLY_PER_INVOCATION:
+        deployments = [d for d in deployments if d[0] != "fastcgi"]
     node = None
     try:
         results = {}
@@ -325,8 +334,12 @@ def main():
                 st.psql(FLOOR_SQL, url=st.database_url.replace("/billing?", "/floor?", 1))
                 if name == "cgi":
                     per_invocation(st, floor_dir and os.path.join(floor_dir, "limit.cgi"))
-                    if ONLY_PER_INVOCATION:
-                        return
+                if name == "cgi+pgb":
+                    # Where the wall time of part 1 goes: the same, with warm backends.
+                    per_invocation(st, floor_dir and os.path.join(floor_dir, "limit.cgi"),
+                                   "1b. The same through PgBouncer")
+                if ONLY_PER_INVOCATION:
+                    continue
                 if not results:
                     print(f"\n## 2. Through Apache (wrk; events/s or requests/s, latency in ms)")
                     print("| deployment | c | per s | p50 ms | p99 ms | notes |")
