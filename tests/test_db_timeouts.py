@@ -93,20 +93,33 @@ def test_lock_timeout(st):
          "the redelivery after the lock is gone is applied")
 
 
-def test_fastcgi_first_prepare(st):
-    """A FastCGI process prepares a statement the first time it runs it; the
-    Prepare, which locks the tables the statement names, waits no longer
-    than DB_LOCK_TIMEOUT_MS either."""
+def first_event_while_locked(st, lock_sql, n):
+    """A fresh FastCGI webhook.cgi (DB_LOCK_TIMEOUT_MS 300) gets event n as
+    its first request while another session holds lock_sql:
+    (the process, the answer, seconds taken)."""
     prog = os.path.join(st.cgi_bin, "webhook.cgi")
     env = process_env(st, prog)
     env["DB_LOCK_TIMEOUT_MS"] = "300"
     proc = FcgiProcess(prog, env)
     try:
-        h = Holder(st, "LOCK TABLE billing_events IN ACCESS EXCLUSIVE MODE")
+        h = Holder(st, lock_sql)
         try:
-            r, took = timed(lambda: hook(st, proc, signed_event(920001)))
+            r, took = timed(lambda: hook(st, proc, signed_event(n)))
         finally:
             h.release()
+    except BaseException:
+        proc.cleanup()
+        raise
+    return proc, r, took
+
+
+def test_fastcgi_first_prepare(st):
+    """A FastCGI process prepares a statement the first time it runs it; the
+    Prepare, which locks the tables the statement names, waits no longer
+    than DB_LOCK_TIMEOUT_MS either."""
+    proc, r, took = first_event_while_locked(
+        st, "LOCK TABLE billing_events IN ACCESS EXCLUSIVE MODE", 920001)
+    try:
         t.ok(r is not None and r.status == 503 and took < 4,
              "FastCGI, table locked while its first statement is prepared: 503 after"
              " DB_LOCK_TIMEOUT_MS", f"{r and r.status} after {took:.1f}s")
@@ -122,16 +135,9 @@ def test_fastcgi_lock_batch(st):
     trip, each prepared in that pipeline the first time: when the lock
     times out, the read's Prepare never ran, and the process prepares it
     with the redelivery instead of assuming the server has it."""
-    prog = os.path.join(st.cgi_bin, "webhook.cgi")
-    env = process_env(st, prog)
-    env["DB_LOCK_TIMEOUT_MS"] = "300"
-    proc = FcgiProcess(prog, env)
+    proc, r, took = first_event_while_locked(
+        st, "SELECT pg_advisory_xact_lock(hashtext('sub_soak_920101'))", 920101)
     try:
-        h = Holder(st, "SELECT pg_advisory_xact_lock(hashtext('sub_soak_920101'))")
-        try:
-            r, took = timed(lambda: hook(st, proc, signed_event(920101)))
-        finally:
-            h.release()
         t.ok(r is not None and r.status == 503 and took < 4,
              "FastCGI, the subscription locked elsewhere: 503 after DB_LOCK_TIMEOUT_MS",
              f"{r and r.status} after {took:.1f}s")
