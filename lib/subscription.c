@@ -57,6 +57,7 @@ struct apply {
 		const char *sql;	/* a literal */
 		int nparams;
 		char **params;		/* copies */
+		const char *applied;	/* the status to log once it has run */
 	} held;
 };
 
@@ -279,7 +280,7 @@ held_keep(struct apply *a, const char *sql, int nparams, const char *const *para
 static int
 query_batch(struct apply *a, int n, const struct db_statement *st, struct db_rows **rows)
 {
-	struct db_statement all[LIMIT_DB_BATCH];
+	struct db_statement all[LIMIT_DB_BATCH] = { { NULL, 0, NULL } };
 	struct db_rows *got[LIMIT_DB_BATCH] = { NULL };
 	int k = a->held.sql != NULL, i, r;
 
@@ -293,6 +294,8 @@ query_batch(struct apply *a, int n, const struct db_statement *st, struct db_row
 	for (i = 0; i < n; i++)
 		all[k + i] = st[i];
 	r = fail(a, db_exec_batch(a->db, k + n, all, got));
+	if (r == 0 && k && a->held.applied != NULL)
+		log_note("applied", a->held.applied);
 	held_drop(&a->held);
 	db_rows_free(k ? got[0] : NULL);
 	for (i = 0; i < n; i++)
@@ -319,14 +322,27 @@ query(struct apply *a, struct db_rows **rows, const char *sql, int nparams,
 	    (const char *const[]){ __VA_ARGS__ })
 
 /* Serialises all work on one subscription until the transaction ends. */
-static const char sql_lock_subscription[] = "SELECT pg_advisory_xact_lock(hashtext($1))";
+#define LOCK_SUBSCRIPTION "SELECT pg_advisory_xact_lock(hashtext($1))"
+static const char sql_lock_subscription[] = LOCK_SUBSCRIPTION;
 /*
  * The subscriptions row, under that lock: a statement of its own after the
  * lock's, so that its snapshot shows what the lock's last holder wrote.
  */
-static const char sql_read_row[] =
-    "SELECT status, tier, billing_interval, extract(epoch FROM last_event_created)::bigint"
-    " FROM subscriptions WHERE stripe_subscription_id = $1 FOR UPDATE";
+#define READ_ROW \
+    "SELECT status, tier, billing_interval, extract(epoch FROM last_event_created)::bigint" \
+    " FROM subscriptions WHERE stripe_subscription_id = $1"
+static const char sql_read_row[] = READ_ROW " FOR UPDATE";
+/*
+ * The same two when this transaction has recorded event $2 (its row's
+ * xmin is ours), and nothing otherwise: a duplicate delivery, sent with
+ * the INSERT that finds it recorded, waits on no lock another transaction
+ * holds (self-service holds it across its calls to Stripe).
+ */
+#define RECORDED_HERE \
+    " EXISTS (SELECT FROM billing_events WHERE stripe_event_id = $2" \
+    " AND xmin = pg_current_xact_id()::xid)"
+static const char sql_lock_if_recorded[] = LOCK_SUBSCRIPTION " WHERE" RECORDED_HERE;
+static const char sql_read_row_if_recorded[] = READ_ROW " AND" RECORDED_HERE " FOR UPDATE";
 
 static enum sync_mode
 default_mode(void)
@@ -457,18 +473,14 @@ paths_json(struct json_object *paths)
 }
 
 /*
- * The billing_events row, first thing in the transaction.  Sets
- * a->duplicate when the event was already recorded.
- */
-/*
  * The event's INSERT with its 12 parameters, and in event mode the lock
- * and the read of its subscription (a->early) in the same round trip.
- * 0 and the INSERT's *rows, or a db_result.
+ * and the read of its subscription (a->early) in the same round trip,
+ * when the INSERT recorded it.  0 and the INSERT's *rows, or a db_result.
  */
 static int
 insert_event(struct apply *a, const char *const *params, struct db_rows **rows)
 {
-	const char *early[] = { a->early };
+	const char *early[] = { a->early, params[0] };
 	const struct db_statement st[] = {
 		{ "INSERT INTO billing_events (stripe_event_id, event_type, stripe_subscription_id,"
 		  " stripe_customer_id, amount, currency, status, attempt_count, occurred_at,"
@@ -479,8 +491,8 @@ insert_event(struct apply *a, const char *const *params, struct db_rows **rows)
 		  " THEN ARRAY(SELECT jsonb_array_elements_text($11::jsonb)) END,"
 		  " coalesce($12, 'webhook'))"
 		  " ON CONFLICT (stripe_event_id) DO NOTHING RETURNING id", 12, params },
-		{ sql_lock_subscription, 1, early },
-		{ sql_read_row, 1, early },
+		{ sql_lock_if_recorded, 2, early },
+		{ sql_read_row_if_recorded, 2, early },
 	};
 	struct db_rows *got[3] = { NULL, NULL, NULL };
 	int r;
@@ -489,10 +501,14 @@ insert_event(struct apply *a, const char *const *params, struct db_rows **rows)
 	*rows = got[0];
 	db_rows_free(got[1]);
 	a->row_read = got[2];
-	a->early_locked = r == 0 && a->early != NULL;
+	a->early_locked = r == 0 && a->early != NULL && db_rows_count(*rows) > 0;
 	return r;
 }
 
+/*
+ * The billing_events row, first thing in the transaction.  Sets
+ * a->duplicate when the event was already recorded.
+ */
 static int
 record_event(struct apply *a)
 {
@@ -842,7 +858,9 @@ store_subscription(struct apply *a, struct json_object *sub, int force, int dele
 	    pps, ppe, cape ? "true" : "false", UNIXTIME(a, sub, where, "canceled_at", ca), ended,
 	    reason, created, ev->id,
 	    column_int(a, sub, where, "items.data.0.quantity", 0, INT64_MAX, qty, sizeof(qty)) });
-	if (r == 0)
+	if (r == 0 && a->held.sql != NULL)
+		a->held.applied = status;	/* logged when it has run */
+	else if (r == 0)
 		log_note("applied", status);
 	if (r == 0 && user != NULL && status_live(status))
 		r = check_second_subscription(a, user, id, customer);

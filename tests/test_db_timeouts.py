@@ -93,6 +93,25 @@ def test_lock_timeout(st):
          "the redelivery after the lock is gone is applied")
 
 
+def test_duplicate_while_locked(st):
+    """A redelivery of a recorded event waits on no lock: not even on its
+    subscription's, which another transaction may hold for seconds (the
+    self-service endpoints hold it across their calls to Stripe)."""
+    ev = event("customer.subscription.updated", id="evt_dup_locked")
+    ev["data"]["object"]["id"] = "sub_dup_locked"
+    r = deliver(st, ev)
+    t.ok(r.status == 200 and "applied=" in r.stderr,
+         "an event applied: its log line says so", r.stderr[-300:])
+    h = Holder(st, "SELECT pg_advisory_xact_lock(hashtext('sub_dup_locked'))")
+    try:
+        r, took = timed(lambda: deliver(st, ev, env={"DB_LOCK_TIMEOUT_MS": "2000"}))
+    finally:
+        h.release()
+    t.ok(r is not None and r.status == 200 and r.json().get("duplicate") is True and took < 1.5,
+         "its redelivery while the subscription is locked elsewhere: 200 duplicate at once",
+         f"{r and r.status} {r and r.body[:200]!r} after {took:.1f}s")
+
+
 def first_event_while_locked(st, lock_sql, n):
     """A fresh FastCGI webhook.cgi (DB_LOCK_TIMEOUT_MS 300) gets event n as
     its first request while another session holds lock_sql:
@@ -286,7 +305,8 @@ pidfile = {d}/pgbouncer.pid
 def main():
     with t.guard("timeouts stack"), Stack(settings=dict(SETTINGS, STRIPE_SYNC_MODE="event")) as st:
         for fn in (test_lock_timeout, test_fastcgi_first_prepare, test_fastcgi_lock_batch,
-                   test_default_lock_timeout, test_statement_timeout,
+                   test_duplicate_while_locked, test_default_lock_timeout,
+                   test_statement_timeout,
                    test_idle_in_transaction, test_checkout_holds_no_transaction,
                    test_bad_setting, test_pgbouncer):
             t.run(fn, st)

@@ -185,6 +185,7 @@ def test_refused_by_database(st):
              "billing_events row with processed_at NULL and the payload")
         t.eq(sub_row(st, "sub_refused"), None, "nothing applied")
         t.ok("recorded without being applied" in r.stderr, "logged", r.stderr)
+        t.ok(" applied=" not in r.stderr, "and not logged as applied", r.stderr)
         check_redelivery(st, ev, "refused")
     finally:
         st.psql("ALTER TABLE subscriptions DROP CONSTRAINT test_no_xxx")
