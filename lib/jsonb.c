@@ -122,25 +122,51 @@ set_key(struct frame *f, const char *s, size_t n)
 	f->key[n] = '\0';
 }
 
+/*
+ * The body of the string whose opening quote precedes s: its length up to
+ * the closing quote (left when there is none: an unterminated string is
+ * copied for the parser to refuse), and in *bad whether it holds an escape
+ * jsonb refuses.
+ */
+static size_t
+string_body(const char *s, size_t left, int *bad)
+{
+	size_t n = 0, skip, k;
+
+	while (n < left && s[n] != '"')
+		n += s[n] == '\\' ? (n + 1 < left ? 2 : 1) : 1;
+	if (n > left)
+		n = left;
+	*bad = 0;
+	for (k = 0; k < n; k += skip)
+		if (s[k] == '\\')
+			*bad |= bad_escape(s + k, n - k, &skip) != 0;
+		else
+			skip = 1;
+	return n;
+}
+
+/* The length of the number token at s (at most left characters). */
+static size_t
+number_len(const char *s, size_t left)
+{
+	size_t n = 0;
+
+	while (n < left && strchr("0123456789+-.eE", s[n]) != NULL && s[n] != '\0')
+		n++;
+	return n;
+}
+
 /* A string token starting at sc->pos ('"'). */
 static void
 scan_string(struct scan *sc)
 {
 	const char *s = sc->in + sc->pos + 1;
-	size_t n = 0, left = sc->len - sc->pos - 1, skip, k;
+	size_t left = sc->len - sc->pos - 1, skip, k, n;
 	struct frame *top = sc->depth > 0 ? &sc->frames[sc->depth - 1] : NULL;
-	int is_key = top != NULL && top->kind == '{' && top->expect_key, bad = 0;
+	int is_key = top != NULL && top->kind == '{' && top->expect_key, bad;
 
-	/* Find the closing quote; an unterminated string is copied for the parser to refuse. */
-	while (n < left && s[n] != '"')
-		n += s[n] == '\\' ? (n + 1 < left ? 2 : 1) : 1;
-	if (n > left)
-		n = left;
-	for (k = 0; k < n; k += skip)
-		if (s[k] == '\\')
-			bad |= bad_escape(s + k, n - k, &skip) != 0;
-		else
-			skip = 1;
+	n = string_body(s, left, &bad);
 	if (is_key)
 		set_key(top, s, n);
 	if (!bad) {
@@ -172,12 +198,10 @@ scan_number(struct scan *sc)
 {
 	const char *s = sc->in + sc->pos;
 	char tok[LIMIT_JSONB_NUMBER_LEN + 1];
-	size_t n = 0;
+	size_t n = number_len(s, sc->len - sc->pos);
 	double d;
 	int bad;
 
-	while (sc->pos + n < sc->len && strchr("0123456789+-.eE", s[n]) != NULL && s[n] != '\0')
-		n++;
 	bad = n > LIMIT_JSONB_NUMBER_LEN;
 	if (!bad) {
 		memcpy(tok, s, n);
@@ -205,24 +229,15 @@ scan_number(struct scan *sc)
 static int
 fits_as_is(const char *text, size_t len)
 {
-	size_t i = 0, n, k, skip;
-	int depth = 0;
+	size_t i = 0, n;
+	int depth = 0, bad;
 
 	while (i < len) {
-		const char *s = text + i + 1;
-		size_t left = len - i - 1;
-
 		switch (text[i]) {
-		case '"':	/* the string's end as scan_string finds it */
-			for (n = 0; n < left && s[n] != '"'; n += s[n] == '\\' ? 2 : 1)
-				;
-			if (n > left)
-				n = left;
-			for (k = 0; k < n; k += skip)
-				if (s[k] != '\\')
-					skip = 1;
-				else if (bad_escape(s + k, n - k, &skip) != 0)
-					return 0;
+		case '"':
+			n = string_body(text + i + 1, len - i - 1, &bad);
+			if (bad)
+				return 0;
 			i += n + 2;
 			continue;
 		case '{':
@@ -237,11 +252,10 @@ fits_as_is(const char *text, size_t len)
 		case '-':
 		case '0': case '1': case '2': case '3': case '4':
 		case '5': case '6': case '7': case '8': case '9':
-			for (n = 0; i + n < len && strchr("0123456789+-.eE", text[i + n]) != NULL &&
-			    text[i + n] != '\0'; n++)
-				if (text[i + n] == 'e' || text[i + n] == 'E' ||
-				    n >= LIMIT_JSONB_NUMBER_LEN)
-					return 0;
+			n = number_len(text + i, len - i);
+			if (n > LIMIT_JSONB_NUMBER_LEN || memchr(text + i, 'e', n) != NULL ||
+			    memchr(text + i, 'E', n) != NULL)
+				return 0;
 			i += n;
 			continue;
 		default:
