@@ -83,11 +83,13 @@ void db_release(struct db **db);
 enum db_result db_exec(struct db *db, struct db_rows **rows, const char *sql,
     int nparams, const char *const *params) __attribute__((warn_unused_result));
 
+/* The parameters listed inline as (nparams, params): DB_PARAMS(p1, p2). */
+#define DB_PARAMS(...)                                                          \
+	(int)(sizeof((const char *[]){ __VA_ARGS__ }) / sizeof(const char *)),  \
+	    (const char *const[]){ __VA_ARGS__ }
+
 /* db_exec with the parameters listed inline: DB_QUERY(db, &rows, sql, p1, p2). */
-#define DB_QUERY(db, rows, sql, ...)                                            \
-	db_exec((db), (rows), (sql),                                            \
-	    (int)(sizeof((const char *[]){ __VA_ARGS__ }) / sizeof(const char *)), \
-	    (const char *const[]){ __VA_ARGS__ })
+#define DB_QUERY(db, rows, sql, ...) db_exec((db), (rows), (sql), DB_PARAMS(__VA_ARGS__))
 
 /* One statement of db_exec_batch or db_exec_parallel: sql with nparams text parameters. */
 struct db_statement {

@@ -43,7 +43,6 @@ struct apply {
 	 * another's result.  row_read is that row until read_row takes it.
 	 */
 	const char *early;
-	int early_locked;
 	struct db_rows *row_read;
 	/*
 	 * In event mode, the subscriptions upsert is held back (hold_store)
@@ -316,10 +315,7 @@ query(struct apply *a, struct db_rows **rows, const char *sql, int nparams,
 }
 
 /* Runs sql with the parameters listed; on failure returns the db_result (non-zero). */
-#define Q(a, rows, sql, ...)                                                    \
-	query((a), (rows), (sql),                                               \
-	    (int)(sizeof((const char *[]){ __VA_ARGS__ }) / sizeof(const char *)), \
-	    (const char *const[]){ __VA_ARGS__ })
+#define Q(a, rows, sql, ...) query((a), (rows), (sql), DB_PARAMS(__VA_ARGS__))
 
 /* Serialises all work on one subscription until the transaction ends. */
 #define LOCK_SUBSCRIPTION "SELECT pg_advisory_xact_lock(hashtext($1))"
@@ -501,7 +497,6 @@ insert_event(struct apply *a, const char *const *params, struct db_rows **rows)
 	*rows = got[0];
 	db_rows_free(got[1]);
 	a->row_read = got[2];
-	a->early_locked = r == 0 && a->early != NULL && db_rows_count(*rows) > 0;
 	return r;
 }
 
@@ -912,7 +907,8 @@ apply_subscription_event(struct apply *a, enum outcome *fatal)
 		a->ignored = 1;
 		return 0;
 	}
-	if (!a->early_locked && (r = lock_subscription(a, sub)) != 0)
+	/* In event mode record_event took the lock with the event's INSERT. */
+	if (a->early == NULL && (r = lock_subscription(a, sub)) != 0)
 		return r;
 	if (a->mode == SYNC_REFETCH &&
 	    ((r = refetch(a, sub, NULL, &stored, fatal)) != 0 || *fatal != OUT_OK))
@@ -1151,25 +1147,26 @@ customer_owner(struct apply *a, const char *customer)
 }
 
 /*
- * Sets the event row's owner and left-out paths, learnt while applying,
- * and commits: one round trip.  0 or a db_result (rolled back).
+ * Commits, in one round trip with what is still to write: the held-back
+ * upsert, and the event row's owner and left-out paths learnt while
+ * applying.  0 or a db_result.
  */
 static int
-commit_with_event_row(struct apply *a)
+commit(struct apply *a)
 {
 	const char *params[] = { a->event_row, a->user_id, paths_json(a->left_out) };
-	const struct db_statement st[] = {
-		{ "UPDATE billing_events SET user_id = coalesce(user_id, $2),"
-		  " left_out = CASE WHEN $3::jsonb IS NULL THEN left_out ELSE coalesce(left_out,"
-		  " '{}') || ARRAY(SELECT jsonb_array_elements_text($3::jsonb)) END"
-		  " WHERE id = $1::bigint", 3, params },
-		{ "COMMIT", 0, NULL },
-	};
-	int r = query_batch(a, 2, st, NULL);
+	struct db_statement st[2];
+	int n = 0;
 
-	if (r != 0)
-		db_rollback(a->db);
-	return r;
+	/* (A duplicate has no event_row: nothing of it to complete.) */
+	if (a->event_row != NULL && (a->user_id || a->left_out))
+		st[n++] = (struct db_statement){
+		    "UPDATE billing_events SET user_id = coalesce(user_id, $2),"
+		    " left_out = CASE WHEN $3::jsonb IS NULL THEN left_out ELSE coalesce(left_out,"
+		    " '{}') || ARRAY(SELECT jsonb_array_elements_text($3::jsonb)) END"
+		    " WHERE id = $1::bigint", 3, params };
+	st[n++] = (struct db_statement){ "COMMIT", 0, NULL };
+	return query_batch(a, n, st, NULL);
 }
 
 /* One transaction; 0 or a db_result, with *fatal set for non-database failures. */
@@ -1208,13 +1205,9 @@ apply_once(struct apply *a, enum outcome *fatal)
 		log_msg("event %s: value(s) beyond their column's range left out: %s", ev->id,
 		    json_object_to_json_string_ext(a->left_out,
 		    JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
-	if (r == 0 && *fatal == OUT_OK && (a->user_id || a->left_out))
-		return commit_with_event_row(a);
 out:
-	if (r == 0 && *fatal == OUT_OK && a->held.sql != NULL)
-		r = query_batch(a, 1, (const struct db_statement[]){ { "COMMIT", 0, NULL } }, NULL);
-	else if (r == 0 && *fatal == OUT_OK)
-		r = fail(a, db_commit(a->db));
+	if (r == 0 && *fatal == OUT_OK)
+		r = commit(a);
 	if (r != 0 || *fatal != OUT_OK)
 		db_rollback(a->db);
 	held_drop(&a->held);
