@@ -974,8 +974,23 @@ CREATE TABLE IF NOT EXISTS mrr_monthly (
 	PRIMARY KEY (currency, month, slot)
 );
 
--- What one ledger row adds to mrr_monthly (no row for a row without a
--- currency): the one place that says which sum and count a row belongs to.
+-- Whether a ledger row adds anything to mrr_monthly: it needs a currency,
+-- and then a movement of MRR (every kind is counted) or a trial that starts
+-- or ends.  Any other status change (incomplete, then active before an
+-- amount is known, say) adds only zeros: the trigger below is not called for
+-- it, so it locks no counter row, and mrr_monthly_rows gives no row for it,
+-- so a recomputation has no all-zero rows either.
+CREATE OR REPLACE FUNCTION mrr_monthly_counts(p_currency text, p_kind text,
+	p_status_before text, p_status text)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+	SELECT p_currency IS NOT NULL
+	       AND (p_kind IS NOT NULL
+		    OR (p_status IS NOT DISTINCT FROM 'trialing')
+		       <> (p_status_before IS NOT DISTINCT FROM 'trialing'))
+$fn$;
+
+-- What one ledger row adds to mrr_monthly (no row when it adds nothing, see
+-- above): the one place that says which sum and count a row belongs to.
 -- SETOF so that the planner inlines it into its callers like a view: a
 -- scalar SQL function in FROM is planned anew at every call, which cost the
 -- ledger trigger more than its upsert.  (Its first version, mrr_monthly_of,
@@ -1000,7 +1015,7 @@ RETURNS SETOF mrr_monthly LANGUAGE sql IMMUTABLE AS $fn$
 	       ((m.status_before = 'trialing' AND m.status IS DISTINCT FROM 'trialing') IS TRUE)::integer,
 	       ((m.status_before = 'trialing' AND m.status IN ('active', 'past_due')
 		 AND m.amount > 0) IS TRUE)::integer
-	WHERE m.currency IS NOT NULL
+	WHERE mrr_monthly_counts(m.currency, m.kind, m.status_before, m.status)
 $fn$;
 
 -- Adds a new ledger row to mrr_monthly (row trigger: a statement trigger's
@@ -1068,7 +1083,15 @@ $fn$;
 DROP TRIGGER IF EXISTS mrr_movements_monthly_insert ON mrr_movements;	-- was per statement
 CREATE OR REPLACE TRIGGER mrr_movements_monthly_row
 	AFTER INSERT ON mrr_movements
-	FOR EACH ROW EXECUTE FUNCTION mrr_monthly_add();
+	FOR EACH ROW
+	WHEN (mrr_monthly_counts(NEW.currency, NEW.kind, NEW.status_before, NEW.status))
+	EXECUTE FUNCTION mrr_monthly_add();
+-- Upgrade: the all-zero rows that status changes used to add.
+DELETE FROM mrr_monthly
+WHERE net = 0 AND new_mrr = 0 AND expansion_mrr = 0 AND contraction_mrr = 0
+  AND churned_mrr = 0 AND reactivation_mrr = 0 AND new_customers = 0
+  AND reactivated_customers = 0 AND churned_customers = 0 AND upgrades = 0
+  AND downgrades = 0 AND trials_started = 0 AND trials_ended = 0 AND trials_converted = 0;
 CREATE OR REPLACE TRIGGER mrr_movements_monthly_change
 	AFTER UPDATE OR DELETE ON mrr_movements
 	FOR EACH STATEMENT EXECUTE FUNCTION mrr_monthly_resync();

@@ -647,6 +647,27 @@ def test_other_writers(t, st):
                        " HAVING sum(delta) <> 0"))
     t.eq(led, mrr, "ledger and subscriptions still agree")
 
+    # A status change that moves no MRR and no trial writes a ledger row
+    # but adds nothing to mrr_monthly: no row there, not even all zeros.
+    month = "date_trunc('month', now() AT TIME ZONE 'UTC')::date"
+    cells = (f"SELECT count(*) FROM mrr_monthly WHERE currency = 'nok' AND month = {month}")
+    st.psql("INSERT INTO subscriptions (stripe_customer_id, stripe_subscription_id, tier, status,"
+            " billing_interval, unit_amount, currency, quantity) VALUES"
+            " ('cus_quiet', 'sub_quiet', 'pro', 'incomplete', 'monthly', 900, 'nok', 1)")
+    st.psql("UPDATE subscriptions SET status = 'incomplete_expired'"
+            " WHERE stripe_subscription_id = 'sub_quiet'")
+    t.eq([st.psql_one("SELECT count(*) FROM mrr_movements WHERE stripe_subscription_id = 'sub_quiet'"),
+          st.psql_one(cells)], ["2", "0"],
+         "status changes without MRR or a trial: two ledger rows, no mrr_monthly row")
+    st.psql("UPDATE subscriptions SET status = 'trialing' WHERE stripe_subscription_id = 'sub_quiet'")
+    t.eq(st.psql(f"SELECT sum(net), sum(trials_started) FROM mrr_monthly"
+                 f" WHERE currency = 'nok' AND month = {month}"), [["0", "1"]],
+         "a trial that starts is counted in mrr_monthly")
+    st.psql("DELETE FROM subscriptions WHERE stripe_subscription_id = 'sub_quiet'")
+    sums = st.psql(MONTHLY_SUMS)
+    st.psql("SELECT mrr_monthly_refresh()")
+    t.eq(st.psql(MONTHLY_SUMS), sums, "recomputed monthly sums still equal the live ones")
+
 
 def test_concurrent_customer(t, st):
     """Two subscriptions of one customer changing at once chain customer_amount."""
