@@ -979,14 +979,18 @@ CREATE TABLE IF NOT EXISTS mrr_monthly (
 -- or ends.  Any other status change (incomplete, then active before an
 -- amount is known, say) adds only zeros: the trigger below is not called for
 -- it, so it locks no counter row, and mrr_monthly_rows gives no row for it,
--- so a recomputation has no all-zero rows either.
+-- so a recomputation has no all-zero rows either.  PL/pgSQL because a
+-- trigger's WHEN is planned again for every statement that fires it, and
+-- the planner would inline a SQL function there, parsing its body each time.
 CREATE OR REPLACE FUNCTION mrr_monthly_counts(p_currency text, p_kind text,
 	p_status_before text, p_status text)
-RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
-	SELECT p_currency IS NOT NULL
+RETURNS boolean LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $fn$
+BEGIN
+	RETURN p_currency IS NOT NULL
 	       AND (p_kind IS NOT NULL
 		    OR (p_status IS NOT DISTINCT FROM 'trialing')
-		       <> (p_status_before IS NOT DISTINCT FROM 'trialing'))
+		       <> (p_status_before IS NOT DISTINCT FROM 'trialing'));
+END
 $fn$;
 
 -- What one ledger row adds to mrr_monthly (no row when it adds nothing, see
@@ -1785,9 +1789,14 @@ CREATE UNIQUE INDEX IF NOT EXISTS usage_closed_months_key
 	ON usage_closed_months (month, usage_type, tier) NULLS NOT DISTINCT;
 
 -- Whether the UTC month starting p_month ended more than an hour ago.
+-- PL/pgSQL, like mrr_monthly_counts: the triggers below call it in their
+-- WHEN clauses, where a SQL function would be inlined, its body parsed,
+-- twice per usage POST that adds to a counter.
 CREATE OR REPLACE FUNCTION usage_month_closed(p_month date)
-RETURNS boolean LANGUAGE sql STABLE PARALLEL SAFE AS $fn$
-	SELECT p_month < usage_period_start(now() - interval '1 hour')
+RETURNS boolean LANGUAGE plpgsql STABLE PARALLEL SAFE AS $fn$
+BEGIN
+	RETURN p_month < usage_period_start(now() - interval '1 hour');
+END
 $fn$;
 
 -- Fillers and forgetters of one month are serialised by this lock key.
