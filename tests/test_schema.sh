@@ -267,6 +267,22 @@ else
 	diag <"$tmp/apply.log"
 fi
 
+# Upgrade path: a check as older versions wrote it (inline) is replaced by
+# its predicate; re-applying then leaves every check as it is.
+run "ALTER TABLE subscriptions DROP CONSTRAINT subscriptions_tier_check,
+     ADD CONSTRAINT subscriptions_tier_check CHECK (tier IN ('free', 'basic', 'pro', 'enterprise'))"
+checks="SELECT string_agg(conname || ' ' || oid || ' ' || pg_get_constraintdef(oid), '; ' ORDER BY conname)
+	FROM pg_constraint WHERE contype = 'c'"
+if apply "$SCHEMA_SQL" && before=$(q -c "$checks") && apply "$SCHEMA_SQL"; then
+	is "re-apply replaces an inline check by its predicate" \
+		"SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'subscriptions_tier_check'" \
+		"CHECK (billing_tier_ok(tier))"
+	is "re-applying an up-to-date schema replaces no check" "$checks" "$before"
+else
+	fail "re-apply replaces an inline check by its predicate"
+	diag <"$tmp/apply.log"
+fi
+
 # Upgrade path: a notifications outbox from before billing-mailer (no status
 # columns): rows with sent_at become sent, the others pending and due now.
 DB=postgres run "CREATE DATABASE billing_outbox"
