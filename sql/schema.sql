@@ -1354,8 +1354,22 @@ BEGIN
 		TRUNCATE subscription_counts;
 		RETURN NULL;
 	END IF;
-	-- One statement, rows in key order: two transactions moving
-	-- subscriptions between the same cells lock them in the same order.
+	-- A new or a deleted row moves one cell: a one-row upsert (a third of
+	-- the general statement's instructions below).
+	IF TG_OP = 'INSERT' THEN
+		INSERT INTO subscription_counts AS c (tier, status, slot, n)
+		VALUES (NEW.tier, NEW.status, (hashtext(NEW.stripe_subscription_id) & 15)::smallint, 1)
+		ON CONFLICT (tier, status, slot) DO UPDATE SET n = c.n + 1;
+		RETURN NULL;
+	ELSIF TG_OP = 'DELETE' THEN
+		INSERT INTO subscription_counts AS c (tier, status, slot, n)
+		VALUES (OLD.tier, OLD.status, (hashtext(OLD.stripe_subscription_id) & 15)::smallint, -1)
+		ON CONFLICT (tier, status, slot) DO UPDATE SET n = c.n - 1;
+		RETURN NULL;
+	END IF;
+	-- A change moves two cells, in one statement with its rows in key
+	-- order: two transactions moving subscriptions between the same cells
+	-- lock them in the same order.
 	INSERT INTO subscription_counts AS c (tier, status, slot, n)
 	SELECT x.tier, x.status, x.slot, sum(x.n)
 	FROM (SELECT OLD.tier, OLD.status, (hashtext(OLD.stripe_subscription_id) & 15)::smallint, -1
