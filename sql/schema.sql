@@ -13,7 +13,11 @@
 --   * constraints: named, added through pg_temp.ensure_constraint (adds it only
 --                  if no constraint of that name exists on the table).  To change
 --                  one, give the new definition a new name and drop the old one
---                  with ALTER TABLE ... DROP CONSTRAINT IF EXISTS;
+--                  with ALTER TABLE ... DROP CONSTRAINT IF EXISTS.  A CHECK that
+--                  calls a row predicate goes through pg_temp.ensure_check (see
+--                  there); never narrow a predicate's function in place, which
+--                  would check no existing row: write a new function with a new
+--                  name and name it in the ensure_check call;
 --   * indexes:     CREATE [UNIQUE] INDEX IF NOT EXISTS;
 --   * functions and views: CREATE OR REPLACE (a changed return type or a
 --                  removed/renamed view column needs an explicit DROP first);
@@ -52,22 +56,30 @@ END
 $fn$;
 
 -- A CHECK constraint named p_name whose expression is p_check, written as
--- pg_get_constraintdef prints it: added when missing, replaced (and the
--- table checked again) when an older definition is there.
+-- pg_get_constraintdef prints it: added (and the table checked) when
+-- missing; when a constraint of that name says something else, it is
+-- replaced NOT VALID, without a scan of the table under its exclusive lock:
+-- the caller vouches that p_check accepts exactly the rows that the older,
+-- validated definition did (the row predicates below restate the inline
+-- checks of earlier versions).  New rows are checked either way;
+-- ALTER TABLE ... VALIDATE CONSTRAINT checks the old ones later, without
+-- blocking writes.
 CREATE OR REPLACE PROCEDURE pg_temp.ensure_check(p_table regclass, p_name text, p_check text)
 LANGUAGE plpgsql AS $fn$
 DECLARE
 	v_def text;
+	v_valid boolean;
 BEGIN
-	SELECT pg_catalog.pg_get_constraintdef(oid) INTO v_def FROM pg_catalog.pg_constraint
-	WHERE conrelid = p_table AND conname = p_name;
-	IF v_def IS NOT DISTINCT FROM 'CHECK (' || p_check || ')' THEN
+	SELECT pg_catalog.pg_get_constraintdef(oid), convalidated INTO v_def, v_valid
+	FROM pg_catalog.pg_constraint WHERE conrelid = p_table AND conname = p_name;
+	IF v_def IN ('CHECK (' || p_check || ')', 'CHECK (' || p_check || ') NOT VALID') THEN
 		RETURN;
 	END IF;
 	IF v_def IS NOT NULL THEN
 		EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', p_table, p_name);
 	END IF;
-	EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I CHECK (%s)', p_table, p_name, p_check);
+	EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I CHECK (%s)%s', p_table, p_name, p_check,
+		       CASE WHEN v_valid THEN ' NOT VALID' ELSE '' END);
 END
 $fn$;
 
@@ -86,8 +98,8 @@ $fn$;
 -- Vocabulary helpers
 ------------------------------------------------------------------------------
 
--- The five usage types, in display order.  (plan_quotas' CHECK spells the
--- same list out literally so that it is visible in the catalog.)
+-- The five usage types, in display order.  (plan_quotas' CHECK and
+-- billing_usage_type_ok below spell the same list out literally.)
 CREATE OR REPLACE FUNCTION billing_usage_types()
 RETURNS text[] LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
 	SELECT ARRAY['pain_entry', 'mood_entry', 'activity_log', 'export', 'storage']::text[]
@@ -100,7 +112,8 @@ $fn$;
 -- for the literal lists and ranges these checks were, that took a third of
 -- a subscription INSERT's instructions, its triggers included.  A PL/pgSQL
 -- predicate is a short expression to read back and is compiled once per
--- session.  NULL passes, as it does in any CHECK.  The other tables keep
+-- session.  NULL passes, as it does in any CHECK.  A predicate calls
+-- built-in functions only (see billing_usage_type_ok).  The other tables keep
 -- their checks inline.
 CREATE OR REPLACE FUNCTION billing_user_id_ok(p_user_id text)
 RETURNS boolean LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $fn$
@@ -123,10 +136,13 @@ BEGIN
 END
 $fn$;
 
+-- The list of billing_usage_types(), spelt out: a predicate may call only
+-- built-in functions, which resolve under any search_path (pg_dump's
+-- restore loads the rows with an empty one, after the table's checks).
 CREATE OR REPLACE FUNCTION billing_usage_type_ok(p_usage_type text)
 RETURNS boolean LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $fn$
 BEGIN
-	RETURN p_usage_type = ANY (billing_usage_types());
+	RETURN p_usage_type IN ('pain_entry', 'mood_entry', 'activity_log', 'export', 'storage');
 END
 $fn$;
 
@@ -2208,7 +2224,9 @@ $fn$;
 -- Upgrade: counters created on a database with rows get filled once.
 DO $$
 BEGIN
-	IF NOT EXISTS (SELECT 1 FROM mrr_monthly) AND EXISTS (SELECT 1 FROM mrr_movements) THEN
+	IF NOT EXISTS (SELECT 1 FROM mrr_monthly)
+	   AND EXISTS (SELECT 1 FROM mrr_movements m
+		       WHERE mrr_monthly_counts(m.currency, m.kind, m.status_before, m.status)) THEN
 		PERFORM mrr_monthly_refresh();
 	END IF;
 	IF NOT EXISTS (SELECT 1 FROM subscription_counts) AND EXISTS (SELECT 1 FROM subscriptions) THEN

@@ -268,18 +268,41 @@ else
 fi
 
 # Upgrade path: a check as older versions wrote it (inline) is replaced by
-# its predicate; re-applying then leaves every check as it is.
+# its predicate, NOT VALID (no scan under the table's lock; the old check
+# was validated); re-applying then leaves every check as it is, and
+# VALIDATE CONSTRAINT finds the rows good.
 run "ALTER TABLE subscriptions DROP CONSTRAINT subscriptions_tier_check,
      ADD CONSTRAINT subscriptions_tier_check CHECK (tier IN ('free', 'basic', 'pro', 'enterprise'))"
 checks="SELECT string_agg(conname || ' ' || oid || ' ' || pg_get_constraintdef(oid), '; ' ORDER BY conname)
 	FROM pg_constraint WHERE contype = 'c'"
 if apply "$SCHEMA_SQL" && before=$(q -c "$checks") && apply "$SCHEMA_SQL"; then
-	is "re-apply replaces an inline check by its predicate" \
+	is "re-apply replaces an inline check by its predicate, without a scan" \
 		"SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'subscriptions_tier_check'" \
-		"CHECK (billing_tier_ok(tier))"
+		"CHECK (billing_tier_ok(tier)) NOT VALID"
 	is "re-applying an up-to-date schema replaces no check" "$checks" "$before"
+	is "VALIDATE CONSTRAINT then finds every row good" \
+		"ALTER TABLE subscriptions VALIDATE CONSTRAINT subscriptions_tier_check;
+		 SELECT convalidated FROM pg_constraint WHERE conname = 'subscriptions_tier_check'" "t"
+	rejects "the replaced check refuses a bad tier" \
+		"INSERT INTO subscriptions (stripe_subscription_id, tier, status) VALUES ('sub_nv', 'gold', 'active')" \
+		"subscriptions_tier_check"
 else
 	fail "re-apply replaces an inline check by its predicate"
+	diag <"$tmp/apply.log"
+fi
+
+# pg_dump and a restore give back every row: the row checks run while the
+# restore loads the data, under pg_dump's empty search_path.
+counts="SELECT (SELECT count(*) FROM usage_tracking) || ' ' || (SELECT count(*) FROM subscriptions)
+	     || ' ' || (SELECT count(*) FROM billing_events) || ' ' || (SELECT count(*) FROM mrr_movements)"
+if run "SELECT track_usage('u-dump', 'export', 1)" && want=$(q -c "$counts") &&
+	"$PGBIN/pg_dump" -h "$tmp" -U postgres -d billing -f "$tmp/dump.sql" 2>"$tmp/apply.log" &&
+	DB=postgres run "CREATE DATABASE billing_restored" &&
+	"$PSQL" -X -q -v ON_ERROR_STOP=1 -h "$tmp" -U postgres -d billing_restored -f "$tmp/dump.sql" \
+		>"$tmp/apply.log" 2>&1; then
+	DB=billing_restored is "a dump restores every row of the checked tables ($want)" "$counts" "$want"
+else
+	fail "a dump restores every row of the checked tables"
 	diag <"$tmp/apply.log"
 fi
 
