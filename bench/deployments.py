@@ -7,11 +7,13 @@
     BENCH_DEPLOYMENTS=fastcgi BENCH_RATE_LIMITS=off ...  (some deployments; no rate limits)
 
 In one run, on this machine, against the same PostgreSQL and Apache:
-  1. Per-invocation cost of plain CGI, piped (no Apache), interleaved:
+  1. Per-invocation cost of plain CGI, piped (no Apache), interleaved, with
+     PostgreSQL set up as the README recommends (PL/pgSQL preloaded):
      webhook.cgi (event mode, a fresh signed event each run), usage.cgi POST
      (a fresh record each run) and the minimal C webhook limit.cgi from
      ../shared/bench/floor (read, HMAC, json-c, connect, one INSERT, answer),
      each timed from spawn to exit; medians and the ratio to limit.cgi.
+     1a. The same with PostgreSQL restarted without shared_preload_libraries.
      1b. The same with every program connecting through PgBouncer, where no
      backend starts: what is left of the wall-time ratio without that.
   2. Through Apache (event MPM) with wrk, at each concurrency: events/s and
@@ -179,6 +181,26 @@ def per_invocation(st, floor_cgi, title="1. Plain CGI per invocation, piped, int
     sys.stdout.flush()
 
 
+def without_preload(st, run):
+    """run() with PostgreSQL restarted without preloading PL/pgSQL (the
+    harness preloads it, as the README recommends); restored after."""
+    conf = os.path.join(st.pg_data, "postgresql.conf")
+    with open(conf) as f:
+        kept = f.read()
+    # Not ALTER SYSTEM: it would write the empty list as '""', a file name.
+    with open(conf, "a") as f:
+        f.write("\nshared_preload_libraries = ''\n")
+    st.pg_stop()
+    st.pg_start()
+    try:
+        run()
+    finally:
+        with open(conf, "w") as f:
+            f.write(kept)
+        st.pg_stop()
+        st.pg_start()
+
+
 # -- 2. through Apache ------------------------------------------------------------------
 
 def write_requests(path, kind, tag, n):
@@ -334,6 +356,10 @@ def main():
                 st.psql(FLOOR_SQL, url=st.database_url.replace("/billing?", "/floor?", 1))
                 if name == "cgi":
                     per_invocation(st, floor_dir and os.path.join(floor_dir, "limit.cgi"))
+                    # What the README's PostgreSQL setting is worth to plain CGI.
+                    without_preload(st, lambda: per_invocation(
+                        st, floor_dir and os.path.join(floor_dir, "limit.cgi"),
+                        "1a. The same, PostgreSQL without shared_preload_libraries = 'plpgsql'"))
                 if name == "cgi+pgb":
                     # Where the wall time of part 1 goes: the same, with warm backends.
                     per_invocation(st, floor_dir and os.path.join(floor_dir, "limit.cgi"),

@@ -1099,6 +1099,9 @@ shared_buffers = 32MB
 dynamic_shared_memory_type = mmap
 timezone = 'UTC'
 log_timezone = 'UTC'
+# As the README recommends: a CGI starts a backend per request, and every
+# request calls PL/pgSQL; loaded once in the postmaster, not per backend.
+shared_preload_libraries = 'plpgsql'
 logging_collector = off
 log_checkpoints = off
 """)
