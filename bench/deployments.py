@@ -13,7 +13,8 @@ In one run, on this machine, against the same PostgreSQL and Apache:
      (a fresh record each run) and the minimal C webhook limit.cgi from
      ../shared/bench/floor (read, HMAC, json-c, connect, one INSERT, answer),
      each timed from spawn to exit; medians and the ratio to limit.cgi.
-     1a. The same with PostgreSQL restarted without shared_preload_libraries.
+     1a. Interleaved with 1: the same against a copy of the cluster run
+     without shared_preload_libraries.
      1b. The same with every program connecting through PgBouncer, where no
      backend starts: what is left of the wall-time ratio without that.
   2. Through Apache (event MPM) with wrk, at each concurrency: events/s and
@@ -132,73 +133,101 @@ def spawn(prog, env, body):
     return out, ru.ru_utime + ru.ru_stime
 
 
-def per_invocation(st, floor_cgi, title="1. Plain CGI per invocation, piped, interleaved"):
+def per_invocation(st, floor_cgi, title="1. Plain CGI per invocation, piped, interleaved",
+                   servers=None):
+    """Times each program, spawn to exit, and prints a table.  servers:
+    [(title, socket dir)] of PostgreSQL servers on st's port, timed
+    interleaved in one loop, a table each; default [(title, the stack's own
+    server or PgBouncer)]."""
     progs = [("webhook.cgi", os.path.join(st.cgi_bin, "webhook.cgi")),
              ("usage.cgi POST", os.path.join(st.cgi_bin, "usage.cgi"))]
     if floor_cgi:
         progs.append(("floor limit.cgi", floor_cgi))
+    if servers is None:
+        servers = [(title, st.pgb_run if st.want_pgbouncer else st.pg_run)]
     # The floor connects where the programs do: PostgreSQL, or PgBouncer.
-    pgh, pgp = (st.pgb_run, st.pgb_port) if st.want_pgbouncer else (st.pg_run, st.pg_port)
-    pg = {"PGHOST": pgh, "PGPORT": str(pgp), "PGUSER": "billing", "PGDATABASE": "floor",
-          "STRIPE_WEBHOOK_SECRET": SECRET}
-    times = {name: [] for name, _ in progs}
-    cpu = {name: [] for name, _ in progs}
-    bad = {name: 0 for name, _ in progs}
+    port = st.pgb_port if st.want_pgbouncer else st.pg_port
+    keys = [(label, name) for label, _ in servers for name, _ in progs]
+    times = {k: [] for k in keys}
+    cpu = {k: [] for k in keys}
+    bad = {k: 0 for k in keys}
     for i in range(RUNS + 10):
-        for name, prog in progs:
-            if name.startswith("usage"):
-                b = usage_body("piped", i)
-                env = st.cgi_env("usage", body=b, headers={"Authorization": "Bearer " + API_KEY})
-            else:
-                b = event_body("piped" + name[:2], i)
-                env = st.cgi_env("webhook", body=b, headers={"Stripe-Signature": stripe_signature(SECRET, b)})
+        for s_no, (label, host) in enumerate(servers):
+            for name, prog in progs:
+                tag = f"piped{s_no}"
+                if name.startswith("usage"):
+                    b = usage_body(tag, i)
+                    env = st.cgi_env("usage", body=b, headers={"Authorization": "Bearer " + API_KEY})
+                else:
+                    b = event_body(tag + name[:2], i)
+                    env = st.cgi_env("webhook", body=b,
+                                     headers={"Stripe-Signature": stripe_signature(SECRET, b)})
                 if name.startswith("floor"):
                     env = {k: v for k, v in env.items() if not k.startswith(("STRIPE_", "DATABASE"))}
-                    env.update(pg)
-            t0 = time.perf_counter()
-            out, used = spawn(prog, env, b)
-            dt = time.perf_counter() - t0
-            if i >= 10:  # the first runs warm the page cache
-                times[name].append(dt)
-                cpu[name].append(used)
-                bad[name] += not out.startswith(b"Status: 200")
-    print(f"\n## {title} ({RUNS} runs each)")
-    if st.want_pgbouncer:
-        print("Every program connects through PgBouncer: no backend starts, its catalog caches are warm.")
-    else:
-        print("wall: spawn to exit (includes PostgreSQL forking a backend); CPU: the program's own")
-        print("user + system time (getrusage of the child), which other load on the machine does not inflate.")
-    print("| program | wall median ms | wall p90 ms | x floor | CPU median ms | x floor |")
-    print("|---|---|---|---|---|---|")
-    floor = "floor limit.cgi"
-    for name, _ in progs:
-        v, c = sorted(times[name]), cpu[name]
-        med, cmed = statistics.median(v), statistics.median(c)
-        wr = f"{med / statistics.median(times[floor]):.3f}" if floor_cgi else "-"
-        cr = f"{cmed / statistics.median(cpu[floor]):.3f}" if floor_cgi else "-"
-        print(f"| {name} | {ms(med)} | {ms(v[int(len(v) * 0.9)])} | {wr} | {ms(cmed)} | {cr} |"
-              + (f" ({bad[name]} non-200)" if bad[name] else ""))
+                    env.update({"PGHOST": host, "PGPORT": str(port), "PGUSER": "billing",
+                                "PGDATABASE": "floor", "STRIPE_WEBHOOK_SECRET": SECRET})
+                elif host != st.pg_run and not st.want_pgbouncer:
+                    env["DATABASE_URL"] = env["DATABASE_URL"].replace(st.pg_run, host)
+                t0 = time.perf_counter()
+                out, used = spawn(prog, env, b)
+                dt = time.perf_counter() - t0
+                if i >= 10:  # the first runs warm the page cache
+                    times[(label, name)].append(dt)
+                    cpu[(label, name)].append(used)
+                    bad[(label, name)] += not out.startswith(b"Status: 200")
+    for label, _ in servers:
+        print(f"\n## {label} ({RUNS} runs each)")
+        if st.want_pgbouncer:
+            print("Every program connects through PgBouncer: no backend starts, its catalog caches are warm.")
+        else:
+            print("wall: spawn to exit (includes PostgreSQL forking a backend); CPU: the program's own")
+            print("user + system time (getrusage of the child), which other load on the machine does not inflate.")
+        print("| program | wall median ms | wall p90 ms | x floor | CPU median ms | x floor |")
+        print("|---|---|---|---|---|---|")
+        floor = (label, "floor limit.cgi")
+        for name, _ in progs:
+            v, c = sorted(times[(label, name)]), cpu[(label, name)]
+            med, cmed = statistics.median(v), statistics.median(c)
+            wr = f"{med / statistics.median(times[floor]):.3f}" if floor_cgi else "-"
+            cr = f"{cmed / statistics.median(cpu[floor]):.3f}" if floor_cgi else "-"
+            print(f"| {name} | {ms(med)} | {ms(v[int(len(v) * 0.9)])} | {wr} | {ms(cmed)} | {cr} |"
+                  + (f" ({bad[(label, name)]} non-200)" if bad[(label, name)] else ""))
     sys.stdout.flush()
 
 
-def without_preload(st, run):
-    """run() with PostgreSQL restarted without preloading PL/pgSQL (the
-    harness preloads it, as the README recommends); restored after."""
-    conf = os.path.join(st.pg_data, "postgresql.conf")
-    with open(conf) as f:
-        kept = f.read()
-    # Not ALTER SYSTEM: it would write the empty list as '""', a file name.
-    with open(conf, "a") as f:
-        f.write("\nshared_preload_libraries = ''\n")
+def with_unpreloaded_server(st, run):
+    """run(socket_dir) beside a second PostgreSQL: a copy of the stack's
+    cluster, on the same port in its own socket directory, without
+    shared_preload_libraries (the harness preloads PL/pgSQL, as the README
+    recommends).  Both start from the same data, so the two can be timed
+    interleaved.  The copy is removed after."""
+    data, sock = st.pg_data + "-unpreloaded", st.pg_run + "-unpreloaded"
     st.pg_stop()
-    st.pg_start()
+    proc = None
     try:
-        run()
-    finally:
-        with open(conf, "w") as f:
-            f.write(kept)
-        st.pg_stop()
+        subprocess.run(["cp", "-a", st.pg_data, data], check=True)
+        os.mkdir(sock, 0o711)
+        if st.runas is not None:
+            os.chown(sock, st.runas.pw_uid, st.runas.pw_gid)
+        with open(os.path.join(data, "postgresql.conf"), "a") as f:
+            f.write(f"\nshared_preload_libraries = ''\nunix_socket_directories = '{sock}'\n")
         st.pg_start()
+        proc = subprocess.Popen([os.path.join(st.pg_bindir, "postgres"), "-D", data],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, **st._run_as_kw())
+        deadline = time.monotonic() + 30
+        while not os.path.exists(os.path.join(sock, f".s.PGSQL.{st.pg_port}")):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                sys.exit("deployments.py: the second PostgreSQL did not start")
+            time.sleep(0.05)
+        run(sock)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait()
+        st.pg_start()
+        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(sock, ignore_errors=True)
 
 
 # -- 2. through Apache ------------------------------------------------------------------
@@ -355,11 +384,13 @@ def main():
                 st.psql("CREATE DATABASE floor")
                 st.psql(FLOOR_SQL, url=st.database_url.replace("/billing?", "/floor?", 1))
                 if name == "cgi":
-                    per_invocation(st, floor_dir and os.path.join(floor_dir, "limit.cgi"))
-                    # What the README's PostgreSQL setting is worth to plain CGI.
-                    without_preload(st, lambda: per_invocation(
+                    # Beside it, what the README's PostgreSQL setting is worth.
+                    with_unpreloaded_server(st, lambda sock: per_invocation(
                         st, floor_dir and os.path.join(floor_dir, "limit.cgi"),
-                        "1a. The same, PostgreSQL without shared_preload_libraries = 'plpgsql'"))
+                        servers=[("1. Plain CGI per invocation, piped, interleaved;"
+                                  " PostgreSQL preloads PL/pgSQL, as recommended", st.pg_run),
+                                 ("1a. The same, timed interleaved with 1, against a copy of the"
+                                  " cluster without shared_preload_libraries", sock)]))
                 if name == "cgi+pgb":
                     # Where the wall time of part 1 goes: the same, with warm backends.
                     per_invocation(st, floor_dir and os.path.join(floor_dir, "limit.cgi"),

@@ -146,6 +146,8 @@ def test_main_stack(t, builddir):
             t.ok("no_such_table" in str(e), "psql raises on error")
         t.eq(st.psql_one("show listen_addresses"), "", "PostgreSQL listens on no TCP address")
         t.eq(st.psql_one("show fsync"), "off", "fsync off")
+        t.eq(st.psql_one("show shared_preload_libraries"), "plpgsql",
+             "PostgreSQL preloads PL/pgSQL, as the README recommends for CGI")
         t.ok(st.psql_one("show unix_socket_directories").startswith(st.tmp),
              "socket directory inside the stack's temp dir")
         if os.geteuid() == 0:
