@@ -6,7 +6,8 @@
     BENCH_PARTS=1 python3 bench/deployments.py build     (parts 1 and 1b only)
     BENCH_DEPLOYMENTS=fastcgi BENCH_RATE_LIMITS=off ...  (some deployments; no rate limits)
 
-In one run, on this machine, against the same PostgreSQL and Apache:
+In one run, on this machine, against the same PostgreSQL (and in part 1a a
+copy of it) and the same Apache:
   1. Per-invocation cost of plain CGI, piped (no Apache), interleaved, with
      PostgreSQL set up as the README recommends (PL/pgSQL preloaded):
      webhook.cgi (event mode, a fresh signed event each run), usage.cgi POST
@@ -33,6 +34,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -41,7 +43,7 @@ import time
 
 SRCDIR = os.environ.get("SRCDIR") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(SRCDIR, "tests"))
-from harness import DEFAULT_SETTINGS, Stack, stripe_signature  # noqa: E402
+from harness import DEFAULT_SETTINGS, Stack, _pdeathsig_prefix, stripe_signature  # noqa: E402
 
 BUILDDIR = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else
                            os.environ.get("BUILDDIR") or os.path.join(SRCDIR, "build"))
@@ -152,7 +154,9 @@ def per_invocation(st, floor_cgi, title="1. Plain CGI per invocation, piped, int
     cpu = {k: [] for k in keys}
     bad = {k: 0 for k in keys}
     for i in range(RUNS + 10):
-        for s_no, (label, host) in enumerate(servers):
+        # Servers take turns at going first: no one gains from its place.
+        for s_no, (label, host) in (list(enumerate(servers)) if i % 2 == 0
+                                    else list(enumerate(servers))[::-1]):
             for name, prog in progs:
                 tag = f"piped{s_no}"
                 if name.startswith("usage"):
@@ -167,7 +171,10 @@ def per_invocation(st, floor_cgi, title="1. Plain CGI per invocation, piped, int
                     env.update({"PGHOST": host, "PGPORT": str(port), "PGUSER": "billing",
                                 "PGDATABASE": "floor", "STRIPE_WEBHOOK_SECRET": SECRET})
                 elif host != st.pg_run and not st.want_pgbouncer:
-                    env["DATABASE_URL"] = env["DATABASE_URL"].replace(st.pg_run, host)
+                    url = env["DATABASE_URL"].replace(st.pg_run, host)
+                    if url == env["DATABASE_URL"]:
+                        sys.exit("deployments.py: cannot point DATABASE_URL at " + host)
+                    env["DATABASE_URL"] = url
                 t0 = time.perf_counter()
                 out, used = spawn(prog, env, b)
                 dt = time.perf_counter() - t0
@@ -200,34 +207,41 @@ def with_unpreloaded_server(st, run):
     cluster, on the same port in its own socket directory, without
     shared_preload_libraries (the harness preloads PL/pgSQL, as the README
     recommends).  Both start from the same data, so the two can be timed
-    interleaved.  The copy is removed after."""
-    data, sock = st.pg_data + "-unpreloaded", st.pg_run + "-unpreloaded"
+    interleaved.  run(None) when the copy does not start (its log says
+    why).  The copy is stopped and removed after."""
+    data, sock_dir = st.pg_data + "-unpreloaded", st.pg_run + "-unpreloaded"
+    sock = sock_dir
     st.pg_stop()
     proc = None
     try:
         subprocess.run(["cp", "-a", st.pg_data, data], check=True)
-        os.mkdir(sock, 0o711)
+        os.mkdir(sock_dir, 0o711)
         if st.runas is not None:
-            os.chown(sock, st.runas.pw_uid, st.runas.pw_gid)
+            os.chown(sock_dir, st.runas.pw_uid, st.runas.pw_gid)
         with open(os.path.join(data, "postgresql.conf"), "a") as f:
-            f.write(f"\nshared_preload_libraries = ''\nunix_socket_directories = '{sock}'\n")
+            f.write(f"\nshared_preload_libraries = ''\nunix_socket_directories = '{sock_dir}'\n")
         st.pg_start()
-        proc = subprocess.Popen([os.path.join(st.pg_bindir, "postgres"), "-D", data],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, **st._run_as_kw())
+        # Started as the harness starts its own: dies with us, even on SIGKILL.
+        proc = subprocess.Popen(
+            _pdeathsig_prefix("QUIT") + [os.path.join(st.pg_bindir, "postgres"), "-D", data],
+            stdin=subprocess.DEVNULL, stdout=st._log_open("postgres-unpreloaded.log"),
+            stderr=subprocess.STDOUT, cwd=data, env=st._server_env(), process_group=0,
+            **st._run_as_kw())
         deadline = time.monotonic() + 30
-        while not os.path.exists(os.path.join(sock, f".s.PGSQL.{st.pg_port}")):
+        while not os.path.exists(os.path.join(sock_dir, f".s.PGSQL.{st.pg_port}")):
             if proc.poll() is not None or time.monotonic() > deadline:
-                sys.exit("deployments.py: the second PostgreSQL did not start")
+                print(f"\n(part 1a left out: the copy without preloading did not start; "
+                      f"see {os.path.join(st.tmp, 'logs', 'postgres-unpreloaded.log')})")
+                sock = None
+                break
             time.sleep(0.05)
         run(sock)
     finally:
         if proc is not None:
-            proc.terminate()
-            proc.wait()
+            st._stop_proc(proc, (signal.SIGINT, False, 20), (signal.SIGQUIT, False, 5))
         st.pg_start()
         shutil.rmtree(data, ignore_errors=True)
-        shutil.rmtree(sock, ignore_errors=True)
+        shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 # -- 2. through Apache ------------------------------------------------------------------
@@ -388,9 +402,9 @@ def main():
                     with_unpreloaded_server(st, lambda sock: per_invocation(
                         st, floor_dir and os.path.join(floor_dir, "limit.cgi"),
                         servers=[("1. Plain CGI per invocation, piped, interleaved;"
-                                  " PostgreSQL preloads PL/pgSQL, as recommended", st.pg_run),
-                                 ("1a. The same, timed interleaved with 1, against a copy of the"
-                                  " cluster without shared_preload_libraries", sock)]))
+                                  " PostgreSQL preloads PL/pgSQL, as recommended", st.pg_run)]
+                        + ([("1a. The same, timed interleaved with 1, against a copy of the"
+                             " cluster without shared_preload_libraries", sock)] if sock else [])))
                 if name == "cgi+pgb":
                     # Where the wall time of part 1 goes: the same, with warm backends.
                     per_invocation(st, floor_dir and os.path.join(floor_dir, "limit.cgi"),
