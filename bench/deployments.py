@@ -153,10 +153,10 @@ def per_invocation(st, floor_cgi, title="1. Plain CGI per invocation, piped, int
     times = {k: [] for k in keys}
     cpu = {k: [] for k in keys}
     bad = {k: 0 for k in keys}
+    numbered = list(enumerate(servers))
     for i in range(RUNS + 10):
         # Servers take turns at going first: no one gains from its place.
-        for s_no, (label, host) in (list(enumerate(servers)) if i % 2 == 0
-                                    else list(enumerate(servers))[::-1]):
+        for s_no, (label, host) in numbered if i % 2 == 0 else numbered[::-1]:
             for name, prog in progs:
                 tag = f"piped{s_no}"
                 if name.startswith("usage"):
