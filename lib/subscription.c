@@ -45,6 +45,19 @@ struct apply {
 	const char *early;
 	struct db_rows *row_read;
 	/*
+	 * In event mode, when the event's subscription will be stored (and so
+	 * its owner resolved), resolve_owner's customers statement for the
+	 * claim early_claimed and the customer early_customer goes out in that
+	 * round trip too (owner_rows, until resolve_owner takes it), and the
+	 * INSERT records the owner that statement is about to confirm
+	 * (user_recorded).  commit then writes the owner only when it came
+	 * out different: a link made by another transaction in between.
+	 */
+	int early_owner;
+	const char *early_claimed, *early_customer;
+	struct db_rows *owner_rows;
+	char *user_recorded;	/* billing_events.user_id as inserted */
+	/*
 	 * In event mode, the subscriptions upsert is held back (hold_store)
 	 * to go out in the same round trip as the transaction's next
 	 * statement, its COMMIT at the latest: every statement after it runs
@@ -112,6 +125,15 @@ status_final(const char *status)
 	return status_rank(status) == 4;
 }
 
+/* The status a subscription object is stored with, or NULL when it cannot be. */
+static const char *
+status_to_store(const char *status, int deletion)
+{
+	if (deletion && (status == NULL || !status_final(status)))
+		status = "canceled";
+	return status_rank(status) < 0 ? NULL : status;
+}
+
 /* The event-mode ordering rule of subscription.h. */
 static int
 should_apply(const struct sub_row *row, const char *status, long long created, int deletion,
@@ -164,18 +186,23 @@ id_of(struct json_object *obj, const char *name)
 	return stripe_id_valid(s) ? s : NULL;
 }
 
-/* A user id from path in obj, validated; invalid ones are logged and ignored. */
+/* A user id from path in obj, validated, or NULL. */
 static const char *
-user_at(struct json_object *obj, const char *path)
+claim_at(struct json_object *obj, const char *path)
 {
 	const char *s = jsonget_path_str(obj, path);
 
-	if (s == NULL)
-		return NULL;
-	if (!auth_user_id_valid(s)) {
+	return s != NULL && auth_user_id_valid(s) ? s : NULL;
+}
+
+/* claim_at, and an invalid one is logged. */
+static const char *
+user_at(struct json_object *obj, const char *path)
+{
+	const char *s = claim_at(obj, path);
+
+	if (s == NULL && jsonget_path_str(obj, path) != NULL)
 		log_msg("ignoring invalid user id at %s", path);
-		return NULL;
-	}
 	return s;
 }
 
@@ -334,11 +361,37 @@ static const char sql_read_row[] = READ_ROW " FOR UPDATE";
  * the INSERT that finds it recorded, waits on no lock another transaction
  * holds (self-service holds it across its calls to Stripe).
  */
-#define RECORDED_HERE \
-    " EXISTS (SELECT FROM billing_events WHERE stripe_event_id = $2" \
+#define RECORDED_HERE_AS(n) \
+    " EXISTS (SELECT FROM billing_events WHERE stripe_event_id = $" #n \
     " AND xmin = pg_current_xact_id()::xid)"
+#define RECORDED_HERE RECORDED_HERE_AS(2)
 static const char sql_lock_if_recorded[] = LOCK_SUBSCRIPTION " WHERE" RECORDED_HERE;
 static const char sql_read_row_if_recorded[] = READ_ROW " AND" RECORDED_HERE " FOR UPDATE";
+
+/*
+ * resolve_owner's statement, $1 the customer and $2 the claimed user: the
+ * links of both and, when neither exists, the claimed one made now.
+ */
+#define OWNER_LINKS(guard) \
+    "WITH found AS (SELECT user_id, stripe_customer_id" \
+    " FROM customers WHERE stripe_customer_id = $1 OR user_id = $2)," \
+    " linked AS (INSERT INTO customers (user_id, stripe_customer_id)" \
+    " SELECT $2, $1 WHERE $2 IS NOT NULL AND NOT EXISTS (SELECT FROM found)" guard \
+    " ON CONFLICT DO NOTHING RETURNING user_id, stripe_customer_id)" \
+    " SELECT user_id, stripe_customer_id, false FROM found" \
+    " UNION ALL SELECT user_id, stripe_customer_id, true FROM linked"
+static const char sql_owner_links[] = OWNER_LINKS("");
+/* The same sent with the INSERT of event $3: it links only when that recorded the event. */
+static const char sql_owner_links_if_recorded[] = OWNER_LINKS(" AND" RECORDED_HERE_AS(3));
+/*
+ * The owner those links give, as the event's INSERT sees them ($14 the
+ * customer, $13 the claimed user; NULL when both are NULL): the customer's
+ * user, else the claimed user when no customer is linked to it.
+ */
+#define OWNER_SEEN \
+    "CASE WHEN $14::text IS NULL THEN $13::text ELSE coalesce(" \
+    "(SELECT user_id FROM customers WHERE stripe_customer_id = $14)," \
+    " (SELECT $13 WHERE NOT EXISTS (SELECT FROM customers WHERE user_id = $13))) END"
 
 static enum sync_mode
 default_mode(void)
@@ -469,34 +522,52 @@ paths_json(struct json_object *paths)
 }
 
 /*
- * The event's INSERT with its 12 parameters, and in event mode the lock
- * and the read of its subscription (a->early) in the same round trip,
- * when the INSERT recorded it.  0 and the INSERT's *rows, or a db_result.
+ * The event's INSERT with its 14 parameters (the last two: the owner's
+ * claim and customer, see OWNER_SEEN), and in event mode, in the same
+ * round trip, when the INSERT recorded the event: the lock and the read
+ * of its subscription (a->early), and the links that decide its owner
+ * (a->early_owner).  0 and the INSERT's *rows, or a db_result.
  */
 static int
 insert_event(struct apply *a, const char *const *params, struct db_rows **rows)
 {
 	const char *early[] = { a->early, params[0] };
-	const struct db_statement st[] = {
+	const char *links[] = { a->early_customer, a->early_claimed, params[0] };
+	struct db_statement st[4] = {
 		{ "INSERT INTO billing_events (stripe_event_id, event_type, stripe_subscription_id,"
 		  " stripe_customer_id, amount, currency, status, attempt_count, occurred_at,"
-		  " processed_at, payload, left_out, source)"
+		  " processed_at, payload, left_out, source, user_id)"
 		  " VALUES ($1, $2, $3, $4, $5::bigint, $6, $7, $8::integer,"
 		  " to_timestamp($9::bigint), now(), $10::jsonb,"
 		  " CASE WHEN $11::jsonb IS NOT NULL"
 		  " THEN ARRAY(SELECT jsonb_array_elements_text($11::jsonb)) END,"
-		  " coalesce($12, 'webhook'))"
-		  " ON CONFLICT (stripe_event_id) DO NOTHING RETURNING id", 12, params },
-		{ sql_lock_if_recorded, 2, early },
-		{ sql_read_row_if_recorded, 2, early },
+		  " coalesce($12, 'webhook'), " OWNER_SEEN ")"
+		  " ON CONFLICT (stripe_event_id) DO NOTHING RETURNING id, user_id", 14, params },
 	};
-	struct db_rows *got[3] = { NULL, NULL, NULL };
-	int r;
+	struct db_rows *got[4] = { NULL, NULL, NULL, NULL };
+	int n = 1, at_links = 0, at_read = 0, i, r;
 
-	r = fail(a, db_exec_batch(a->db, a->early ? 3 : 1, st, got));
+	if (a->early) {
+		st[n++] = (struct db_statement){ sql_lock_if_recorded, 2, early };
+		at_read = n;
+		st[n++] = (struct db_statement){ sql_read_row_if_recorded, 2, early };
+	}
+	/*
+	 * After the lock, the order of every path that takes both (lock,
+	 * then links): two transactions on one subscription never wait for
+	 * each other in opposite orders.
+	 */
+	if (a->early_owner && a->early_customer != NULL) {
+		at_links = n;
+		st[n++] = (struct db_statement){ sql_owner_links_if_recorded, 3, links };
+	}
+	r = fail(a, db_exec_batch(a->db, n, st, got));
 	*rows = got[0];
-	db_rows_free(got[1]);
-	a->row_read = got[2];
+	a->owner_rows = at_links ? got[at_links] : NULL;
+	a->row_read = at_read ? got[at_read] : NULL;
+	for (i = 1; i < n; i++)
+		if (i != at_links && i != at_read)
+			db_rows_free(got[i]);
 	return r;
 }
 
@@ -516,7 +587,10 @@ record_event(struct apply *a)
 	struct db_rows *rows = NULL;
 	int r;
 
-	/* user_id is the owner (customers decides), set when the event has been applied. */
+	/*
+	 * user_id is the owner (customers decides): recorded by the INSERT
+	 * when a->early_owner, else set when the event has been applied.
+	 */
 	if (is_subscription_event(ev)) {
 		sub = id_of(o, "id");
 		status = column_text(a, o, IN_EVENT, "status", LIMIT_STRIPE_SHORT_TEXT);
@@ -537,12 +611,16 @@ record_event(struct apply *a)
 	}
 	snprintf(created, sizeof(created), "%lld", ev->created);
 	r = insert_event(a, (const char *[]){ ev->id, ev->type, sub, customer, amount, currency,
-	    status, attempts, created, ev->raw, paths_json(ev->fit.paths), ev->source }, &rows);
+	    status, attempts, created, ev->raw, paths_json(ev->fit.paths), ev->source,
+	    a->early_claimed, a->early_customer }, &rows);
 	if (r == 0) {
 		if (db_rows_count(rows) == 0)
 			a->duplicate = 1;
-		else
+		else {
 			a->event_row = mem_strdup(db_rows_get(rows, 0, 0));
+			if (db_rows_get(rows, 0, 1) != NULL)
+				a->user_recorded = mem_strdup(db_rows_get(rows, 0, 1));
+		}
 	}
 	db_rows_free(rows);
 	return r;
@@ -580,6 +658,13 @@ read_row(struct apply *a, const char *sub, struct sub_row *row)
 	}
 	db_rows_free(rows);
 	return r;
+}
+
+/* Two strings, or two NULLs, alike. */
+static int
+same(const char *x, const char *y)
+{
+	return x == NULL || y == NULL ? x == y : strcmp(x, y) == 0;
 }
 
 static void
@@ -636,22 +721,20 @@ resolve_owner(struct apply *a, const char *claimed, const char *customer, char *
 		return 0;
 	}
 	/*
-	 * One statement reads the links of the customer and of the claimed
-	 * user and, when neither exists, makes the claimed one.  Twice at
+	 * One statement (OWNER_LINKS) reads the links of the customer and of
+	 * the claimed user and, when neither exists, makes the claimed one;
+	 * its first answer may have come with the event's INSERT.  Twice at
 	 * most: a concurrent link makes our INSERT do nothing, then we read it.
 	 */
 	for (tries = 0; tries < 2; tries++) {
 		db_rows_free(rows);
 		rows = NULL;
 		cus_user = user_cus = NULL;
-		if ((r = Q(a, &rows, "WITH found AS (SELECT user_id, stripe_customer_id"
-		    " FROM customers WHERE stripe_customer_id = $1 OR user_id = $2),"
-		    " linked AS (INSERT INTO customers (user_id, stripe_customer_id)"
-		    " SELECT $2, $1 WHERE $2 IS NOT NULL AND NOT EXISTS (SELECT FROM found)"
-		    " ON CONFLICT DO NOTHING RETURNING user_id, stripe_customer_id)"
-		    " SELECT user_id, stripe_customer_id, false FROM found"
-		    " UNION ALL SELECT user_id, stripe_customer_id, true FROM linked",
-		    customer, claimed)) != 0)
+		if (tries == 0 && a->owner_rows != NULL && same(claimed, a->early_claimed) &&
+		    same(customer, a->early_customer)) {
+			rows = a->owner_rows;
+			a->owner_rows = NULL;
+		} else if ((r = Q(a, &rows, sql_owner_links, customer, claimed)) != 0)
 			break;
 		if (db_rows_count(rows) == 1 && strcmp(db_rows_get(rows, 0, 2), "t") == 0) {
 			log_msg("customer %s linked to user %s", customer, claimed);
@@ -805,9 +888,7 @@ store_subscription(struct apply *a, struct json_object *sub, int force, int dele
 		a->ignored = 1;
 		return 0;
 	}
-	if (deletion && (status == NULL || !status_final(status)))
-		status = "canceled";
-	if (status_rank(status) < 0) {
+	if ((status = status_to_store(status, deletion)) == NULL) {
 		log_msg("unknown subscription status: recorded only");
 		a->ignored = 1;
 		return 0;
@@ -1148,23 +1229,26 @@ customer_owner(struct apply *a, const char *customer)
 
 /*
  * Commits, in one round trip with what is still to write: the held-back
- * upsert, and the event row's owner and left-out paths learnt while
- * applying.  0 or a db_result.
+ * upsert, and the event row's owner (when the INSERT did not record it)
+ * and left-out paths learnt while applying.  0 or a db_result.
  */
 static int
 commit(struct apply *a)
 {
-	const char *params[] = { a->event_row, a->user_id, paths_json(a->left_out) };
+	/* $4: the INSERT recorded an owner, and resolve_owner found another (or none). */
+	const char *params[] = { a->event_row, a->user_id, paths_json(a->left_out),
+		a->user_recorded ? "true" : "false" };
 	struct db_statement st[2];
 	int n = 0;
 
 	/* (A duplicate has no event_row: nothing of it to complete.) */
-	if (a->event_row != NULL && (a->user_id || a->left_out))
+	if (a->event_row != NULL && (!same(a->user_id, a->user_recorded) || a->left_out))
 		st[n++] = (struct db_statement){
-		    "UPDATE billing_events SET user_id = coalesce(user_id, $2),"
+		    "UPDATE billing_events SET"
+		    " user_id = CASE WHEN $4::boolean THEN $2 ELSE coalesce(user_id, $2) END,"
 		    " left_out = CASE WHEN $3::jsonb IS NULL THEN left_out ELSE coalesce(left_out,"
 		    " '{}') || ARRAY(SELECT jsonb_array_elements_text($3::jsonb)) END"
-		    " WHERE id = $1::bigint", 3, params };
+		    " WHERE id = $1::bigint", 4, params };
 	st[n++] = (struct db_statement){ "COMMIT", 0, NULL };
 	return query_batch(a, n, st, NULL);
 }
@@ -1179,8 +1263,16 @@ apply_once(struct apply *a, enum outcome *fatal)
 	if ((r = fail(a, db_begin(a->db))) != 0)
 		return r;
 	/* Stripe is asked under the lock in refetch mode: that one is taken later. */
-	if (a->mode == SYNC_EVENT && is_subscription_event(ev))
+	if (a->mode == SYNC_EVENT && is_subscription_event(ev)) {
 		a->early = id_of(ev->object, "id");
+		/* The owner store_subscription will resolve: see struct apply. */
+		a->early_owner = a->early != NULL && status_to_store(jsonget_str(ev->object,
+		    "status"), is_type(ev, "customer.subscription.deleted")) != NULL;
+		if (a->early_owner) {
+			a->early_claimed = claim_at(ev->object, "metadata.userId");
+			a->early_customer = id_of(ev->object, "customer");
+		}
+	}
 	if ((r = record_event(a)) != 0 || a->duplicate)
 		goto out;
 	if (is_subscription_event(ev))
@@ -1262,7 +1354,9 @@ subscription_apply_event(struct db *db, const struct subscription_event *ev,
 		fatal = OUT_OK;
 		r = apply_once(&a, &fatal);
 		db_rows_free(a.row_read);
+		db_rows_free(a.owner_rows);
 		free(a.event_row);
+		free(a.user_recorded);
 		free(a.user_id);
 		json_object_put(a.left_out);
 		if (fatal != OUT_OK)

@@ -476,6 +476,37 @@ def parallel(n, fn):
     return out
 
 
+def wait_until(what, cond, seconds=10):
+    """Polls cond (a server-side state we cannot be told about) until true."""
+    deadline = time.monotonic() + seconds
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for " + what)
+        time.sleep(0.02)
+
+
+class LockHolder:
+    """A psql session that holds a lock (sql, in a transaction) until release()."""
+
+    def __init__(self, st, sql, url=None):
+        self.p = subprocess.Popen(st._psql_cmd(url) + ["-f", "-"], stdin=subprocess.PIPE,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.p.stdin.write(f"BEGIN;\n{sql};\n".encode())
+        self.p.stdin.flush()
+        wait_until("the lock", lambda: st.psql_one(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+            " WHERE l.granted AND a.state = 'idle in transaction'"
+            " AND a.application_name = 'psql'") != "0")
+
+    def release(self):
+        try:
+            self.p.stdin.write(b"ROLLBACK;\n")
+            self.p.stdin.close()
+        except OSError:
+            pass
+        self.p.wait(10)
+
+
 def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -19,44 +19,13 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Stack, Tap, free_port, make_jwt  # noqa: E402
+from harness import LockHolder, Stack, Tap, free_port, make_jwt, wait_until  # noqa: E402
 from test_webhook import SETTINGS, SUB42, deliver, event, sub_row  # noqa: E402
 from fcgi_client import FcgiProcess  # noqa: E402
 from test_fastcgi import hook, process_env, signed_event  # noqa: E402
 
 t = Tap()
 API = {"Authorization": "Bearer usage-test-key-0123456789abcdef"}
-
-
-def wait_until(what, cond, seconds=10):
-    """Polls cond (a server-side state we cannot be told about) until true."""
-    deadline = time.monotonic() + seconds
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for " + what)
-        time.sleep(0.02)
-
-
-class Holder:
-    """A psql session that holds a lock until release()."""
-
-    def __init__(self, st, sql, url=None):
-        self.p = subprocess.Popen(st._psql_cmd(url) + ["-f", "-"], stdin=subprocess.PIPE,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.p.stdin.write(f"BEGIN;\n{sql};\n".encode())
-        self.p.stdin.flush()
-        wait_until("the lock", lambda: st.psql_one(
-            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
-            " WHERE l.granted AND a.state = 'idle in transaction'"
-            " AND a.application_name = 'psql'") != "0")
-
-    def release(self):
-        try:
-            self.p.stdin.write(b"ROLLBACK;\n")
-            self.p.stdin.close()
-        except OSError:
-            pass
-        self.p.wait(10)
 
 
 def timed(fn):
@@ -74,7 +43,7 @@ def usage_post(st, user, env=None, timeout=8):
 
 
 def test_lock_timeout(st):
-    h = Holder(st, f"SELECT pg_advisory_xact_lock(hashtext('{SUB42}'))")
+    h = LockHolder(st, f"SELECT pg_advisory_xact_lock(hashtext('{SUB42}'))")
     try:
         r, took = timed(lambda: st.cgi("webhook", body=event("customer.subscription.created"),
                                        headers=_sig(event("customer.subscription.created")),
@@ -102,7 +71,7 @@ def test_duplicate_while_locked(st):
     r = deliver(st, ev)
     t.ok(r.status == 200 and "applied=" in r.stderr,
          "an event applied: its log line says so", r.stderr[-300:])
-    h = Holder(st, "SELECT pg_advisory_xact_lock(hashtext('sub_dup_locked'))")
+    h = LockHolder(st, "SELECT pg_advisory_xact_lock(hashtext('sub_dup_locked'))")
     try:
         r, took = timed(lambda: deliver(st, ev, env={"DB_LOCK_TIMEOUT_MS": "2000"}))
     finally:
@@ -121,7 +90,7 @@ def first_event_while_locked(st, lock_sql, n):
     env["DB_LOCK_TIMEOUT_MS"] = "300"
     proc = FcgiProcess(prog, env)
     try:
-        h = Holder(st, lock_sql)
+        h = LockHolder(st, lock_sql)
         try:
             r, took = timed(lambda: hook(st, proc, signed_event(n)))
         finally:
@@ -173,7 +142,7 @@ def test_fastcgi_lock_batch(st):
 
 
 def test_default_lock_timeout(st):
-    h = Holder(st, "LOCK TABLE usage_tracking IN ACCESS EXCLUSIVE MODE")
+    h = LockHolder(st, "LOCK TABLE usage_tracking IN ACCESS EXCLUSIVE MODE")
     try:
         r, took = timed(lambda: usage_post(st, "dflt-lock", timeout=15))
     finally:
@@ -184,7 +153,7 @@ def test_default_lock_timeout(st):
 
 
 def test_statement_timeout(st):
-    h = Holder(st, "LOCK TABLE usage_tracking IN ACCESS EXCLUSIVE MODE")
+    h = LockHolder(st, "LOCK TABLE usage_tracking IN ACCESS EXCLUSIVE MODE")
     try:
         r, took = timed(lambda: usage_post(st, "stmt-timeout", env={
             "DB_STATEMENT_TIMEOUT_MS": "300", "DB_LOCK_TIMEOUT_MS": "60000"}))
@@ -286,7 +255,7 @@ pidfile = {d}/pgbouncer.pid
              q.stderr.decode(errors="replace"))
         env = {"DATABASE_URL": url}
         t.eq(usage_post(st, "via-bouncer", env=env).status, 200, "usage through PgBouncer: 200")
-        h = Holder(st, "LOCK TABLE usage_tracking IN ACCESS EXCLUSIVE MODE")
+        h = LockHolder(st, "LOCK TABLE usage_tracking IN ACCESS EXCLUSIVE MODE")
         try:
             r, took = timed(lambda: usage_post(st, "via-bouncer",
                                                env=dict(env, DB_LOCK_TIMEOUT_MS="300")))

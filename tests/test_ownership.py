@@ -19,7 +19,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Stack, Tap, make_jwt  # noqa: E402
+from harness import LockHolder, Stack, Tap, make_jwt, wait_until  # noqa: E402
 from test_webhook import SETTINGS, body_of, deliver, event, signed, sub_row  # noqa: E402
 
 t = Tap()
@@ -220,6 +220,107 @@ def test_concurrent_claims(st):
          [[owner[0][0]]] if owner else [], "both subscriptions belong to the winner")
 
 
+def event_owner(st, ev):
+    return st.psql_one(f"SELECT user_id FROM billing_events WHERE stripe_event_id = '{ev['id']}'")
+
+
+def event_row_written_last(st, ev):
+    """'t' when the event's billing_events row was last written after its
+    subscription's row in their transaction (an UPDATE at commit), 'f'
+    when before (the INSERT's version stands): cmin is the command of the
+    transaction that wrote a row version."""
+    return st.psql_one(
+        "SELECT e.cmin::text::int > s.cmin::text::int FROM billing_events e, subscriptions s"
+        f" WHERE e.stripe_event_id = '{ev['id']}' AND e.xmin = s.xmin"
+        f" AND s.stripe_subscription_id = '{ev['data']['object']['id']}'")
+
+
+def test_owner_recorded_with_event(st):
+    """In event mode a subscription event's row gets its owner with its
+    INSERT (the links are read in the same round trip): the same owner as
+    the subscription's, in each case of the rule."""
+    alice, mallory, bob = uniq("alice-"), uniq("mallory-"), uniq("bob-")
+    cus_a, cus_b, cus_new = uniq("cus_alice"), uniq("cus_bob"), uniq("cus_new")
+    link(st, alice, cus_a)
+    link(st, bob, cus_b)
+    cases = [
+        ("a linked customer, another user claimed: the customer's user",
+         sub_event(cus_a, uniq("sub_o"), mallory, "customer.subscription.created"), alice),
+        ("a new customer claimed by a user linked elsewhere: nobody",
+         sub_event(cus_new, uniq("sub_o"), bob, "customer.subscription.created"), None),
+        ("a new customer and a new user: the user, linked now",
+         sub_event(cus_new, uniq("sub_o"), mallory, "customer.subscription.created"), mallory),
+        ("no claim, a linked customer: the customer's user",
+         sub_event(cus_a, uniq("sub_o")), alice),
+    ]
+    for what, ev, want in cases:
+        r = deliver(st, ev)
+        t.eq((r.status, event_owner(st, ev), sub_row(st, ev["data"]["object"]["id"])["user_id"],
+              event_row_written_last(st, ev)), (200, want, want, "f"),
+             what + "; written by the INSERT, not updated after")
+    t.eq(links(st, f"stripe_customer_id = '{cus_new}'"), [[mallory, cus_new]],
+         "the one link made")
+
+
+def test_duplicate_links_nothing(st):
+    """A redelivery sends the links statement with its INSERT, which finds
+    the event recorded: it must link nothing (here: a link removed by hand
+    after the first delivery stays removed)."""
+    user, cus, sub = uniq("dup-"), uniq("cus_dup"), uniq("sub_dup")
+    ev = sub_event(cus, sub, user, "customer.subscription.created")
+    r = deliver(st, ev)
+    t.eq((r.status, links(st, f"stripe_customer_id = '{cus}'")), (200, [[user, cus]]),
+         "the first delivery links the customer")
+    st.psql(f"DELETE FROM customers WHERE stripe_customer_id = '{cus}'")
+    r = deliver(st, ev)
+    t.eq((r.status, r.json().get("duplicate"), links(st, f"stripe_customer_id = '{cus}'")),
+         (200, True, []), "its redelivery: a duplicate, and no link made")
+
+
+def linked_while_waiting(st, claimed, other_link):
+    """Delivers a new customer's first subscription event while its
+    subscription's lock is held elsewhere; once the event's INSERT has
+    run (recording the owner it saw) and the delivery waits for the lock,
+    other_link (user, customer) is committed, then the lock released.
+    Returns (answer, event)."""
+    cus, sub = uniq("cus_wait"), uniq("sub_wait")
+    ev = sub_event(cus, sub, claimed, "customer.subscription.created")
+    other_link = (other_link[0], other_link[1] or cus)
+    h = LockHolder(st, f"SELECT pg_advisory_xact_lock(hashtext('{sub}'))")
+    got = []
+    th = threading.Thread(target=lambda: got.append(deliver(st, ev)))
+    try:
+        th.start()
+        wait_until("the delivery to wait for the lock", lambda: st.psql_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted") == "1")
+        link(st, *other_link)
+    finally:
+        h.release()
+        th.join(30)
+    return got[0], ev
+
+
+def test_link_made_while_waiting(st):
+    """The INSERT records the owner as the links stood before the lock; a
+    link committed meanwhile changes the owner, and the event's row is
+    corrected at commit (the subscription's is written after)."""
+    alice, mallory = uniq("alice-"), uniq("mallory-")
+    r, ev = linked_while_waiting(st, alice, (mallory, None))
+    sub = ev["data"]["object"]["id"]
+    t.eq((r.status, event_owner(st, ev), sub_row(st, sub)["user_id"], event_row_written_last(st, ev)),
+         (200, mallory, mallory, "t"), "the customer linked to another user meanwhile: that"
+         " user owns the event (its row updated at commit) and the subscription")
+    t.eq([c[0] for c in conflicts(st, ev["id"])], ["customer_of_other_user"], "recorded")
+
+    carol = uniq("carol-")
+    r, ev = linked_while_waiting(st, carol, (carol, uniq("cus_elsewhere")))
+    sub = ev["data"]["object"]["id"]
+    t.eq((r.status, event_owner(st, ev), sub_row(st, sub)["user_id"], event_row_written_last(st, ev)),
+         (200, None, None, "t"), "the claimed user linked to another customer meanwhile:"
+         " the event's recorded owner is taken back at commit")
+    t.eq([c[0] for c in conflicts(st, ev["id"])], ["user_has_other_customer"], "recorded")
+
+
 def test_refetch_mode(t_, settings):
     with Stack(settings=settings) as st:
         alice, mallory = uniq("alice-"), uniq("mallory-")
@@ -236,7 +337,8 @@ def main():
     with t.guard("ownership stack"), Stack(settings=dict(SETTINGS, STRIPE_SYNC_MODE="event")) as st:
         for fn in (test_session_for_linked_customer, test_session_for_linked_user,
                    test_neither_linked, test_subscription_metadata, test_second_subscription,
-                   test_concurrent_claims):
+                   test_concurrent_claims, test_owner_recorded_with_event,
+                   test_duplicate_links_nothing, test_link_made_while_waiting):
             t.run(fn, st)
     t.run(test_refetch_mode, t, dict(SETTINGS, STRIPE_SYNC_MODE="refetch"))
     return t.done()
