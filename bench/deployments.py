@@ -411,8 +411,10 @@ def main():
                                    "1b. The same through PgBouncer")
                 if ONLY_PER_INVOCATION:
                     continue
-                if not results:
-                    print(f"\n## 2. Through Apache (wrk; events/s or requests/s, latency in ms)")
+                # Part 2's table goes on after part 1b's, under its header again.
+                if not results or name == "cgi+pgb":
+                    print(f"\n## 2. Through Apache (wrk; events/s or requests/s, latency in ms)"
+                          + (", continued" if results else ""))
                     print("| deployment | c | per s | p50 ms | p99 ms | notes |")
                     print("|---|---|---|---|---|---|")
                 expect = 4000 if mode == "fcgid" else 400
