@@ -386,7 +386,10 @@ static const char sql_owner_links_if_recorded[] = OWNER_LINKS(" AND" RECORDED_HE
 /*
  * The owner those links give, as the event's INSERT sees them ($14 the
  * customer, $13 the claimed user; NULL when both are NULL): the customer's
- * user, else the claimed user when no customer is linked to it.
+ * user, else the claimed user when no customer is linked to it.  (The
+ * INSERT's transaction then holds a share lock on customers as on
+ * billing_events while it waits for the subscription's lock: only DDL
+ * on either waits behind it.)
  */
 #define OWNER_SEEN \
     "CASE WHEN $14::text IS NULL THEN $13::text ELSE coalesce(" \
@@ -1297,6 +1300,17 @@ apply_once(struct apply *a, enum outcome *fatal)
 		log_msg("event %s: value(s) beyond their column's range left out: %s", ev->id,
 		    json_object_to_json_string_ext(a->left_out,
 		    JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+	/*
+	 * The links sent with the INSERT were for store_subscription's
+	 * resolve_owner.  Left unused, they may have linked a customer for
+	 * an event that stores no subscription: apply_once's forecast
+	 * (early_owner) has gone wrong.  Never commit that.
+	 */
+	if (r == 0 && a->owner_rows != NULL) {
+		log_msg("event %s: internal error: the owner links sent with its INSERT went unused",
+		    ev->id);
+		r = DB_ERROR;
+	}
 out:
 	if (r == 0 && *fatal == OUT_OK)
 		r = commit(a);

@@ -486,17 +486,24 @@ def wait_until(what, cond, seconds=10):
 
 
 class LockHolder:
-    """A psql session that holds a lock (sql, in a transaction) until release()."""
+    """A psql session that holds a lock (sql, in a transaction) until
+    release(); pid is its backend's."""
+
+    _count = 0
 
     def __init__(self, st, sql, url=None):
+        LockHolder._count += 1
+        name = f"lockholder-{os.getpid()}-{LockHolder._count}"
         self.p = subprocess.Popen(st._psql_cmd(url) + ["-f", "-"], stdin=subprocess.PIPE,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  env=dict(_client_env(), PGAPPNAME=name))
         self.p.stdin.write(f"BEGIN;\n{sql};\n".encode())
         self.p.stdin.flush()
-        wait_until("the lock", lambda: st.psql_one(
-            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
-            " WHERE l.granted AND a.state = 'idle in transaction'"
-            " AND a.application_name = 'psql'") != "0")
+        # Held once this session is idle in its transaction after sql, not after BEGIN.
+        ready = ("SELECT pid FROM pg_stat_activity WHERE application_name = '" + name + "'"
+                 " AND state = 'idle in transaction' AND query NOT LIKE 'BEGIN%'")
+        wait_until("the lock", lambda: st.psql_one(ready) is not None)
+        self.pid = st.psql_one(ready)
 
     def release(self):
         try:

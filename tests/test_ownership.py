@@ -224,15 +224,13 @@ def event_owner(st, ev):
     return st.psql_one(f"SELECT user_id FROM billing_events WHERE stripe_event_id = '{ev['id']}'")
 
 
-def event_row_written_last(st, ev):
-    """'t' when the event's billing_events row was last written after its
-    subscription's row in their transaction (an UPDATE at commit), 'f'
-    when before (the INSERT's version stands): cmin is the command of the
-    transaction that wrote a row version."""
-    return st.psql_one(
-        "SELECT e.cmin::text::int > s.cmin::text::int FROM billing_events e, subscriptions s"
-        f" WHERE e.stripe_event_id = '{ev['id']}' AND e.xmin = s.xmin"
-        f" AND s.stripe_subscription_id = '{ev['data']['object']['id']}'")
+def event_row_as_inserted(st, ev):
+    """'t' when the event's billing_events row is the version its INSERT
+    wrote, 'f' when a later statement of the transaction updated it: cmin
+    is the command of the transaction that wrote a row version, and the
+    INSERT is the first that writes."""
+    return st.psql_one("SELECT cmin::text::int = 0 FROM billing_events"
+                       f" WHERE stripe_event_id = '{ev['id']}'")
 
 
 def test_owner_recorded_with_event(st):
@@ -256,10 +254,29 @@ def test_owner_recorded_with_event(st):
     for what, ev, want in cases:
         r = deliver(st, ev)
         t.eq((r.status, event_owner(st, ev), sub_row(st, ev["data"]["object"]["id"])["user_id"],
-              event_row_written_last(st, ev)), (200, want, want, "f"),
+              event_row_as_inserted(st, ev)), (200, want, want, "t"),
              what + "; written by the INSERT, not updated after")
     t.eq(links(st, f"stripe_customer_id = '{cus_new}'"), [[mallory, cus_new]],
          "the one link made")
+
+
+def test_unstored_links_nothing(st):
+    """An event whose subscription is not stored (a status we do not know)
+    is only recorded: it links nobody and records no owner, though its
+    links would go out with the INSERT were it stored.  A deletion is
+    stored whatever its status says (as canceled): it links."""
+    user, cus = uniq("unk-"), uniq("cus_unk")
+    ev = sub_event(cus, uniq("sub_unk"), user, status="on_vacation")
+    r = deliver(st, ev)
+    t.eq((r.status, r.json().get("ignored"), event_owner(st, ev),
+          links(st, f"stripe_customer_id = '{cus}'")), (200, True, None, []),
+         "an update with an unknown status: recorded only, no owner, no link")
+    ev = sub_event(cus, uniq("sub_unk"), user, "customer.subscription.deleted",
+                   status="on_vacation")
+    r = deliver(st, ev)
+    t.eq((r.status, event_owner(st, ev), sub_row(st, ev["data"]["object"]["id"])["status"],
+          links(st, f"stripe_customer_id = '{cus}'")), (200, user, "canceled", [[user, cus]]),
+         "a deletion with an unknown status: stored as canceled, the customer linked")
 
 
 def test_duplicate_links_nothing(st):
@@ -292,7 +309,8 @@ def linked_while_waiting(st, claimed, other_link):
     try:
         th.start()
         wait_until("the delivery to wait for the lock", lambda: st.psql_one(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted") == "1")
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            f" AND pid <> {h.pid}") == "1")
         link(st, *other_link)
     finally:
         h.release()
@@ -307,16 +325,16 @@ def test_link_made_while_waiting(st):
     alice, mallory = uniq("alice-"), uniq("mallory-")
     r, ev = linked_while_waiting(st, alice, (mallory, None))
     sub = ev["data"]["object"]["id"]
-    t.eq((r.status, event_owner(st, ev), sub_row(st, sub)["user_id"], event_row_written_last(st, ev)),
-         (200, mallory, mallory, "t"), "the customer linked to another user meanwhile: that"
+    t.eq((r.status, event_owner(st, ev), sub_row(st, sub)["user_id"], event_row_as_inserted(st, ev)),
+         (200, mallory, mallory, "f"), "the customer linked to another user meanwhile: that"
          " user owns the event (its row updated at commit) and the subscription")
     t.eq([c[0] for c in conflicts(st, ev["id"])], ["customer_of_other_user"], "recorded")
 
     carol = uniq("carol-")
     r, ev = linked_while_waiting(st, carol, (carol, uniq("cus_elsewhere")))
     sub = ev["data"]["object"]["id"]
-    t.eq((r.status, event_owner(st, ev), sub_row(st, sub)["user_id"], event_row_written_last(st, ev)),
-         (200, None, None, "t"), "the claimed user linked to another customer meanwhile:"
+    t.eq((r.status, event_owner(st, ev), sub_row(st, sub)["user_id"], event_row_as_inserted(st, ev)),
+         (200, None, None, "f"), "the claimed user linked to another customer meanwhile:"
          " the event's recorded owner is taken back at commit")
     t.eq([c[0] for c in conflicts(st, ev["id"])], ["user_has_other_customer"], "recorded")
 
@@ -338,7 +356,8 @@ def main():
         for fn in (test_session_for_linked_customer, test_session_for_linked_user,
                    test_neither_linked, test_subscription_metadata, test_second_subscription,
                    test_concurrent_claims, test_owner_recorded_with_event,
-                   test_duplicate_links_nothing, test_link_made_while_waiting):
+                   test_unstored_links_nothing, test_duplicate_links_nothing,
+                   test_link_made_while_waiting):
             t.run(fn, st)
     t.run(test_refetch_mode, t, dict(SETTINGS, STRIPE_SYNC_MODE="refetch"))
     return t.done()
