@@ -46,14 +46,14 @@ struct apply {
 	struct db_rows *row_read;
 	/*
 	 * In event mode, when the event's subscription will be stored (and so
-	 * its owner resolved), resolve_owner's customers statement for the
-	 * claim early_claimed and the customer early_customer goes out in that
-	 * round trip too (owner_rows, until resolve_owner takes it), and the
-	 * INSERT records the owner that statement is about to confirm
-	 * (user_recorded).  commit then writes the owner only when it came
-	 * out different: a link made by another transaction in between.
+	 * its owner resolved), the INSERT records the owner of the claim
+	 * early_claimed and the customer early_customer (both NULL
+	 * otherwise) as it sees the links (user_recorded), and, with a
+	 * customer, resolve_owner's customers statement for the two goes out
+	 * in that round trip too (owner_rows, until resolve_owner takes it).
+	 * commit then writes the owner only when it came out different: a
+	 * link made by another transaction in between.
 	 */
-	int early_owner;
 	const char *early_claimed, *early_customer;
 	struct db_rows *owner_rows;
 	char *user_recorded;	/* billing_events.user_id as inserted */
@@ -529,7 +529,7 @@ paths_json(struct json_object *paths)
  * claim and customer, see OWNER_SEEN), and in event mode, in the same
  * round trip, when the INSERT recorded the event: the lock and the read
  * of its subscription (a->early), and the links that decide its owner
- * (a->early_owner).  0 and the INSERT's *rows, or a db_result.
+ * (a->early_customer).  0 and the INSERT's *rows, or a db_result.
  */
 static int
 insert_event(struct apply *a, const char *const *params, struct db_rows **rows)
@@ -560,7 +560,7 @@ insert_event(struct apply *a, const char *const *params, struct db_rows **rows)
 	 * then links): two transactions on one subscription never wait for
 	 * each other in opposite orders.
 	 */
-	if (a->early_owner && a->early_customer != NULL) {
+	if (a->early_customer != NULL) {
 		at_links = n;
 		st[n++] = (struct db_statement){ sql_owner_links_if_recorded, 3, links };
 	}
@@ -592,7 +592,8 @@ record_event(struct apply *a)
 
 	/*
 	 * user_id is the owner (customers decides): recorded by the INSERT
-	 * when a->early_owner, else set when the event has been applied.
+	 * in event mode when the subscription will be stored (see struct
+	 * apply), else set when the event has been applied.
 	 */
 	if (is_subscription_event(ev)) {
 		sub = id_of(o, "id");
@@ -1269,9 +1270,8 @@ apply_once(struct apply *a, enum outcome *fatal)
 	if (a->mode == SYNC_EVENT && is_subscription_event(ev)) {
 		a->early = id_of(ev->object, "id");
 		/* The owner store_subscription will resolve: see struct apply. */
-		a->early_owner = a->early != NULL && status_to_store(jsonget_str(ev->object,
-		    "status"), is_type(ev, "customer.subscription.deleted")) != NULL;
-		if (a->early_owner) {
+		if (a->early != NULL && status_to_store(jsonget_str(ev->object, "status"),
+		    is_type(ev, "customer.subscription.deleted")) != NULL) {
 			a->early_claimed = claim_at(ev->object, "metadata.userId");
 			a->early_customer = id_of(ev->object, "customer");
 		}
@@ -1303,8 +1303,8 @@ apply_once(struct apply *a, enum outcome *fatal)
 	/*
 	 * The links sent with the INSERT were for store_subscription's
 	 * resolve_owner.  Left unused, they may have linked a customer for
-	 * an event that stores no subscription: apply_once's forecast
-	 * (early_owner) has gone wrong.  Never commit that.
+	 * an event that stores no subscription: apply_once's forecast of
+	 * what will be stored has gone wrong.  Never commit that.
 	 */
 	if (r == 0 && a->owner_rows != NULL) {
 		log_msg("event %s: internal error: the owner links sent with its INSERT went unused",
