@@ -14,13 +14,13 @@
 #include <openssl/crypto.h>
 #include <openssl/ec.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 
 #include "auth.h"
 #include "buf.h"
 #include "config.h"
+#include "digest.h"
 #include "jsonget.h"
 #include "limits.h"
 #include "log.h"
@@ -356,14 +356,12 @@ static int
 verify_hs256(const char *secret, const char *input, size_t input_len, const unsigned char *sig,
 	     size_t sig_len)
 {
-	unsigned char mac[EVP_MAX_MD_SIZE];
-	unsigned int mac_len = 0;
+	const struct digest_part message = { input, input_len };
+	unsigned char mac[DIGEST_SHA256_LEN];
 	int good;
 
-	if (HMAC(EVP_sha256(), secret, (int)strlen(secret), (const unsigned char *)input, input_len,
-		 mac, &mac_len) == NULL)
-		return 0;
-	good = sig_len == mac_len && CRYPTO_memcmp(mac, sig, mac_len) == 0;
+	digest_hmac_sha256(secret, strlen(secret), &message, 1, mac);
+	good = sig_len == sizeof(mac) && CRYPTO_memcmp(mac, sig, sizeof(mac)) == 0;
 	OPENSSL_cleanse(mac, sizeof(mac));
 	return good;
 }
@@ -495,12 +493,11 @@ out:
 static int
 secret_equal(const char *a, size_t alen, const char *b, size_t blen)
 {
-	unsigned char da[32], db[32];
+	unsigned char da[DIGEST_SHA256_LEN], db[DIGEST_SHA256_LEN];
 	int same;
 
-	if (EVP_Digest(a, alen, da, NULL, EVP_sha256(), NULL) != 1 ||
-	    EVP_Digest(b, blen, db, NULL, EVP_sha256(), NULL) != 1)
-		return 0;
+	digest_sha256(a, alen, da);
+	digest_sha256(b, blen, db);
 	same = CRYPTO_memcmp(da, db, sizeof(da)) == 0 && alen == blen;
 	OPENSSL_cleanse(da, sizeof(da));
 	OPENSSL_cleanse(db, sizeof(db));
@@ -654,6 +651,8 @@ auth_user_id_valid(const char *s)
 
 /* --- form tokens ------------------------------------------------------------ */
 
+_Static_assert(LIMIT_FORM_KEY == DIGEST_SHA256_LEN, "a form key is one SHA-256 output");
+
 /* What a key derived from STRIPE_SECRET_KEY is for (HKDF-style domain separation). */
 #define FORM_KEY_LABEL "billing-cgi admin form tokens v1"
 
@@ -661,7 +660,7 @@ static enum outcome
 form_key(unsigned char key[LIMIT_FORM_KEY])
 {
 	const char *secret = config_get("ADMIN_CSRF_SECRET"), *stripe;
-	unsigned int len = 0;
+	struct digest_part label = { FORM_KEY_LABEL, strlen(FORM_KEY_LABEL) };
 
 	if (secret != NULL) {
 		if (strlen(secret) < LIMIT_HS256_MIN_KEY) {
@@ -669,28 +668,25 @@ form_key(unsigned char key[LIMIT_FORM_KEY])
 			return OUT_MISCONFIGURED;
 		}
 		/* Any length in, LIMIT_FORM_KEY bytes out. */
-		if (EVP_Digest(secret, strlen(secret), key, &len, EVP_sha256(), NULL) != 1)
-			return OUT_INTERNAL;
+		digest_sha256(secret, strlen(secret), key);
 		return OUT_OK;
 	}
 	if ((stripe = config_get("STRIPE_SECRET_KEY")) == NULL) {
 		log_msg("form tokens need ADMIN_CSRF_SECRET (or STRIPE_SECRET_KEY to derive one)");
 		return OUT_MISCONFIGURED;
 	}
-	if (HMAC(EVP_sha256(), stripe, (int)strlen(stripe), (const unsigned char *)FORM_KEY_LABEL,
-		 strlen(FORM_KEY_LABEL), key, &len) == NULL)
-		return OUT_INTERNAL;
+	digest_hmac_sha256(stripe, strlen(stripe), &label, 1, key);
 	return OUT_OK;
 }
 
 /* Hex HMAC over length-prefixed fields, so no two inputs share a MAC input. */
 static enum outcome
 form_mac(const char *operator, const char *binding, const char *ts, const char *nonce,
-	 char hex[2 * EVP_MAX_MD_SIZE + 1])
+	 char hex[2 * DIGEST_SHA256_LEN + 1])
 {
 	const char *parts[4] = { operator, binding, ts, nonce };
-	unsigned char key[LIMIT_FORM_KEY], mac[EVP_MAX_MD_SIZE];
-	unsigned int mac_len = 0, i;
+	unsigned char key[LIMIT_FORM_KEY], mac[DIGEST_SHA256_LEN];
+	struct digest_part message;
 	struct buf in = BUF_INIT(16 * 1024);
 	enum outcome o;
 	size_t p;
@@ -701,11 +697,11 @@ form_mac(const char *operator, const char *binding, const char *ts, const char *
 	for (p = 0; p < 4; p++)
 		if (buf_printf(&in, "%zu:%s;", strlen(parts[p]), parts[p]) == -1)
 			goto out;
-	if (HMAC(EVP_sha256(), key, sizeof(key), (const unsigned char *)buf_str(&in), in.len, mac,
-		 &mac_len) == NULL)
-		goto out;
-	for (i = 0; i < mac_len; i++)
-		snprintf(hex + 2 * i, 3, "%02x", mac[i]);
+	message.p = buf_str(&in);
+	message.len = in.len;
+	digest_hmac_sha256(key, sizeof(key), &message, 1, mac);
+	for (p = 0; p < sizeof(mac); p++)
+		snprintf(hex + 2 * p, 3, "%02x", mac[p]);
 	o = OUT_OK;
 out:
 	OPENSSL_cleanse(key, sizeof(key));
@@ -718,7 +714,7 @@ enum outcome
 auth_form_token(const char *operator, const char *binding, time_t now, char **token)
 {
 	unsigned char raw[LIMIT_FORM_NONCE];
-	char nonce[2 * LIMIT_FORM_NONCE + 1], ts[24], mac[2 * EVP_MAX_MD_SIZE + 1];
+	char nonce[2 * LIMIT_FORM_NONCE + 1], ts[24], mac[2 * DIGEST_SHA256_LEN + 1];
 	struct buf out = BUF_INIT(256);
 	enum outcome o;
 	size_t i;
@@ -741,7 +737,7 @@ enum outcome
 auth_form_check(const char *token, const char *operator, const char *binding, time_t now,
     char **nonce)
 {
-	char ts[24], got_nonce[2 * LIMIT_FORM_NONCE + 1], mac[2 * EVP_MAX_MD_SIZE + 1];
+	char ts[24], got_nonce[2 * LIMIT_FORM_NONCE + 1], mac[2 * DIGEST_SHA256_LEN + 1];
 	const char *d1, *d2, *why = NULL;
 	long long t = 0;
 	size_t n, i;

@@ -3,12 +3,10 @@
 #include <string.h>
 #include <time.h>
 
-#include <openssl/core_names.h>
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/params.h>
 
 #include "config.h"
+#include "digest.h"
 #include "limits.h"
 #include "log.h"
 #include "request.h"
@@ -137,37 +135,25 @@ webhook_sig_parse(const char *header, size_t len, struct webhook_sig_header *out
 	return WHSIG_VALID;
 }
 
-/* Lowercase hex HMAC-SHA256(secret, t "." body) into hex[SIG_HEX_LEN]; -1 on failure. */
+/* Lowercase hex HMAC-SHA256(secret, t "." body) into hex[SIG_HEX_LEN]; -1 for an empty secret. */
 static int
-sign(EVP_MAC *mac, const struct webhook_sig_secret *secret, const struct webhook_sig_header *h,
+sign(const struct webhook_sig_secret *secret, const struct webhook_sig_header *h,
     const char *body, size_t body_len, char *hex)
 {
 	static const char digits[] = "0123456789abcdef";
-	unsigned char md[32];
-	size_t mdlen = 0, i;
-	EVP_MAC_CTX *ctx = NULL;
-	OSSL_PARAM params[2];
-	int rc = -1;
+	const struct digest_part message[] = { { h->t, h->t_len }, { ".", 1 }, { body, body_len } };
+	unsigned char md[DIGEST_SHA256_LEN];
+	size_t i;
 
-	params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0);
-	params[1] = OSSL_PARAM_construct_end();
-	if (secret->len == 0 || (ctx = EVP_MAC_CTX_new(mac)) == NULL)
-		goto out;
-	if (EVP_MAC_init(ctx, (const unsigned char *)secret->p, secret->len, params) != 1 ||
-	    EVP_MAC_update(ctx, (const unsigned char *)h->t, h->t_len) != 1 ||
-	    EVP_MAC_update(ctx, (const unsigned char *)".", 1) != 1 ||
-	    (body_len > 0 && EVP_MAC_update(ctx, (const unsigned char *)body, body_len) != 1) ||
-	    EVP_MAC_final(ctx, md, &mdlen, sizeof(md)) != 1 || mdlen != sizeof(md))
-		goto out;
+	if (secret->len == 0)
+		return -1;
+	digest_hmac_sha256(secret->p, secret->len, message, sizeof(message) / sizeof(message[0]), md);
 	for (i = 0; i < sizeof(md); i++) {
 		hex[2 * i] = digits[md[i] >> 4];
 		hex[2 * i + 1] = digits[md[i] & 15];
 	}
-	rc = 0;
-out:
 	OPENSSL_cleanse(md, sizeof(md));
-	EVP_MAC_CTX_free(ctx);	/* cleanses its copy of the key */
-	return rc;
+	return 0;
 }
 
 /* Whether any v1 of h equals expected; every v1 is compared (no early exit on content). */
@@ -186,29 +172,6 @@ any_v1_matches(const struct webhook_sig_header *h, const char *expected)
 	return match;
 }
 
-/*
- * OpenSSL's HMAC implementation, fetched once per process: the fetch
- * (provider look-up) costs more than the HMAC itself, and a FastCGI
- * process verifies many events.  Freed at exit, before OpenSSL's own
- * atexit clean-up (registered earlier, so run later).
- */
-static EVP_MAC *hmac;
-
-static void
-hmac_release(void)
-{
-	EVP_MAC_free(hmac);
-	hmac = NULL;
-}
-
-static EVP_MAC *
-hmac_get(void)
-{
-	if (hmac == NULL && (hmac = EVP_MAC_fetch(NULL, "HMAC", NULL)) != NULL)
-		atexit(hmac_release);
-	return hmac;
-}
-
 enum webhook_sig_result
 webhook_sig_verify(const char *header, size_t header_len, const char *body, size_t body_len,
     const struct webhook_sig_secret *secrets, size_t nsecrets, time_t now, long tolerance,
@@ -217,7 +180,6 @@ webhook_sig_verify(const char *header, size_t header_len, const char *body, size
 	struct webhook_sig_header h;
 	enum webhook_sig_result r;
 	char expected[SIG_HEX_LEN];
-	EVP_MAC *mac;
 	uint64_t unow, skew;
 	size_t i;
 	int match = 0;
@@ -228,10 +190,8 @@ webhook_sig_verify(const char *header, size_t header_len, const char *body, size
 	if (r != WHSIG_VALID)
 		return r;
 	r = WHSIG_MISMATCH;
-	if ((mac = hmac_get()) == NULL)
-		goto out;
 	for (i = 0; i < nsecrets && !match; i++) {
-		if (sign(mac, &secrets[i], &h, body, body_len, expected) == 0)
+		if (sign(&secrets[i], &h, body, body_len, expected) == 0)
 			match = any_v1_matches(&h, expected);
 	}
 	if (!match)

@@ -16,7 +16,8 @@
  * signature, in both directions: |now - t| > tolerance is refused,
  * |now - t| == tolerance is accepted.
  *
- * Only this module (and auth) touches HMAC.  Secrets are used in place
+ * The MAC comes from the digest module (OpenSSL's SHA-256 without the
+ * cost of EVP's first use: see digest.h).  Secrets are used in place
  * (pointer + length views into the setting, never copied); MAC outputs
  * derived from them are wiped with OPENSSL_cleanse.
  */
