@@ -27,7 +27,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (DEFAULT_SETTINGS, PASSTHROUGH_ENV, Stack, Tap, make_jwt, program_env,  # noqa: E402
+from harness import (DEFAULT_SETTINGS, PASSTHROUGH_ENV, Stack, Tap, make_jwt, program_env, wait_until,  # noqa: E402
                      stripe_signature)
 from fcgi_client import FcgiProcess  # noqa: E402
 
@@ -297,8 +297,14 @@ def killed_while_idle(t, st):
         t.ok(proc.alive(), "the process survived the database going away")
         # The server ends the idle connection (failover, an operator's
         # pg_terminate_backend): the next request must not notice.
-        st.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name = 'billing-cgi'")
+        # pg_terminate_backend only signals: wait until the backend has
+        # said FATAL and gone, which is what the process can see.
+        pids = st.psql_one("WITH idle AS MATERIALIZED (SELECT pid FROM pg_stat_activity"
+                           " WHERE application_name = 'billing-cgi')"
+                           " SELECT string_agg(pid::text, ',') FROM idle WHERE pg_terminate_backend(pid)")
+        t.ok(pids, "the idle connection's backend was told to end")
+        wait_until("the terminated backend to exit", lambda: st.psql_one(
+            f"SELECT count(*) FROM pg_stat_activity WHERE pid IN ({pids or 0})") == "0")
         r = hook(st, proc, signed_event(900004))
         t.eq(r.status, 200, "idle connection terminated by the server: the next request succeeds")
     finally:
