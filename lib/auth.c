@@ -786,6 +786,7 @@ auth_form_check(const char *token, const char *operator, const char *binding, ti
 	}
 	*nonce = mem_strdup(got_nonce);
 out:
+	OPENSSL_cleanse(mac, sizeof(mac));	/* the MAC this token should carry */
 	if (why != NULL) {
 		log_msg("form token refused: %s", why);
 		return OUT_FORBIDDEN;

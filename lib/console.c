@@ -8,6 +8,7 @@
 #include "auth.h"
 #include "chart.h"
 #include "console.h"
+#include "digest.h"
 #include "html.h"
 #include "jsonget.h"
 #include "limits.h"
@@ -83,13 +84,11 @@ static const char *
 style_hash(void)
 {
 	static char source[64];
-	unsigned char digest[32];
-	unsigned int len = 0;
+	unsigned char digest[DIGEST_SHA256_LEN];
 
 	if (source[0] == '\0') {
-		if (EVP_Digest(css, sizeof(css) - 1, digest, &len, EVP_sha256(), NULL) != 1)
-			response_fatal("no SHA-256");
-		EVP_EncodeBlock((unsigned char *)source, digest, (int)len);
+		digest_sha256(css, sizeof(css) - 1, digest);
+		EVP_EncodeBlock((unsigned char *)source, digest, sizeof(digest));
 	}
 	return source;
 }

@@ -13,7 +13,7 @@
 
 #include "digest.h"
 
-#define BLOCK 64	/* SHA-256's block size, HMAC's B (RFC 2104 section 2) */
+#define BLOCK 64 /* SHA-256's block size, HMAC's B (RFC 2104 section 2) */
 
 void
 digest_sha256(const void *p, size_t len, unsigned char out[DIGEST_SHA256_LEN])
@@ -27,8 +27,8 @@ digest_sha256(const void *p, size_t len, unsigned char out[DIGEST_SHA256_LEN])
 }
 
 void
-digest_hmac_sha256(const void *key, size_t key_len, const struct digest_part *parts,
-    size_t nparts, unsigned char out[DIGEST_SHA256_LEN])
+digest_hmac_sha256(const void *key, size_t key_len, const struct digest_part *parts, size_t nparts,
+		   unsigned char out[DIGEST_SHA256_LEN])
 {
 	unsigned char k[BLOCK], pad[BLOCK], inner[DIGEST_SHA256_LEN];
 	SHA256_CTX ctx;

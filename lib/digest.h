@@ -10,8 +10,13 @@
  * fail, and use the same assembly (SHA-NI, AVX2) as EVP.  Asymmetric
  * signatures (RS256, ES256) still go through EVP in auth.
  *
+ * Being below EVP, these MACs are not subject to openssl.cnf's
+ * algorithm policy or to the FIPS provider: a deployment that must use
+ * FIPS-validated HMAC cannot use this module as it is.
+ *
  * Callers own every buffer; key material is used in place and the
- * copies these functions make are wiped with OPENSSL_cleanse.
+ * copies these functions make are wiped with OPENSSL_cleanse.  out may
+ * be the key's or a part's buffer.
  */
 #ifndef DIGEST_H
 #define DIGEST_H
@@ -26,11 +31,17 @@ struct digest_part {
 	size_t len;
 };
 
-/* out = SHA-256(p[0..len)). */
+/* out = SHA-256(p[0..len)); p may be NULL when len is 0. */
 void digest_sha256(const void *p, size_t len, unsigned char out[DIGEST_SHA256_LEN]);
 
-/* out = HMAC-SHA256(key, parts[0] || ... || parts[nparts - 1]); any key length. */
+/*
+ * out = HMAC-SHA256(key, parts[0] || ... || parts[nparts - 1]), for a
+ * key of any length.  An empty key gives a MAC anyone can compute: the
+ * caller refuses empty and short secrets.  parts may be NULL when
+ * nparts is 0, a part's p NULL when its len is 0, key NULL when key_len
+ * is 0.
+ */
 void digest_hmac_sha256(const void *key, size_t key_len, const struct digest_part *parts,
-    size_t nparts, unsigned char out[DIGEST_SHA256_LEN]);
+			size_t nparts, unsigned char out[DIGEST_SHA256_LEN]);
 
 #endif

@@ -1,7 +1,7 @@
 /*
  * digest: SHA-256 against FIPS 180-4's examples, HMAC-SHA256 against
- * RFC 4231's test cases, and both against OpenSSL's EVP for every key
- * length around the block size and messages split at every point.
+ * RFC 4231's test cases, and both against OpenSSL's HMAC() and EVP for
+ * every key length up to twice the block size and messages in parts.
  */
 #include <stdio.h>
 #include <string.h>
@@ -49,7 +49,7 @@ int
 main(void)
 {
 	unsigned char key[200], md[DIGEST_SHA256_LEN], ref[EVP_MAX_MD_SIZE];
-	char msg[300], million[1000];
+	char msg[300], as[1000];
 	struct digest_part parts[3];
 	unsigned int ref_len;
 	size_t k, cut, bad = 0, i;
@@ -84,7 +84,7 @@ main(void)
 	    " The key needs to be hashed before being used by the HMAC algorithm.", 152,
 	    "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2", "case 7");
 
-	/* Against EVP: every key length from 0 to 130, every split of a 150-byte message. */
+	/* Against HMAC(): every key length from 0 to 130; a 150-byte message cut in three. */
 	for (i = 0; i < sizeof(key); i++)
 		key[i] = (unsigned char)(i * 7 + 3);
 	for (i = 0; i < sizeof(msg); i++)
@@ -109,15 +109,24 @@ main(void)
 		HMAC(EVP_sha256(), key, 32, (const unsigned char *)msg, 150, ref, &ref_len);
 		bad += memcmp(md, ref, sizeof(md)) != 0;
 	}
-	is_int(bad, 0, "a message in three parts, cut anywhere, gives the HMAC of the whole");
+	is_int(bad, 0, "a message in three parts, cut at 151 places, gives the HMAC of the whole");
+	parts[0].p = msg;
+	parts[0].len = 70;
+	parts[1].p = NULL;
+	parts[1].len = 0;
+	parts[2].p = msg + 70;
+	parts[2].len = 80;
+	digest_hmac_sha256(key, 32, parts, 3, md);
+	HMAC(EVP_sha256(), key, 32, (const unsigned char *)msg, 150, ref, &ref_len);
+	ok(memcmp(md, ref, sizeof(md)) == 0, "an empty NULL part in the middle adds nothing");
 	digest_hmac_sha256(key, 32, NULL, 0, md);
 	HMAC(EVP_sha256(), key, 32, (const unsigned char *)"", 0, ref, &ref_len);
 	ok(memcmp(md, ref, sizeof(md)) == 0, "no parts: the HMAC of the empty message");
 	bad = 0;
-	memset(million, 'a', sizeof(million));
-	for (k = 0; k <= sizeof(million); k += 37) {
-		digest_sha256(million, k, md);
-		EVP_Digest(million, k, ref, &ref_len, EVP_sha256(), NULL);
+	memset(as, 'a', sizeof(as));
+	for (k = 0; k <= sizeof(as); k += 37) {
+		digest_sha256(as, k, md);
+		EVP_Digest(as, k, ref, &ref_len, EVP_sha256(), NULL);
 		bad += memcmp(md, ref, sizeof(md)) != 0;
 	}
 	is_int(bad, 0, "SHA-256 equals EVP's for lengths 0 to 999");

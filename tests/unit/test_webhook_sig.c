@@ -10,6 +10,7 @@
 
 #include <json-c/json.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 
 #include "config.h"
 #include "outcome.h"
@@ -151,6 +152,32 @@ main(void)
 	    OUT_SIGNATURE_MALFORMED, "leading zero in t");
 	is_int(outcome_of("t=-5,v1=00", body, "whsec_test_secret", now), OUT_SIGNATURE_MALFORMED,
 	    "negative t");
+
+	/* Secrets around HMAC's block size (64 bytes; longer keys are hashed first). */
+	{
+		static const size_t lens[] = { 1, 63, 64, 65, 100, 300 };
+		char secret[301], msg[256], header[128], *p;
+		unsigned char mac[EVP_MAX_MD_SIZE];
+		unsigned int mac_len, k;
+		size_t j;
+
+		for (j = 0; j < sizeof(lens) / sizeof(lens[0]); j++) {
+			for (k = 0; k < lens[j]; k++)
+				secret[k] = (char)('a' + (k * 7 + j) % 26);
+			secret[lens[j]] = '\0';
+			snprintf(msg, sizeof(msg), "1795510800.%s", body);
+			HMAC(EVP_sha256(), secret, (int)lens[j], (unsigned char *)msg, strlen(msg), mac,
+			    &mac_len);
+			p = header + snprintf(header, sizeof(header), "t=1795510800,v1=");
+			for (k = 0; k < mac_len; k++)
+				p += sprintf(p, "%02x", mac[k]);
+			is_int(outcome_of(header, body, secret, now), OUT_OK,
+			    "a %zu-byte secret verifies as OpenSSL's HMAC() signs", lens[j]);
+			secret[lens[j] - 1] ^= 1;
+			is_int(outcome_of(header, body, secret, now), OUT_SIGNATURE_MISMATCH,
+			    "a %zu-byte secret with its last byte changed does not", lens[j]);
+		}
+	}
 
 	/* The parser never reads past len: a header cut inside the v1 value. */
 	ok(webhook_sig_parse(good, 20, &h) == WHSIG_VALID && h.v1_count == 1 &&
