@@ -12,6 +12,8 @@ src=${SRCDIR:-$here/..}
 # Numeric constants that are formats or rates, not limits: file:NAME.
 allowed=(
 	"lib/webhook_sig.c:SIG_HEX_LEN"         # SHA-256 in hex is 64 digits, by definition
+	"lib/digest.h:DIGEST_SHA256_LEN"        # SHA-256's output, 32 bytes by definition (FIPS 180-4)
+	"lib/digest.c:BLOCK"                    # SHA-256's block, HMAC's B (RFC 2104 section 2)
 	"lib/usage.h:USAGE_PRUNE_ONE_IN"        # how often a POST prunes, not a bound
 	# Line lengths of the mail formats themselves (RFC 5322 2.1.1, RFC 2047 2,
 	# RFC 2045 6.7), not choices of ours.
