@@ -38,15 +38,18 @@ struct apply {
 	int ignored;
 	/*
 	 * In event mode, the event's own subscription: record_event takes its
-	 * lock (lock_subscription) and reads its row (read_row) in the same
-	 * round trip as the event's INSERT, since none of the three waits for
-	 * another's result.  row_read is that row until read_row takes it.
+	 * lock (lock_subscription) and, with early_read, reads its row
+	 * (read_row) in the same round trip as the event's INSERT, since none
+	 * of the three waits for another's result.  row_read is that row
+	 * until read_row takes it.
 	 */
 	const char *early;
+	int early_read;
 	struct db_rows *row_read;
 	/*
-	 * In event mode, when the event's subscription will be stored (and so
-	 * its owner resolved), the INSERT records the owner of the claim
+	 * In event mode, when the event's owner will be resolved (a
+	 * subscription event whose subscription will be stored, an invoice
+	 * event), the INSERT records the owner of the claim
 	 * early_claimed and the customer early_customer (both NULL
 	 * otherwise) as it sees the links (user_recorded), and, with a
 	 * customer, resolve_owner's customers statement for the two goes out
@@ -527,9 +530,10 @@ paths_json(struct json_object *paths)
 /*
  * The event's INSERT with its 14 parameters (the last two: the owner's
  * claim and customer, see OWNER_SEEN), and in event mode, in the same
- * round trip, when the INSERT recorded the event: the lock and the read
- * of its subscription (a->early), and the links that decide its owner
- * (a->early_customer).  0 and the INSERT's *rows, or a db_result.
+ * round trip, when the INSERT recorded the event: the lock of its
+ * subscription (a->early) and its read (a->early_read), and the links
+ * that decide its owner (a->early_customer).  0 and the INSERT's *rows,
+ * or a db_result.
  */
 static int
 insert_event(struct apply *a, const char *const *params, struct db_rows **rows)
@@ -552,8 +556,10 @@ insert_event(struct apply *a, const char *const *params, struct db_rows **rows)
 
 	if (a->early) {
 		st[n++] = (struct db_statement){ sql_lock_if_recorded, 2, early };
-		at_read = n;
-		st[n++] = (struct db_statement){ sql_read_row_if_recorded, 2, early };
+		if (a->early_read) {
+			at_read = n;
+			st[n++] = (struct db_statement){ sql_read_row_if_recorded, 2, early };
+		}
 	}
 	/*
 	 * After the lock, the order of every path that takes both (lock,
@@ -1113,7 +1119,8 @@ apply_invoice(struct apply *a, enum outcome *fatal)
 
 	if (claimed == NULL)
 		claimed = user_at(o, "metadata.userId");
-	if ((sub && (r = lock_subscription(a, sub)) != 0) ||
+	/* In event mode record_event took the lock with the event's INSERT. */
+	if ((sub && a->early == NULL && (r = lock_subscription(a, sub)) != 0) ||
 	    (r = resolve_owner(a, claimed, id_of(o, "customer"), &owner)) != 0)
 		return r;
 	remember_user(a, owner);
@@ -1269,12 +1276,21 @@ apply_once(struct apply *a, enum outcome *fatal)
 	/* Stripe is asked under the lock in refetch mode: that one is taken later. */
 	if (a->mode == SYNC_EVENT && is_subscription_event(ev)) {
 		a->early = id_of(ev->object, "id");
+		a->early_read = 1;
 		/* The owner store_subscription will resolve: see struct apply. */
 		if (a->early != NULL && status_to_store(jsonget_str(ev->object, "status"),
 		    is_type(ev, "customer.subscription.deleted")) != NULL) {
 			a->early_claimed = claim_at(ev->object, "metadata.userId");
 			a->early_customer = id_of(ev->object, "customer");
 		}
+	} else if (a->mode == SYNC_EVENT && is_invoice_event(ev)) {
+		/* apply_invoice's lock, its row (a failed payment's only), its owner. */
+		a->early = invoice_subscription(ev->object);
+		a->early_read = is_type(ev, "invoice.payment_failed");
+		a->early_claimed = claim_at(ev->object, "parent.subscription_details.metadata.userId");
+		if (a->early_claimed == NULL)
+			a->early_claimed = claim_at(ev->object, "metadata.userId");
+		a->early_customer = id_of(ev->object, "customer");
 	}
 	if ((r = record_event(a)) != 0 || a->duplicate)
 		goto out;

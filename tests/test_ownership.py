@@ -67,6 +67,15 @@ def sub_event(customer, sub, claimed=None, name="customer.subscription.updated",
     return ev
 
 
+def inv_event(customer, sub, claimed=None, name="invoice.paid"):
+    ev = event(name, id=uniq("evt_inv_"))
+    o = ev["data"]["object"]
+    o["customer"] = customer
+    o["parent"]["subscription_details"]["subscription"] = sub
+    o["parent"]["subscription_details"]["metadata"] = {"userId": claimed} if claimed else {}
+    return ev
+
+
 def test_session_for_linked_customer(st):
     """The issue's case: a session naming U whose customer is someone else's."""
     for via_metadata in (False, True):
@@ -259,6 +268,36 @@ def test_owner_recorded_with_event(st):
     t.eq(links(st, f"stripe_customer_id = '{cus_new}'"), [[mallory, cus_new]],
          "the one link made")
 
+    # Invoice events resolve their owner too, always: the same, with the INSERT.
+    cus_inv, carol = uniq("cus_inv"), uniq("carol-")
+    cases = [
+        ("invoice.paid, a linked customer, another user claimed: the customer's user",
+         inv_event(cus_a, uniq("sub_i"), mallory), alice),
+        ("invoice.paid, a new customer claimed by a user linked elsewhere: nobody",
+         inv_event(uniq("cus_inv_x"), uniq("sub_i"), bob), None),
+        ("invoice.paid, a new customer and a new user: the user, linked now",
+         inv_event(cus_inv, uniq("sub_i"), carol), carol),
+        ("invoice.payment_failed, no claim, a linked customer: the customer's user",
+         inv_event(cus_a, uniq("sub_i"), name="invoice.payment_failed"), alice),
+        ("invoice.payment_action_required, one-off (no subscription): the customer's user",
+         inv_event(cus_a, None, name="invoice.payment_action_required"), alice),
+    ]
+    for what, ev, want in cases:
+        r = deliver(st, ev)
+        t.eq((r.status, event_owner(st, ev), event_row_as_inserted(st, ev)), (200, want, "t"),
+             what + "; written by the INSERT, not updated after")
+    t.eq(links(st, f"stripe_customer_id = '{cus_inv}'"), [[carol, cus_inv]],
+         "the invoice's link made")
+
+    # A failed renewal still turns the live subscription past_due (its row is
+    # read with the INSERT, under the lock).
+    sub_f = uniq("sub_fail")
+    r = deliver(st, sub_event(cus_a, sub_f, status="active"))
+    ev = inv_event(cus_a, sub_f, name="invoice.payment_failed")
+    r = deliver(st, ev)
+    t.eq((r.status, sub_row(st, sub_f)["status"], event_owner(st, ev), event_row_as_inserted(st, ev)),
+         (200, "past_due", alice, "t"), "invoice.payment_failed on an active subscription: past_due")
+
 
 def test_unstored_links_nothing(st):
     """An event whose subscription is not stored (a status we do not know)
@@ -293,15 +332,26 @@ def test_duplicate_links_nothing(st):
     t.eq((r.status, r.json().get("duplicate"), links(st, f"stripe_customer_id = '{cus}'")),
          (200, True, []), "its redelivery: a duplicate, and no link made")
 
+    user, cus = uniq("dup-"), uniq("cus_dup")
+    ev = inv_event(cus, uniq("sub_dup"), user)
+    r = deliver(st, ev)
+    t.eq((r.status, links(st, f"stripe_customer_id = '{cus}'")), (200, [[user, cus]]),
+         "an invoice's first delivery links the customer")
+    st.psql(f"DELETE FROM customers WHERE stripe_customer_id = '{cus}'")
+    r = deliver(st, ev)
+    t.eq((r.status, r.json().get("duplicate"), links(st, f"stripe_customer_id = '{cus}'")),
+         (200, True, []), "the invoice's redelivery: a duplicate, and no link made")
 
-def linked_while_waiting(st, claimed, other_link):
-    """Delivers a new customer's first subscription event while its
-    subscription's lock is held elsewhere; once the event's INSERT has
-    run (recording the owner it saw) and the delivery waits for the lock,
-    other_link (user, customer) is committed, then the lock released.
-    Returns (answer, event)."""
+
+def linked_while_waiting(st, claimed, other_link, make=None):
+    """Delivers a new customer's first subscription event (or make(cus,
+    sub, claimed)) while its subscription's lock is held elsewhere; once
+    the event's INSERT has run (recording the owner it saw) and the
+    delivery waits for the lock, other_link (user, customer) is committed,
+    then the lock released.  Returns (answer, event)."""
     cus, sub = uniq("cus_wait"), uniq("sub_wait")
-    ev = sub_event(cus, sub, claimed, "customer.subscription.created")
+    ev = make(cus, sub, claimed) if make else \
+        sub_event(cus, sub, claimed, "customer.subscription.created")
     other_link = (other_link[0], other_link[1] or cus)
     h = LockHolder(st, f"SELECT pg_advisory_xact_lock(hashtext('{sub}'))")
     got = []
@@ -337,6 +387,12 @@ def test_link_made_while_waiting(st):
          (200, None, None, "f"), "the claimed user linked to another customer meanwhile:"
          " the event's recorded owner is taken back at commit")
     t.eq([c[0] for c in conflicts(st, ev["id"])], ["user_has_other_customer"], "recorded")
+
+    dave, erin = uniq("dave-"), uniq("erin-")
+    r, ev = linked_while_waiting(st, dave, (erin, None), inv_event)
+    t.eq((r.status, event_owner(st, ev), event_row_as_inserted(st, ev)), (200, erin, "f"),
+         "an invoice, its customer linked to another user meanwhile: that user owns the event")
+    t.eq([c[0] for c in conflicts(st, ev["id"])], ["customer_of_other_user"], "recorded")
 
 
 def test_refetch_mode(t_, settings):
