@@ -511,6 +511,20 @@ is_invoice_event(const struct subscription_event *ev)
 	    is_type(ev, "invoice.payment_action_required");
 }
 
+/*
+ * The user an invoice claims (the subscription's metadata as basil's
+ * parent copies it, else the invoice's own), through get: claim_at, or
+ * user_at to log an invalid one.  One place, so the claim the INSERT's
+ * links were sent for is the one apply_invoice resolves.
+ */
+static const char *
+invoice_claim(struct json_object *inv, const char *(*get)(struct json_object *, const char *))
+{
+	const char *s = get(inv, "parent.subscription_details.metadata.userId");
+
+	return s ? s : get(inv, "metadata.userId");
+}
+
 /* The subscription an invoice belongs to: basil's parent, else the pre-2025 field. */
 static const char *
 invoice_subscription(struct json_object *inv)
@@ -530,10 +544,10 @@ paths_json(struct json_object *paths)
 /*
  * The event's INSERT with its 14 parameters (the last two: the owner's
  * claim and customer, see OWNER_SEEN), and in event mode, in the same
- * round trip, when the INSERT recorded the event: the lock of its
- * subscription (a->early) and its read (a->early_read), and the links
- * that decide its owner (a->early_customer).  0 and the INSERT's *rows,
- * or a db_result.
+ * round trip, when the INSERT recorded the event, in this order: the
+ * lock of its subscription (a->early), the links that decide its owner
+ * (a->early_customer), the read of its row (a->early_read).  0 and the
+ * INSERT's *rows, or a db_result.
  */
 static int
 insert_event(struct apply *a, const char *const *params, struct db_rows **rows)
@@ -554,21 +568,21 @@ insert_event(struct apply *a, const char *const *params, struct db_rows **rows)
 	struct db_rows *got[4] = { NULL, NULL, NULL, NULL };
 	int n = 1, at_links = 0, at_read = 0, i, r;
 
-	if (a->early) {
+	if (a->early)
 		st[n++] = (struct db_statement){ sql_lock_if_recorded, 2, early };
-		if (a->early_read) {
-			at_read = n;
-			st[n++] = (struct db_statement){ sql_read_row_if_recorded, 2, early };
-		}
-	}
 	/*
 	 * After the lock, the order of every path that takes both (lock,
-	 * then links): two transactions on one subscription never wait for
-	 * each other in opposite orders.
+	 * then links), and before the row lock of the read: checkout's
+	 * UPDATE of its customer's other subscriptions takes row locks
+	 * without their advisory locks while its new link is uncommitted.
 	 */
 	if (a->early_customer != NULL) {
 		at_links = n;
 		st[n++] = (struct db_statement){ sql_owner_links_if_recorded, 3, links };
+	}
+	if (a->early && a->early_read) {
+		at_read = n;
+		st[n++] = (struct db_statement){ sql_read_row_if_recorded, 2, early };
 	}
 	r = fail(a, db_exec_batch(a->db, n, st, got));
 	*rows = got[0];
@@ -1112,13 +1126,11 @@ apply_invoice(struct apply *a, enum outcome *fatal)
 {
 	struct json_object *o = a->ev->object;
 	const char *sub = invoice_subscription(o);
-	const char *claimed = user_at(o, "parent.subscription_details.metadata.userId");
+	const char *claimed = invoice_claim(o, user_at);
 	char created[24], *owner = NULL;
 	struct sub_row row;
 	int stored = 0, r;
 
-	if (claimed == NULL)
-		claimed = user_at(o, "metadata.userId");
 	/* In event mode record_event took the lock with the event's INSERT. */
 	if ((sub && a->early == NULL && (r = lock_subscription(a, sub)) != 0) ||
 	    (r = resolve_owner(a, claimed, id_of(o, "customer"), &owner)) != 0)
@@ -1287,9 +1299,7 @@ apply_once(struct apply *a, enum outcome *fatal)
 		/* apply_invoice's lock, its row (a failed payment's only), its owner. */
 		a->early = invoice_subscription(ev->object);
 		a->early_read = is_type(ev, "invoice.payment_failed");
-		a->early_claimed = claim_at(ev->object, "parent.subscription_details.metadata.userId");
-		if (a->early_claimed == NULL)
-			a->early_claimed = claim_at(ev->object, "metadata.userId");
+		a->early_claimed = invoice_claim(ev->object, claim_at);
 		a->early_customer = id_of(ev->object, "customer");
 	}
 	if ((r = record_event(a)) != 0 || a->duplicate)

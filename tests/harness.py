@@ -506,11 +506,13 @@ class LockHolder:
         self.pid = st.psql_one(ready)
 
     def release(self):
-        try:
-            self.p.stdin.write(b"ROLLBACK;\n")
-            self.p.stdin.close()
-        except OSError:
-            pass
+        """Rolls back (ends the lock) and waits for psql; again: nothing."""
+        if not self.p.stdin.closed:
+            try:
+                self.p.stdin.write(b"ROLLBACK;\n")
+                self.p.stdin.close()
+            except OSError:
+                pass
         self.p.wait(10)
 
 

@@ -67,12 +67,19 @@ def sub_event(customer, sub, claimed=None, name="customer.subscription.updated",
     return ev
 
 
-def inv_event(customer, sub, claimed=None, name="invoice.paid"):
+def inv_event(customer, sub, claimed=None, name="invoice.paid", old_api=False):
+    """An invoice event; old_api: the subscription and the claim where
+    invoices had them before 2025 (top-level subscription, metadata)."""
     ev = event(name, id=uniq("evt_inv_"))
     o = ev["data"]["object"]
     o["customer"] = customer
-    o["parent"]["subscription_details"]["subscription"] = sub
-    o["parent"]["subscription_details"]["metadata"] = {"userId": claimed} if claimed else {}
+    if old_api:
+        o["parent"] = None
+        o["subscription"] = sub
+        o["metadata"] = {"userId": claimed} if claimed else {}
+    else:
+        o["parent"]["subscription_details"]["subscription"] = sub
+        o["parent"]["subscription_details"]["metadata"] = {"userId": claimed} if claimed else {}
     return ev
 
 
@@ -394,6 +401,83 @@ def test_link_made_while_waiting(st):
          "an invoice, its customer linked to another user meanwhile: that user owns the event")
     t.eq([c[0] for c in conflicts(st, ev["id"])], ["customer_of_other_user"], "recorded")
 
+    fay, gus = uniq("fay-"), uniq("gus-")
+    r, ev = linked_while_waiting(st, fay, (gus, None),
+                                 lambda cus, sub, claimed: inv_event(cus, sub, claimed, old_api=True))
+    t.eq((r.status, event_owner(st, ev), event_row_as_inserted(st, ev)), (200, gus, "f"),
+         "the same for a pre-2025 invoice (top-level subscription and metadata)")
+
+
+def test_invoice_claims(st):
+    """An invoice claiming two users (its subscription's metadata as
+    parent.subscription_details carries it, and its own metadata): the
+    subscription's wins, the same for the INSERT's links as for the
+    owner; and an invoice.paid does not wait for its subscription's row."""
+    hal, ivy, cus = uniq("hal-"), uniq("ivy-"), uniq("cus_two_claims")
+    ev = inv_event(cus, uniq("sub_two_claims"), hal)
+    ev["data"]["object"]["metadata"] = {"userId": ivy}
+    r = deliver(st, ev)
+    t.eq((r.status, event_owner(st, ev), event_row_as_inserted(st, ev),
+          links(st, f"stripe_customer_id = '{cus}'")), (200, hal, "t", [[hal, cus]]),
+         "two claims: the subscription's (parent) is the owner, linked with the INSERT")
+
+    sub = uniq("sub_rowlocked")
+    r = deliver(st, sub_event(cus, sub, status="active"))
+    h = LockHolder(st, f"SELECT 1 FROM subscriptions WHERE stripe_subscription_id = '{sub}' FOR UPDATE")
+    try:
+        ev = inv_event(cus, sub)
+        r = deliver(st, ev)
+    finally:
+        h.release()
+    t.eq((r.status, event_owner(st, ev)), (200, hal),
+         "invoice.paid while another transaction holds its subscription's row: no wait for it")
+
+
+def test_checkout_updates_while_event_links(st):
+    """Checkout links customer C to U and then updates C's other
+    subscriptions (row locks, without their advisory locks) while an
+    event for one of them waits, under its own lock, for that link.  The
+    event must not hold its subscription's row then: PostgreSQL would
+    find a deadlock and abort one of the two (retried, but a second of
+    waiting and an error in the log)."""
+    for kind in ("invoice.payment_failed", "customer.subscription.updated"):
+        cus, user = uniq("cus_dl"), uniq("dl-")
+        sub1, sub2 = uniq("sub_dl1_"), uniq("sub_dl2_")
+        st.psql("INSERT INTO subscriptions (stripe_subscription_id, stripe_customer_id, tier, status,"
+                f" last_event_created) VALUES ('{sub1}', '{cus}', 'pro', 'active', to_timestamp(1000)),"
+                f" ('{sub2}', '{cus}', 'pro', 'incomplete', to_timestamp(1000))")
+        log = os.path.join(st.tmp, "logs", "postgres.log")
+        deadlocks = open(log, errors="replace").read().count("deadlock detected")
+        row2 = LockHolder(st, f"SELECT 1 FROM subscriptions WHERE stripe_subscription_id = '{sub2}' FOR UPDATE")
+        lock1 = LockHolder(st, f"SELECT pg_advisory_xact_lock(hashtext('{sub1}'))")
+        holders = f"{row2.pid}, {lock1.pid}"
+        ev = inv_event(cus, sub1, user, name=kind) if kind.startswith("invoice") \
+            else sub_event(cus, sub1, user, kind, status="active")
+        got = {}
+        threads = [threading.Thread(target=lambda: got.update(ses=deliver(st, session_event(cus, sub2, user)))),
+                   threading.Thread(target=lambda: got.update(ev=deliver(st, ev)))]
+
+        def waiting(locktype):
+            return int(st.psql_one("SELECT count(*) FROM pg_locks WHERE NOT granted"
+                                   f" AND locktype = '{locktype}' AND pid NOT IN ({holders})"))
+        try:
+            threads[0].start()  # links C to U, then waits for sub2's row
+            wait_until("checkout to wait for sub2's row", lambda: waiting("transactionid") == 1)
+            threads[1].start()  # waits for sub1's lock
+            wait_until("the event to wait for sub1's lock", lambda: waiting("advisory") == 1)
+            lock1.release()     # the event goes on to its links: waits for checkout's link
+            wait_until("the event to wait for checkout's link", lambda: waiting("transactionid") == 2)
+        finally:
+            lock1.release()
+            row2.release()      # checkout goes on: its UPDATE reaches sub1's row
+            for th in threads:
+                th.join(30)
+        retried = [k for k in ("ses", "ev") if "transaction retried" in got[k].stderr]
+        t.eq((got["ses"].status, got["ev"].status, retried,
+              open(log, errors="replace").read().count("deadlock detected") - deadlocks,
+              sub_row(st, sub1)["user_id"], event_owner(st, ev)), (200, 200, [], 0, user, user),
+             f"{kind} waiting for a link while checkout updates its subscription: no deadlock")
+
 
 def test_refetch_mode(t_, settings):
     with Stack(settings=settings) as st:
@@ -413,7 +497,8 @@ def main():
                    test_neither_linked, test_subscription_metadata, test_second_subscription,
                    test_concurrent_claims, test_owner_recorded_with_event,
                    test_unstored_links_nothing, test_duplicate_links_nothing,
-                   test_link_made_while_waiting):
+                   test_link_made_while_waiting, test_invoice_claims,
+                   test_checkout_updates_while_event_links):
             t.run(fn, st)
     t.run(test_refetch_mode, t, dict(SETTINGS, STRIPE_SYNC_MODE="refetch"))
     return t.done()
