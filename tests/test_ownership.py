@@ -329,25 +329,18 @@ def test_duplicate_links_nothing(st):
     """A redelivery sends the links statement with its INSERT, which finds
     the event recorded: it must link nothing (here: a link removed by hand
     after the first delivery stays removed)."""
-    user, cus, sub = uniq("dup-"), uniq("cus_dup"), uniq("sub_dup")
-    ev = sub_event(cus, sub, user, "customer.subscription.created")
-    r = deliver(st, ev)
-    t.eq((r.status, links(st, f"stripe_customer_id = '{cus}'")), (200, [[user, cus]]),
-         "the first delivery links the customer")
-    st.psql(f"DELETE FROM customers WHERE stripe_customer_id = '{cus}'")
-    r = deliver(st, ev)
-    t.eq((r.status, r.json().get("duplicate"), links(st, f"stripe_customer_id = '{cus}'")),
-         (200, True, []), "its redelivery: a duplicate, and no link made")
-
-    user, cus = uniq("dup-"), uniq("cus_dup")
-    ev = inv_event(cus, uniq("sub_dup"), user)
-    r = deliver(st, ev)
-    t.eq((r.status, links(st, f"stripe_customer_id = '{cus}'")), (200, [[user, cus]]),
-         "an invoice's first delivery links the customer")
-    st.psql(f"DELETE FROM customers WHERE stripe_customer_id = '{cus}'")
-    r = deliver(st, ev)
-    t.eq((r.status, r.json().get("duplicate"), links(st, f"stripe_customer_id = '{cus}'")),
-         (200, True, []), "the invoice's redelivery: a duplicate, and no link made")
+    for what, make in (("a subscription event", lambda cus, sub, user: sub_event(
+                            cus, sub, user, "customer.subscription.created")),
+                       ("an invoice", inv_event)):
+        user, cus = uniq("dup-"), uniq("cus_dup")
+        ev = make(cus, uniq("sub_dup"), user)
+        r = deliver(st, ev)
+        t.eq((r.status, links(st, f"stripe_customer_id = '{cus}'")), (200, [[user, cus]]),
+             f"{what}: the first delivery links the customer")
+        st.psql(f"DELETE FROM customers WHERE stripe_customer_id = '{cus}'")
+        r = deliver(st, ev)
+        t.eq((r.status, r.json().get("duplicate"), links(st, f"stripe_customer_id = '{cus}'")),
+             (200, True, []), f"{what}: its redelivery is a duplicate, and no link is made")
 
 
 def linked_while_waiting(st, claimed, other_link, make=None):
