@@ -612,8 +612,8 @@ record_event(struct apply *a)
 
 	/*
 	 * user_id is the owner (customers decides): recorded by the INSERT
-	 * in event mode when the subscription will be stored (see struct
-	 * apply), else set when the event has been applied.
+	 * in event mode when the owner will be resolved (see struct apply),
+	 * else set when the event has been applied.
 	 */
 	if (is_subscription_event(ev)) {
 		sub = id_of(o, "id");
@@ -1327,10 +1327,11 @@ apply_once(struct apply *a, enum outcome *fatal)
 		    json_object_to_json_string_ext(a->left_out,
 		    JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
 	/*
-	 * The links sent with the INSERT were for store_subscription's
-	 * resolve_owner.  Left unused, they may have linked a customer for
-	 * an event that stores no subscription: apply_once's forecast of
-	 * what will be stored has gone wrong.  Never commit that.
+	 * The links sent with the INSERT were for the resolve_owner of
+	 * store_subscription or apply_invoice.  Left unused, they may have
+	 * linked a customer for an event that should link nobody: the
+	 * forecast above (what will be stored, which claim) has gone wrong.
+	 * Never commit that.
 	 */
 	if (r == 0 && a->owner_rows != NULL) {
 		log_msg("event %s: internal error: the owner links sent with its INSERT went unused",
