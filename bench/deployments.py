@@ -23,6 +23,9 @@ copy of it) and the same Apache:
        cgi        mod_cgid, a new process and PostgreSQL connection a request
        cgi+pgb    mod_cgid, DATABASE_URL through PgBouncer (transaction mode)
        fastcgi    mod_fcgid (apache/billing-fcgid.conf)
+       proxy-fcgi mod_proxy_fcgi (apache/billing-proxy-fcgi.conf), each
+                  program's processes started by spawn-fcgi + multiwatch
+                  (8 per program, as many as mod_fcgid may start)
      beside the references when ../shared/bench is there: limit.cgi (cgi and
      cgi+pgb), limit.fcgi (fastcgi), and the seed-style Node.js stack
      (node-peer, `npm ci` in a copy) on its own port.
@@ -308,7 +311,7 @@ def row(name, c, r, why=None):
 
 
 def floor_conf(floor_dir, mode, st):
-    if not floor_dir:
+    if not floor_dir or mode == "proxy_fcgi":
         return ""
     pgh, pgp = (st.pgb_run, st.pgb_port) if st.want_pgbouncer else (st.pg_run, st.pg_port)
     env = (f'PGHOST "{pgh}"', f'PGPORT "{pgp}"', 'PGUSER "billing"', 'PGDATABASE "floor"',
@@ -377,13 +380,14 @@ def main():
     if os.environ.get("BENCH_RATE_LIMITS") == "off":
         for name in ("CHECKOUT", "USAGE", "PORTAL", "SUBSCRIPTION"):
             settings[f"RATE_LIMIT_{name}"] = settings[f"RATE_LIMIT_{name}_IP"] = "0"
-    deployments = [("cgi", "cgid", False), ("cgi+pgb", "cgid", True), ("fastcgi", "fcgid", False)]
+    deployments = [("cgi", "cgid", False), ("cgi+pgb", "cgid", True), ("fastcgi", "fcgid", False),
+                   ("proxy-fcgi", "proxy_fcgi", False)]
     # BENCH_DEPLOYMENTS=fastcgi (comma list) runs only those.
     only = os.environ.get("BENCH_DEPLOYMENTS")
     if only:
         deployments = [d for d in deployments if d[0] in only.split(",")]
     if ONLY_PER_INVOCATION:
-        deployments = [d for d in deployments if d[0] != "fastcgi"]
+        deployments = [d for d in deployments if d[1] in ("cgid", "cgi")]
     node = None
     try:
         results = {}
@@ -391,6 +395,8 @@ def main():
             conf_holder = {}
 
             class S(Stack):
+                proxy_fcgi_workers = 8
+
                 def _apache_prepare(self):
                     self.extra_apache_conf = floor_conf(floor_dir, mode, self)
                     super()._apache_prepare()
@@ -417,14 +423,15 @@ def main():
                           + (", continued" if results else ""))
                     print("| deployment | c | per s | p50 ms | p99 ms | notes |")
                     print("|---|---|---|---|---|---|")
-                expect = 4000 if mode == "fcgid" else 400
+                fastcgi = mode in ("fcgid", "proxy_fcgi")
+                expect = 4000 if fastcgi else 400
                 targets = [(f"{name} webhook.cgi", "webhook", "/api/stripe/webhook"),
                            (f"{name} usage.cgi POST", "usage", "/api/usage")]
-                if floor_dir:
+                if floor_dir and mode != "proxy_fcgi":
                     targets.append((f"{name} floor limit.{'fcgi' if mode == 'fcgid' else 'cgi'}",
                                     "webhook", "/floor/webhook"))
                 for label, kind, path in targets:
-                    if mode == "fcgid":  # let mod_fcgid start its processes first
+                    if fastcgi:  # let the processes start and connect first
                         wrk(st.url(path), kind, f"warm{name}{kind}{path[1]}", 16, tmp, duration=2)
                     for c in CONCURRENCY:
                         _, offset = statuses_since(st, 0)

@@ -249,7 +249,10 @@ serve_one(struct serve *srv, char **vars, request_reader *read, void *read_ctx,
 
 static volatile sig_atomic_t stopping;
 
-/* mod_fcgid stops a process with SIGTERM: finish the request in hand, then leave. */
+/*
+ * mod_fcgid and multiwatch (behind mod_proxy_fcgi) stop a process with
+ * SIGTERM: finish the request in hand, then leave.
+ */
 static void
 on_term(int sig)
 {

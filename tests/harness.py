@@ -67,8 +67,11 @@ SRCDIR (source tree; default: the directory above this file), KEEP_TMP=1
 (override where the servers are found), PGBOUNCER_BIN.
 BILLING_TEST_APACHE chooses how Apache runs the programs (Stack(apache_mode=)
 wins over it): "cgid" (default: event MPM + mod_cgid, Debian's default),
-"cgi" (prefork MPM + mod_cgi) or "fcgid" (event MPM + mod_fcgid with
-apache/billing-fcgid.conf: the programs run as FastCGI processes).
+"cgi" (prefork MPM + mod_cgi), "fcgid" (event MPM + mod_fcgid with
+apache/billing-fcgid.conf: the programs run as FastCGI processes) or
+"proxy_fcgi" (event MPM + mod_proxy_fcgi with apache/billing-proxy-fcgi.conf:
+each program's FastCGI processes started by spawn-fcgi and multiwatch, as
+apache/billing-fcgi@.service starts them; st.spawners, st.fcgi_sockets).
 BILLING_TEST_PGBOUNCER=1 (or Stack(pgbouncer=True)) puts PgBouncer in
 transaction-pooling mode between the programs and PostgreSQL: the programs'
 DATABASE_URL points at it (st.app_database_url), st.psql still goes direct.
@@ -153,7 +156,9 @@ APACHE_MODES = {
     "cgid": ("mpm_event", "cgid", "billing-cgi.conf"),
     "cgi": ("mpm_prefork", "cgi", "billing-cgi.conf"),
     "fcgid": ("mpm_event", "fcgid", "billing-fcgid.conf"),
+    "proxy_fcgi": ("mpm_event", "proxy_fcgi", "billing-proxy-fcgi.conf"),
 }
+
 
 PASSTHROUGH_ENV = ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "MSAN_OPTIONS",
                    "LD_LIBRARY_PATH", "LD_PRELOAD")
@@ -784,6 +789,9 @@ class Stack:
     (pwd entry of the server user or None), error_log_path.
     """
 
+    # proxy_fcgi mode: processes per program (multiwatch -f).
+    proxy_fcgi_workers = 3
+
     def __init__(self, settings=None, apache=True, stripe=True, htaccess=False, *,
                  builddir=None, srcdir=None, schema=True, apache_mode=None, pgbouncer=None,
                  extra_apache_conf="", simulator=False, operators=None):
@@ -815,6 +823,8 @@ class Stack:
         self.schema_loaded = False
         self.error_log_path = None
         self._pg = self._httpd = self._fake = None
+        self.spawners = {}
+        self.fcgi_sockets = None
         self._logs = []
         self._closed = False
         self._old_handlers = {}
@@ -985,12 +995,15 @@ class Stack:
         self.settings = s
         if self.want_apache:
             self._apache_prepare()
+            if self.apache_mode == "proxy_fcgi":
+                self._spawners_start()
             self._apache_launch()
         self.pg_start()
         self._pg_create_db()
         if self.want_pgbouncer:
             self._pgb_start()
         if self.want_apache:
+            self._spawners_wait()
             self._apache_wait()
         self.startup_seconds = time.monotonic() - t0
 
@@ -1005,6 +1018,7 @@ class Stack:
                 signal.signal(s, signal.SIG_IGN)
         try:
             self._apache_stop()
+            self._spawners_stop()
             self._fake_stop()
             self._pgb_stop()
             self.pg_stop()
@@ -1024,6 +1038,7 @@ class Stack:
             return
         for title, path, n in (("Apache error log", self.error_log_path, 40),
                                ("fake Stripe log", os.path.join(self.tmp, "logs", "fake_stripe.log"), 15),
+                               ("FastCGI spawners' log", os.path.join(self.tmp, "logs", "spawners.out"), 15),
                                ("PostgreSQL log", os.path.join(self.tmp, "logs", "postgres.log"), 15)):
             if not path or not os.path.exists(path):
                 continue
@@ -1369,6 +1384,10 @@ pidfile = {self.pgb_run}/pgbouncer.pid
                      f"<Directory {_apache_quote(htdocs)}>\n    Require all granted\n</Directory>",
                      f"Define BILLING_CGI_BIN {_apache_quote(cgi_bin)}",
                      f"Define BILLING_ADMIN_HTPASSWD {_apache_quote(self._write_htpasswd())}"]
+            if self.apache_mode == "proxy_fcgi":
+                self.fcgi_sockets = self._mkdir("fcgi", mode=0o700)
+                self._chown(self.fcgi_sockets)
+                lines.append(f"Define BILLING_FCGI_SOCKETS {_apache_quote(self.fcgi_sockets)}")
             for k, v in self.settings.items():
                 lines.append(f"SetEnv {k} {_apache_quote(v)}")
             lines.append(f"Include {_apache_quote(conf_snippet)}")
@@ -1425,7 +1444,9 @@ pidfile = {self.pgb_run}/pgbouncer.pid
         self._apache_passenv = [k for k in PASSTHROUGH_ENV if os.environ.get(k)]
         mpm, cgi_module, _ = APACHE_MODES[self.apache_mode]
         modules = [mpm, "unixd", "authz_core", "authz_host", "authz_user", "authn_core",
-                   "authn_file", "auth_basic", "alias", cgi_module, "mime",
+                   "authn_file", "auth_basic", "alias"]
+        modules += ["proxy", cgi_module] if cgi_module == "proxy_fcgi" else [cgi_module]
+        modules += ["mime",
                    "env", "setenvif", "headers", "rewrite", "dir", "log_config"]
         if mpm == "mpm_prefork":
             mpm_lines = ["StartServers 4", "MinSpareServers 2", "MaxSpareServers 8",
@@ -1461,6 +1482,50 @@ pidfile = {self.pgb_run}/pgbouncer.pid
                '<Files ".ht*">\n    Require all denied\n</Files>']
             + [f"PassEnv {k}" for k in self._apache_passenv]
             + [tail, self.extra_apache_conf])
+
+    def _spawners_start(self):
+        """proxy_fcgi mode: each program's processes on its socket, started as
+        apache/billing-fcgi@.service starts them (spawn-fcgi, multiwatch), as
+        the server user, with the server's environment (the settings come
+        from Apache with each request)."""
+        if self.fcgi_sockets is None:
+            raise StackError("proxy_fcgi mode has no .htaccess layout")
+        spawn, watch = shutil.which("spawn-fcgi"), shutil.which("multiwatch")
+        if not spawn or not watch:
+            raise StackError("proxy_fcgi mode needs spawn-fcgi and multiwatch (tools/deps --test)")
+        env = self._server_env()
+        env.update({k: os.environ[k] for k in self._apache_passenv})
+        log = self._log_open("spawners.out")
+        for n in sorted(os.listdir(self.cgi_bin_served)):
+            if not n.endswith(".cgi"):
+                continue
+            name = n[:-4]
+            sock = os.path.join(self.fcgi_sockets, name + ".sock")
+            self.spawners[name] = subprocess.Popen(
+                _pdeathsig_prefix("TERM") + [spawn, "-n", "-s", sock, "-M", "0600", "--",
+                                             watch, "-f", str(self.proxy_fcgi_workers), "--",
+                                             os.path.join(self.cgi_bin_served, n)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.tmp, env=env, process_group=0, **self._run_as_kw())
+
+    def _spawners_wait(self):
+        deadline = time.monotonic() + 30
+        for name, p in self.spawners.items():
+            sock = os.path.join(self.fcgi_sockets, name + ".sock")
+            while not os.path.exists(sock):
+                if p.poll() is not None or time.monotonic() > deadline:
+                    out = open(os.path.join(self.tmp, "logs", "spawners.out"), errors="replace").read()
+                    raise StackError(f"spawn-fcgi for {name} did not make its socket:\n" + out[-2000:])
+                time.sleep(0.01)
+
+    def _spawners_stop(self):
+        spawners, self.spawners = self.spawners, {}
+        for p in spawners.values():
+            # multiwatch passes SIGTERM to its processes, which finish and leave.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGTERM)
+        for p in spawners.values():
+            self._stop_proc(p, (signal.SIGTERM, False, 10), (signal.SIGTERM, True, 5))
 
     def _apache_launch(self):
         """Start httpd on a fresh free port (does not wait)."""
@@ -1520,11 +1585,18 @@ pidfile = {self.pgb_run}/pgbouncer.pid
                 os.killpg(p.pid, signal.SIGKILL)
 
     def error_log(self):
-        """Text of Apache's error log (CGI stderr lines land here)."""
-        if not self.error_log_path or not os.path.exists(self.error_log_path):
-            return ""
-        with open(self.error_log_path, errors="replace") as f:
-            return f.read()
+        """Text of the log the programs' stderr lines land in: Apache's error
+        log, followed in proxy_fcgi mode by the spawners' output (which
+        apache/billing-fcgi@.service sends to the journal)."""
+        text = ""
+        paths = [self.error_log_path]
+        if self.apache_mode == "proxy_fcgi" and self.tmp:
+            paths.append(os.path.join(self.tmp, "logs", "spawners.out"))
+        for path in paths:
+            if path and os.path.exists(path):
+                with open(path, errors="replace") as f:
+                    text += f.read()
+        return text
 
     # -- HTTP through Apache ------------------------------------------------------
 

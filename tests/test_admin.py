@@ -20,7 +20,8 @@ writes (BILLING_ADMIN_HTPASSWD), ADMIN_USERS, bearer JWTs for the API.
 - every action end to end with its admin_audit row, the database and the
   fake Stripe's state: cancel at period end (and an older event arriving
   after it), resume, cancel now, re-sync, reset usage, and a Stripe failure;
-- the same console in the .htaccess layout and under mod_fcgid.
+- the same console in the .htaccess layout, under mod_fcgid and under
+  mod_proxy_fcgi (admin.cgi's page reaches it in PATH_INFO).
 """
 
 import base64
@@ -730,7 +731,7 @@ def test_actions(t, st):
 
 
 def test_layouts(t, variant):
-    kw = {"htaccess": True} if variant == "htaccess" else {"apache_mode": "fcgid"}
+    kw = {"htaccess": True} if variant == "htaccess" else {"apache_mode": variant}
     with Stack(SETTINGS, operators=OPERATORS, **kw) as st:
         seed(st)
         t.eq(st.http("GET", "/admin/").status, 401, f"{variant}: no credentials: 401")
@@ -769,7 +770,7 @@ def main():
         for fn in (test_access, test_api, test_pages, test_xss, test_csrf, test_actions):
             with t.guard(fn.__name__):
                 fn(t, st)
-    for variant in ("htaccess", "fcgid"):
+    for variant in ("htaccess", "fcgid", "proxy_fcgi"):
         with t.guard("layout " + variant):
             test_layouts(t, variant)
     return t.done()

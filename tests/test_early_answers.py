@@ -8,7 +8,8 @@ still writing the body into the program when it exited.  serve now reads
 or drains every body before the handler answers.  Each refusal, for every
 endpoint, with bodies of 0 and 100 bytes and just under and just over the
 cap, must arrive complete (status, JSON error, Content-Type) through
-event + mod_cgid and through prefork + mod_cgi; a large body sent whole by
+event + mod_cgid, through prefork + mod_cgi and through mod_proxy_fcgi
+(which streams the body to a FastCGI process); a large body sent whole by
 a client that then reads gets its answer, not a reset.
 """
 import json
@@ -145,7 +146,7 @@ def check_mode(t, mode):
 
 def main():
     t = Tap()
-    for mode in ("cgid", "cgi"):
+    for mode in ("cgid", "cgi", "proxy_fcgi"):
         with t.guard(f"early answers under {mode}"):
             check_mode(t, mode)
     return t.done()
