@@ -44,14 +44,6 @@ def children(pid):
     return sorted(out)
 
 
-def owner(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("Uid:"):
-                return int(line.split()[1])
-    return None
-
-
 def usage_get(st, user="u-proxy"):
     return st.http("GET", f"/api/usage?userId={user}", headers={"Authorization": "Bearer " + API_KEY})
 
@@ -63,8 +55,10 @@ def check_processes(t, st):
         t.eq(len(pids), n, f"{program}: {n} processes under multiwatch")
     pids = children(st.spawners["usage"].pid)
     if st.runas is not None:
-        t.ok(all(owner(p) == st.runas.pw_uid for p in pids),
-             "the processes run as the server user, not root", str([owner(p) for p in pids]))
+        # /proc/<pid> belongs to the process's effective user.
+        uids = [os.stat(f"/proc/{p}").st_uid for p in pids]
+        t.ok(all(u == st.runas.pw_uid for u in uids),
+             "the processes run as the server user, not root", str(uids))
     for i in range(60):
         r = usage_get(st, f"u-proxy-{i % 7}")
         if r.status != 200:
