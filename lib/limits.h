@@ -142,10 +142,12 @@
 #define LIMIT_DRAIN_BYTES	(64 * 1024 * 1024)
 
 /*
- * How long a plain CGI may spend reading (or draining) a body.  The server
- * is normally writing it as fast as we read; a stalled client is Apache's
- * Timeout to enforce, this only stops a process waiting forever.  Under
- * FastCGI mod_fcgid has the whole body before it calls us.
+ * How long a request may spend reading (or draining) its body, from its
+ * start.  Under CGI the server is normally writing it as fast as we read,
+ * and this only stops a process waiting forever.  Under FastCGI mod_fcgid
+ * has the whole body before it calls us, but mod_proxy_fcgi streams it as
+ * the client sends it: there this keeps a slow client from holding a
+ * process, and every request queued behind it, for Apache's Timeout.
  */
 #define LIMIT_BODY_READ_MS	10000
 

@@ -38,6 +38,8 @@ static const struct {
 	[OUT_MISCONFIGURED] = { 500, "misconfigured", "The service is not configured correctly." },
 	[OUT_STRIPE_ERROR] = { 502, "stripe_error", "The payment provider rejected the request." },
 	[OUT_UNAVAILABLE] = { 503, "unavailable", "The service is temporarily unavailable; retry later." },
+	[OUT_BAD_GATEWAY] = { 502, "bad_gateway", "The service gave no valid answer; retry later." },
+	[OUT_GATEWAY_TIMEOUT] = { 504, "timeout", "The service did not answer in time; the request may still complete: retry later, with the same Idempotency-Key where the endpoint takes one." },
 };
 
 int
@@ -86,6 +88,7 @@ outcome_reason(int status)
 	case 500: return "Internal Server Error";
 	case 502: return "Bad Gateway";
 	case 503: return "Service Unavailable";
+	case 504: return "Gateway Timeout";
 	default: return "Unknown";
 	}
 }

@@ -40,6 +40,8 @@ enum outcome {
 	OUT_MISCONFIGURED,
 	OUT_STRIPE_ERROR,
 	OUT_UNAVAILABLE,
+	OUT_BAD_GATEWAY,	/* Apache's own 502/504 (error.cgi): a program gave */
+	OUT_GATEWAY_TIMEOUT,	/* no valid answer, or none in time */
 	OUT__MAX
 };
 

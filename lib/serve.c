@@ -1,3 +1,6 @@
+#include <sys/socket.h>
+#include <sys/time.h>
+
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
@@ -90,11 +93,22 @@ serve_limit_caller(struct serve *srv, const struct auth_caller *caller)
 	return rc;
 }
 
-/* --- plain CGI: the body on fd 0, with a time budget ------------------------------ */
-
-struct cgi_input {
-	struct timespec deadline;
-};
+/*
+ * Reading a body has a time budget, LIMIT_BODY_READ_MS from the start of
+ * the request, so that a client sending it slowly cannot hold a process
+ * (and under FastCGI everyone queued behind it).
+ */
+static void
+body_deadline(struct timespec *t)
+{
+	clock_gettime(CLOCK_MONOTONIC, t);
+	t->tv_sec += LIMIT_BODY_READ_MS / 1000;
+	t->tv_nsec += (long)(LIMIT_BODY_READ_MS % 1000) * 1000000;
+	if (t->tv_nsec >= 1000000000) {
+		t->tv_sec++;
+		t->tv_nsec -= 1000000000;
+	}
+}
 
 static long
 ms_until(const struct timespec *t)
@@ -104,6 +118,12 @@ ms_until(const struct timespec *t)
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	return (long)(t->tv_sec - now.tv_sec) * 1000 + (t->tv_nsec - now.tv_nsec) / 1000000;
 }
+
+/* --- plain CGI: the body on fd 0 ------------------------------------------------------- */
+
+struct cgi_input {
+	struct timespec deadline;
+};
 
 static ssize_t
 cgi_read(void *ctx, char *p, size_t n)
@@ -133,24 +153,52 @@ cgi_read(void *ctx, char *p, size_t n)
 
 /* --- FastCGI: FCGI_STDIN and FCGI_STDOUT of the accepted request ------------------- */
 
+/*
+ * mod_fcgid has the whole body before it connects to us, but
+ * mod_proxy_fcgi streams it as the client sends it.  libfcgi reads with
+ * plain blocking read(2), so the budget is a receive timeout on the
+ * request's connection, set to what is left of it before each read.
+ */
+struct fcgi_input {
+	FCGX_Request *fr;
+	struct timespec deadline;
+};
+
 static ssize_t
 fcgi_read(void *ctx, char *p, size_t n)
 {
-	FCGX_Request *fr = ctx;
+	struct fcgi_input *in = ctx;
 	int chunk = n > (1 << 20) ? (1 << 20) : (int)n;
+	struct timeval left_tv;
+	long left = ms_until(&in->deadline);
+	int got;
 
-	return FCGX_GetStr(p, chunk, fr->in);
+	if (left <= 0) {
+		log_msg("request body not complete within %d ms", LIMIT_BODY_READ_MS);
+		return -1;
+	}
+	left_tv.tv_sec = left / 1000;
+	left_tv.tv_usec = (left % 1000) * 1000;
+	if (setsockopt(in->fr->ipcFd, SOL_SOCKET, SO_RCVTIMEO, &left_tv, sizeof(left_tv)) == -1)
+		return -1;
+	got = FCGX_GetStr(p, chunk, in->fr->in);
+	if (got == 0 && FCGX_GetError(in->fr->in) != 0) {
+		if (ms_until(&in->deadline) <= 0)
+			log_msg("request body not complete within %d ms", LIMIT_BODY_READ_MS);
+		return -1;
+	}
+	return got;
 }
 
 static int
 fcgi_write(void *ctx, const char *p, size_t n)
 {
-	FCGX_Request *fr = ctx;
+	struct fcgi_input *in = ctx;
 	int chunk;
 
 	while (n > 0) {
 		chunk = n > (1 << 20) ? (1 << 20) : (int)n;
-		if (FCGX_PutStr(p, chunk, fr->out) != chunk)
+		if (FCGX_PutStr(p, chunk, in->fr->out) != chunk)
 			return -1;
 		p += chunk;
 		n -= (size_t)chunk;
@@ -161,7 +209,9 @@ fcgi_write(void *ctx, const char *p, size_t n)
 static void
 fcgi_finish(void *ctx)
 {
-	FCGX_Finish_r(ctx);
+	struct fcgi_input *in = ctx;
+
+	FCGX_Finish_r(in->fr);
 }
 
 /* --- one request ------------------------------------------------------------------ */
@@ -250,8 +300,9 @@ serve_one(struct serve *srv, char **vars, request_reader *read, void *read_ctx,
 static volatile sig_atomic_t stopping;
 
 /*
- * mod_fcgid and multiwatch (behind mod_proxy_fcgi) stop a process with
- * SIGTERM: finish the request in hand, then leave.
+ * mod_fcgid stops a process with SIGTERM, multiwatch (behind mod_proxy_fcgi)
+ * with SIGUSR1, its default (its -s option maps names to the wrong signals
+ * in 1.0.0): either means finish the request in hand, then leave.
  */
 static void
 on_term(int sig)
@@ -265,24 +316,30 @@ static int
 serve_fastcgi(struct serve *srv)
 {
 	FCGX_Request fr;
-	struct response_sink sink = { fcgi_write, fcgi_finish, &fr };
+	struct fcgi_input in = { &fr, { 0, 0 } };
+	struct response_sink sink = { fcgi_write, fcgi_finish, &in };
 	struct sigaction sa;
 
 	if (FCGX_Init() != 0 || FCGX_InitRequest(&fr, 0, 0) != 0) {
 		fprintf(stderr, "billing-cgi %s: cannot start FastCGI\n", srv->ep->name);
 		return 1;
 	}
-	/* No SA_RESTART: a SIGTERM must interrupt accept() to end the loop. */
+	/*
+	 * No SA_RESTART: the signal must interrupt accept() to end the loop.
+	 * SIGUSR1 replaces libfcgi's own handler, which only set a flag.
+	 */
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_term;
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGUSR1, &sa, NULL);
 	sa.sa_handler = SIG_IGN;
 	sigaction(SIGPIPE, &sa, NULL);	/* a client gone is a write error, not death */
 
 	while (!stopping && FCGX_Accept_r(&fr) >= 0) {
-		serve_one(srv, fr.envp, fcgi_read, &fr, &sink);
+		body_deadline(&in.deadline);
+		serve_one(srv, fr.envp, fcgi_read, &in, &sink);
 		FCGX_Finish_r(&fr);
 	}
 	FCGX_Free(&fr, 1);
@@ -297,13 +354,7 @@ serve_main(const struct serve_endpoint *ep)
 	int status = 0;
 
 	if (FCGX_IsCGI()) {
-		clock_gettime(CLOCK_MONOTONIC, &in.deadline);
-		in.deadline.tv_sec += LIMIT_BODY_READ_MS / 1000;
-		in.deadline.tv_nsec += (long)(LIMIT_BODY_READ_MS % 1000) * 1000000;
-		if (in.deadline.tv_nsec >= 1000000000) {
-			in.deadline.tv_sec++;
-			in.deadline.tv_nsec -= 1000000000;
-		}
+		body_deadline(&in.deadline);
 		serve_one(&srv, NULL, cgi_read, &in, NULL);
 	} else {
 		db_long_lived();

@@ -91,6 +91,7 @@ import os
 import pwd
 import re
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -598,6 +599,22 @@ def _find_apache():
     if not binary or not mods:
         raise StackError("Apache httpd not found: apt-get install apache2")
     return binary, mods
+
+
+def fcgi_unit_command(srcdir, key):
+    """The argv of apache/billing-fcgi@.service's ExecStart or ExecReload,
+    unsubstituted: proxy_fcgi mode runs exactly what the unit runs."""
+    with open(os.path.join(srcdir, "apache", "billing-fcgi@.service")) as f:
+        for line in f:
+            if line.startswith(key + "="):
+                return shlex.split(line[len(key) + 1:])
+    raise StackError(f"apache/billing-fcgi@.service has no {key}= line")
+
+
+def _unit_subst(word, words):
+    for k, v in words.items():
+        word = word.replace(k, v)
+    return word
 
 
 def _apache_quote(value):
@@ -1496,15 +1513,17 @@ pidfile = {self.pgb_run}/pgbouncer.pid
         env = self._server_env()
         env.update({k: os.environ[k] for k in self._apache_passenv})
         log = self._log_open("spawners.out")
+        start = fcgi_unit_command(self.srcdir, "ExecStart")
         for n in sorted(os.listdir(self.cgi_bin_served)):
             if not n.endswith(".cgi"):
                 continue
             name = n[:-4]
-            sock = os.path.join(self.fcgi_sockets, name + ".sock")
+            words = {"%i": name, "${WORKERS}": str(self.proxy_fcgi_workers),
+                     "${BILLING_CGI_BIN}": self.cgi_bin_served, "/run/billing-cgi": self.fcgi_sockets,
+                     "/usr/bin/spawn-fcgi": spawn, "/usr/bin/multiwatch": watch}
+            argv = [_unit_subst(w, words) for w in start]
             self.spawners[name] = subprocess.Popen(
-                _pdeathsig_prefix("TERM") + [spawn, "-n", "-s", sock, "-M", "0600", "--",
-                                             watch, "-f", str(self.proxy_fcgi_workers), "--",
-                                             os.path.join(self.cgi_bin_served, n)],
+                _pdeathsig_prefix("TERM") + argv,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=self.tmp, env=env, process_group=0, **self._run_as_kw())
 
@@ -1521,11 +1540,15 @@ pidfile = {self.pgb_run}/pgbouncer.pid
     def _spawners_stop(self):
         spawners, self.spawners = self.spawners, {}
         for p in spawners.values():
-            # multiwatch passes SIGTERM to its processes, which finish and leave.
+            # multiwatch passes SIGUSR1 to its processes, which finish and leave.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signal.SIGTERM)
         for p in spawners.values():
             self._stop_proc(p, (signal.SIGTERM, False, 10), (signal.SIGTERM, True, 5))
+            # Processes left by a multiwatch that died (killed by a test) share
+            # its process group.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)
 
     def _apache_launch(self):
         """Start httpd on a fresh free port (does not wait)."""

@@ -146,9 +146,10 @@ def check_apache(st):
     origin = {"Origin": "https://app.example.test"}
     r = st.http("POST", "/api/usage", headers={"Authorization": "Bearer " + API_KEY, **origin},
                 body=b"x" * (1024 * 1024 + 1))
-    if st.apache_mode == "fcgid":
+    if st.apache_mode in ("fcgid", "proxy_fcgi"):
         # Its error document cannot run there (it would read the body again):
-        # the status is right, the page is Apache's (apache/billing-fcgid.conf).
+        # the status is right, the page is Apache's (apache/billing-fcgid.conf,
+        # apache/billing-proxy-fcgi.conf).
         t.eq(r.status, 413, "Apache refuses a body over 1 MiB before starting a program")
     else:
         t.ok(is_error(r, 413, "payload_too_large") and
@@ -185,6 +186,20 @@ def check_apache(st):
     t.ok(not any(s in log for s in SECRETS), "no secret in Apache's error log")
 
 
+def check_error_program(st):
+    """error.cgi gives each status Apache hands it the programs' shape."""
+    codes = {"400": "bad_request", "401": "unauthorized", "403": "forbidden", "404": "not_found",
+             "405": "method_not_allowed", "411": "length_required", "413": "payload_too_large",
+             "500": "internal_error", "502": "bad_gateway", "503": "unavailable",
+             "504": "timeout"}
+    for status, code in codes.items():
+        r = st.cgi("error", "GET", env={"REDIRECT_STATUS": status})
+        t.ok(is_error(r, int(status), code), f"error.cgi: Apache's {status} -> {status} {code}",
+             f"{r.status} {r.text[:200]}")
+    r = st.cgi("error", "GET", env={"REDIRECT_STATUS": "418"})
+    t.ok(is_error(r, 500, "internal_error"), "error.cgi: a status it does not know -> 500", r.text)
+
+
 def check_htaccess():
     with Stack(htaccess=True) as st:
         h = {"Authorization": "Bearer " + API_KEY}
@@ -213,7 +228,7 @@ def check_htaccess():
 def main():
     with Stack() as st:
         for fn in (check_request_limits, check_request_id_and_log, check_settings,
-                   check_database_down, check_apache):
+                   check_database_down, check_apache, check_error_program):
             with t.guard(fn.__name__):
                 fn(st)
     # The .htaccess pair is plain CGI or mod_fcgid; a host that offers

@@ -10,18 +10,31 @@ exits).  The endpoint suites run through this deployment too
     user, each with at most one database connection, however many requests;
   - a process killed while idle: every request after it is answered, and
     multiwatch starts a replacement;
-  - a process asked to stop (SIGTERM, as systemd stops the unit) finishes
-    the request in hand first; with no process left, Apache answers 503 in
-    the programs' JSON shape (error.cgi runs in its own processes).
+  - the unit's reload (ExecReload, run as written there) while requests
+    flow: every process is replaced and every request answered;
+  - a body sent slowly holds a process for at most the body budget
+    (LIMIT_BODY_READ_MS, 10 s), not for Apache's Timeout: mod_proxy_fcgi
+    streams bodies as clients send them, mod_fcgid does not (the client
+    itself gets Apache's 408 at Apache's Timeout);
+  - a process asked to stop (as systemd stops the unit) finishes the
+    request in hand first; with no process left, Apache answers 503 in the
+    programs' JSON shape (error.cgi runs in its own processes);
+  - a program slower than Apache's proxy timeout: Apache's 504 in the
+    programs' JSON shape, and the request still completes behind it (what
+    the README tells clients to expect).
 """
 import os
 import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import DEFAULT_SETTINGS, Stack, Tap, make_jwt, wait_until  # noqa: E402
+from harness import (DEFAULT_SETTINGS, Stack, Tap, fcgi_unit_command, make_jwt,  # noqa: E402
+                     wait_until)
+import shutil  # noqa: E402
 
 API_KEY = DEFAULT_SETTINGS["USAGE_API_KEY"]
 OK_URL = "https://app.example.test/billing/ok?session_id={CHECKOUT_SESSION_ID}"
@@ -42,6 +55,19 @@ def children(pid):
         if int(fields[1]) == pid and fields[0] != "Z":
             out.append(int(d))
     return sorted(out)
+
+
+READ = 0  # x86_64 and most 64-bit Linux ABIs number read(2) 0
+
+
+def syscall_of(pid):
+    """The system call pid is blocked in (/proc/<pid>/syscall), or None."""
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            first = f.read().split()
+    except OSError:
+        return None
+    return int(first[0]) if first and first[0].isdigit() else None
 
 
 def usage_get(st, user="u-proxy"):
@@ -88,6 +114,64 @@ def check_killed(t, st):
     t.eq(usage_get(st).status, 200, "and the program answers")
 
 
+def check_reload(t, st):
+    watch = st.spawners["usage"].pid
+    before = children(watch)
+    statuses, stop = [], threading.Event()
+
+    def traffic():
+        while not stop.is_set():
+            statuses.append(usage_get(st, f"u-reload-{len(statuses) % 5}").status)
+
+    th = threading.Thread(target=traffic)
+    th.start()
+    try:
+        wait_until("requests to flow", lambda: len(statuses) >= 5)
+        argv = [w.replace("$MAINPID", str(watch)).replace("/usr/bin/pkill", shutil.which("pkill"))
+                for w in fcgi_unit_command(st.srcdir, "ExecReload")]
+        os.spawnv(os.P_WAIT, argv[0], argv)
+        wait_until("every process to be replaced",
+                   lambda: len(children(watch)) == len(before) and not set(children(watch)) & set(before))
+        n = len(statuses)
+        wait_until("requests to flow after the reload", lambda: len(statuses) >= n + 5)
+    finally:
+        stop.set()
+        th.join(60)
+    t.ok(len(statuses) >= 10 and all(x == 200 for x in statuses),
+         "the unit's reload while requests flow: every process replaced, every request answered 200",
+         f"{len(statuses)} requests; not 200: {[x for x in statuses if x != 200]}")
+
+
+def check_slow_body(t, st):
+    """As many slow clients as usage has processes, each having sent one
+    byte of a 100-byte body; then a request that needs no body."""
+    n = st.proxy_fcgi_workers
+    slow = []
+    for _ in range(n):
+        c = socket.create_connection(("127.0.0.1", st.port), timeout=40)
+        c.sendall(b"POST /api/usage HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  b"Authorization: Bearer " + API_KEY.encode() + b"\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        slow.append(c)
+    # Every process is inside one of those bodies (blocked in read(2), not
+    # waiting in accept) before the next request, which must queue.
+    pids = children(st.spawners["usage"].pid)
+    wait_until("usage's processes to be reading the slow bodies",
+               lambda: all(syscall_of(p) == READ for p in pids))
+    t0 = time.monotonic()
+    r = usage_get(st, "u-behind-slow")
+    waited = time.monotonic() - t0
+    t.eq(r.status, 200, "a request queued behind slow bodies is answered")
+    t.ok(waited < 30, "...within the 10 s body budget, not after Apache's 60 s Timeout",
+         f"waited {waited:.1f} s")
+    for c in slow:
+        c.close()  # Apache itself answers them 408 at its Timeout: not ours to wait for
+    log = st.error_log()
+    t.ok(log.count("request body not complete within 10000 ms") >= n and
+         log.count("short body: 1 of 100 bytes") >= n,
+         f"the {n} slow bodies: refused (400) by the program once their budget ran out")
+
+
 def check_stop(t, st):
     """SIGTERM to multiwatch (systemctl stop): the request in hand finishes."""
     st.stripe.fail(path="/v1/checkout/sessions", method="POST", mode="slow", delay=1.5, count=1)
@@ -113,11 +197,11 @@ def check_stop(t, st):
          "the request in hand when the processes were told to stop: 200 with its session",
          r and f"{r.status} {r.text[:200]}")
     try:
-        spawner.wait(15)
+        spawner.wait(5)
         stopped = True
-    except Exception:
+    except subprocess.TimeoutExpired:
         stopped = False
-    t.ok(stopped, "then the processes and multiwatch exited")
+    t.ok(stopped, "then, within 5 s, the processes and multiwatch exited")
     r = st.http("POST", "/api/stripe/create-checkout-session",
                 headers={"Authorization": "Bearer " + jwt, "Origin": "https://app.example.test"},
                 body=body)
@@ -126,12 +210,36 @@ def check_stop(t, st):
     t.ok("retry-after" in r.headers, "...with Retry-After", str(r.headers))
 
 
+def check_gateway_timeout(t):
+    with Stack(apache_mode="proxy_fcgi", extra_apache_conf="ProxyTimeout 2") as st:
+        st.stripe.fail(path="/v1/checkout/sessions", method="POST", mode="slow", delay=4, count=1)
+        body = {"userId": "u-slow", "tier": "pro", "interval": "monthly",
+                "successUrl": OK_URL, "cancelUrl": CANCEL_URL}
+        jwt = make_jwt({"sub": "u-slow", "exp": int(time.time()) + 600, "iat": int(time.time())})
+        r = st.http("POST", "/api/stripe/create-checkout-session",
+                    headers={"Authorization": "Bearer " + jwt, "Origin": "https://app.example.test"},
+                    body=body)
+        t.ok(r.status == 504 and (r.json() or {}).get("error", {}).get("code") == "timeout"
+             and r.headers.get("access-control-allow-origin") == "https://app.example.test",
+             "a program slower than ProxyTimeout: Apache's 504 as JSON (timeout), with CORS",
+             f"{r.status} {r.text[:200]}")
+        stored = ("SELECT count(*) FROM checkout_sessions WHERE user_id = 'u-slow' "
+                  "AND stripe_session_id IS NOT NULL")
+        try:
+            wait_until("the checkout to finish behind the 504", lambda: st.psql_one(stored) == "1")
+        except AssertionError:
+            pass
+        t.eq(st.psql_one(stored), "1", "...and the request still completed behind it: its session is stored")
+
+
 def main():
     t = Tap()
     with Stack(apache_mode="proxy_fcgi") as st:
-        for fn in (check_processes, check_killed, check_stop):
+        for fn in (check_processes, check_killed, check_reload, check_slow_body, check_stop):
             with t.guard(fn.__name__):
                 fn(t, st)
+    with t.guard("check_gateway_timeout"):
+        check_gateway_timeout(t)
     return t.done()
 
 
