@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -155,9 +156,13 @@ cgi_read(void *ctx, char *p, size_t n)
 
 /*
  * mod_fcgid has the whole body before it connects to us, but
- * mod_proxy_fcgi streams it as the client sends it.  libfcgi reads with
- * plain blocking read(2), so the budget is a receive timeout on the
- * request's connection, set to what is left of it before each read.
+ * mod_proxy_fcgi streams it as the client sends it.  FCGX_GetStr loops
+ * over read(2) until it has all it was asked for, so each call asks only
+ * for what libfcgi already holds, or for one byte when it holds nothing:
+ * then it blocks in one read(2), bounded by a receive timeout on the
+ * request's connection set to what is left of the budget.  The budget is
+ * checked between calls, so a client sending a byte now and then is cut
+ * off at the deadline too.
  */
 struct fcgi_input {
 	FCGX_Request *fr;
@@ -168,21 +173,27 @@ static ssize_t
 fcgi_read(void *ctx, char *p, size_t n)
 {
 	struct fcgi_input *in = ctx;
+	FCGX_Stream *body = in->fr->in;
+	long left = ms_until(&in->deadline);
+	ptrdiff_t held = body->stop - body->rdNext;
 	int chunk = n > (1 << 20) ? (1 << 20) : (int)n;
 	struct timeval left_tv;
-	long left = ms_until(&in->deadline);
 	int got;
 
 	if (left <= 0) {
 		log_msg("request body not complete within %d ms", LIMIT_BODY_READ_MS);
 		return -1;
 	}
+	if (held <= 0)
+		chunk = 1;
+	else if (held < chunk)
+		chunk = (int)held;
 	left_tv.tv_sec = left / 1000;
 	left_tv.tv_usec = (left % 1000) * 1000;
 	if (setsockopt(in->fr->ipcFd, SOL_SOCKET, SO_RCVTIMEO, &left_tv, sizeof(left_tv)) == -1)
 		return -1;
-	got = FCGX_GetStr(p, chunk, in->fr->in);
-	if (got == 0 && FCGX_GetError(in->fr->in) != 0) {
+	got = FCGX_GetStr(p, chunk, body);
+	if (got == 0 && FCGX_GetError(body) != 0) {
 		if (ms_until(&in->deadline) <= 0)
 			log_msg("request body not complete within %d ms", LIMIT_BODY_READ_MS);
 		return -1;
@@ -319,6 +330,7 @@ serve_fastcgi(struct serve *srv)
 	struct fcgi_input in = { &fr, { 0, 0 } };
 	struct response_sink sink = { fcgi_write, fcgi_finish, &in };
 	struct sigaction sa;
+	sigset_t stop_signals;
 
 	if (FCGX_Init() != 0 || FCGX_InitRequest(&fr, 0, 0) != 0) {
 		fprintf(stderr, "billing-cgi %s: cannot start FastCGI\n", srv->ep->name);
@@ -337,7 +349,22 @@ serve_fastcgi(struct serve *srv)
 	sa.sa_handler = SIG_IGN;
 	sigaction(SIGPIPE, &sa, NULL);	/* a client gone is a write error, not death */
 
-	while (!stopping && FCGX_Accept_r(&fr) >= 0) {
+	/*
+	 * The stop signals reach the process only while it waits for a
+	 * request.  During one they would interrupt whatever system call it
+	 * is in, and libfcgi does not retry an interrupted read or write: a
+	 * body still arriving would be cut short.  Blocked, they wait until
+	 * the answer is out, then end the loop.
+	 */
+	sigemptyset(&stop_signals);
+	sigaddset(&stop_signals, SIGTERM);
+	sigaddset(&stop_signals, SIGINT);
+	sigaddset(&stop_signals, SIGUSR1);
+	for (;;) {
+		sigprocmask(SIG_UNBLOCK, &stop_signals, NULL);
+		if (stopping || FCGX_Accept_r(&fr) < 0)
+			break;
+		sigprocmask(SIG_BLOCK, &stop_signals, NULL);
 		body_deadline(&in.deadline);
 		serve_one(srv, fr.envp, fcgi_read, &in, &sink);
 		FCGX_Finish_r(&fr);
