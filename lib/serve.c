@@ -164,15 +164,15 @@ cgi_read(void *ctx, char *p, size_t n)
  * checked between calls, so a client sending a byte now and then is cut
  * off at the deadline too.
  */
-struct fcgi_input {
-	FCGX_Request *fr;
-	struct timespec deadline;
+struct fcgi_request {
+	FCGX_Request *fr;		/* the accepted request: its streams */
+	struct timespec deadline;	/* of its body */
 };
 
 static ssize_t
 fcgi_read(void *ctx, char *p, size_t n)
 {
-	struct fcgi_input *in = ctx;
+	struct fcgi_request *in = ctx;
 	FCGX_Stream *body = in->fr->in;
 	long left = ms_until(&in->deadline);
 	ptrdiff_t held = body->stop - body->rdNext;
@@ -204,7 +204,7 @@ fcgi_read(void *ctx, char *p, size_t n)
 static int
 fcgi_write(void *ctx, const char *p, size_t n)
 {
-	struct fcgi_input *in = ctx;
+	struct fcgi_request *in = ctx;
 	int chunk;
 
 	while (n > 0) {
@@ -220,7 +220,7 @@ fcgi_write(void *ctx, const char *p, size_t n)
 static void
 fcgi_finish(void *ctx)
 {
-	struct fcgi_input *in = ctx;
+	struct fcgi_request *in = ctx;
 
 	FCGX_Finish_r(in->fr);
 }
@@ -327,7 +327,7 @@ static int
 serve_fastcgi(struct serve *srv)
 {
 	FCGX_Request fr;
-	struct fcgi_input in = { &fr, { 0, 0 } };
+	struct fcgi_request in = { &fr, { 0, 0 } };
 	struct response_sink sink = { fcgi_write, fcgi_finish, &in };
 	struct sigaction sa;
 	sigset_t stop_signals;
