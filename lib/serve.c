@@ -172,9 +172,9 @@ struct fcgi_request {
 static ssize_t
 fcgi_read(void *ctx, char *p, size_t n)
 {
-	struct fcgi_request *in = ctx;
-	FCGX_Stream *body = in->fr->in;
-	long left = ms_until(&in->deadline);
+	struct fcgi_request *req = ctx;
+	FCGX_Stream *body = req->fr->in;
+	long left = ms_until(&req->deadline);
 	ptrdiff_t held = body->stop - body->rdNext;
 	int chunk = n > (1 << 20) ? (1 << 20) : (int)n;
 	struct timeval left_tv;
@@ -190,11 +190,11 @@ fcgi_read(void *ctx, char *p, size_t n)
 		chunk = (int)held;
 	left_tv.tv_sec = left / 1000;
 	left_tv.tv_usec = (left % 1000) * 1000;
-	if (setsockopt(in->fr->ipcFd, SOL_SOCKET, SO_RCVTIMEO, &left_tv, sizeof(left_tv)) == -1)
+	if (setsockopt(req->fr->ipcFd, SOL_SOCKET, SO_RCVTIMEO, &left_tv, sizeof(left_tv)) == -1)
 		return -1;
 	got = FCGX_GetStr(p, chunk, body);
 	if (got == 0 && FCGX_GetError(body) != 0) {
-		if (ms_until(&in->deadline) <= 0)
+		if (ms_until(&req->deadline) <= 0)
 			log_msg("request body not complete within %d ms", LIMIT_BODY_READ_MS);
 		return -1;
 	}
@@ -204,12 +204,12 @@ fcgi_read(void *ctx, char *p, size_t n)
 static int
 fcgi_write(void *ctx, const char *p, size_t n)
 {
-	struct fcgi_request *in = ctx;
+	struct fcgi_request *req = ctx;
 	int chunk;
 
 	while (n > 0) {
 		chunk = n > (1 << 20) ? (1 << 20) : (int)n;
-		if (FCGX_PutStr(p, chunk, in->fr->out) != chunk)
+		if (FCGX_PutStr(p, chunk, req->fr->out) != chunk)
 			return -1;
 		p += chunk;
 		n -= (size_t)chunk;
@@ -220,9 +220,9 @@ fcgi_write(void *ctx, const char *p, size_t n)
 static void
 fcgi_finish(void *ctx)
 {
-	struct fcgi_request *in = ctx;
+	struct fcgi_request *req = ctx;
 
-	FCGX_Finish_r(in->fr);
+	FCGX_Finish_r(req->fr);
 }
 
 /* --- one request ------------------------------------------------------------------ */
@@ -327,8 +327,8 @@ static int
 serve_fastcgi(struct serve *srv)
 {
 	FCGX_Request fr;
-	struct fcgi_request in = { &fr, { 0, 0 } };
-	struct response_sink sink = { fcgi_write, fcgi_finish, &in };
+	struct fcgi_request req = { &fr, { 0, 0 } };
+	struct response_sink sink = { fcgi_write, fcgi_finish, &req };
 	struct sigaction sa;
 	sigset_t stop_signals;
 
@@ -365,8 +365,8 @@ serve_fastcgi(struct serve *srv)
 		if (stopping || FCGX_Accept_r(&fr) < 0)
 			break;
 		sigprocmask(SIG_BLOCK, &stop_signals, NULL);
-		body_deadline(&in.deadline);
-		serve_one(srv, fr.envp, fcgi_read, &in, &sink);
+		body_deadline(&req.deadline);
+		serve_one(srv, fr.envp, fcgi_read, &req, &sink);
 		FCGX_Finish_r(&fr);
 	}
 	FCGX_Free(&fr, 1);
