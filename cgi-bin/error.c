@@ -2,11 +2,11 @@
  * The errors Apache answers by itself under /api/ (ErrorDocument): 404 for
  * a URL no program serves, 413 from LimitRequestBody, 403 from a Require,
  * 401 from Apache's own authentication, 500/503 when it cannot run a
- * program, and behind mod_proxy_fcgi 502/504 when a program's process gave
- * no valid answer or none within Apache's Timeout.  Without this they are Apache's HTML pages without CORS
- * headers, which a browser client cannot even read.  Here they get the
- * programs' own shape, {"error":{"code","message"}}, with the same status
- * and CORS headers.
+ * program, and behind mod_proxy_fcgi 502/504 when a program's process
+ * gave no valid answer or none within Apache's Timeout.  Without this
+ * they are Apache's HTML pages without CORS headers, which a browser
+ * client cannot even read.  Here they get the programs' own shape,
+ * {"error":{"code","message"}}, with the same status and CORS headers.
  *
  * Apache runs this after an internal redirect: REDIRECT_STATUS is the
  * status it decided on (the method is then GET, the body already gone).
@@ -31,8 +31,8 @@ static const struct {
 	{ "411", OUT_LENGTH_REQUIRED },
 	{ "413", OUT_PAYLOAD_TOO_LARGE },
 	{ "500", OUT_INTERNAL },
-	{ "503", OUT_UNAVAILABLE },
 	{ "502", OUT_BAD_GATEWAY },
+	{ "503", OUT_UNAVAILABLE },
 	{ "504", OUT_GATEWAY_TIMEOUT },
 };
 

@@ -111,13 +111,19 @@ body_deadline(struct timespec *t)
 	}
 }
 
+/* Milliseconds left of a body's budget; once none are, the log says so. */
 static long
-ms_until(const struct timespec *t)
+body_time_left(const struct timespec *deadline)
 {
 	struct timespec now;
+	long left;
 
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	return (long)(t->tv_sec - now.tv_sec) * 1000 + (t->tv_nsec - now.tv_nsec) / 1000000;
+	left = (long)(deadline->tv_sec - now.tv_sec) * 1000 +
+	    (deadline->tv_nsec - now.tv_nsec) / 1000000;
+	if (left <= 0)
+		log_msg("request body not complete within %d ms", LIMIT_BODY_READ_MS);
+	return left;
 }
 
 /* --- plain CGI: the body on fd 0 ------------------------------------------------------- */
@@ -136,10 +142,8 @@ cgi_read(void *ctx, char *p, size_t n)
 	int ready;
 
 	for (;;) {
-		if ((left = ms_until(&in->deadline)) <= 0) {
-			log_msg("request body not complete within %d ms", LIMIT_BODY_READ_MS);
+		if ((left = body_time_left(&in->deadline)) <= 0)
 			return -1;
-		}
 		ready = poll(&pfd, 1, left > 1000 ? 1000 : (int)left);
 		if (ready == -1 && errno != EINTR)
 			return -1;
@@ -174,28 +178,29 @@ fcgi_read(void *ctx, char *p, size_t n)
 {
 	struct fcgi_request *req = ctx;
 	FCGX_Stream *body = req->fr->in;
-	long left = ms_until(&req->deadline);
 	ptrdiff_t held = body->stop - body->rdNext;
 	int chunk = n > (1 << 20) ? (1 << 20) : (int)n;
 	struct timeval left_tv;
+	long left;
 	int got;
 
-	if (left <= 0) {
-		log_msg("request body not complete within %d ms", LIMIT_BODY_READ_MS);
+	if ((left = body_time_left(&req->deadline)) <= 0)
 		return -1;
-	}
-	if (held <= 0)
+	if (held > 0) {
+		/* A copy out of libfcgi's buffer: no read(2), nothing to bound. */
+		if (held < chunk)
+			chunk = (int)held;
+	} else {
 		chunk = 1;
-	else if (held < chunk)
-		chunk = (int)held;
-	left_tv.tv_sec = left / 1000;
-	left_tv.tv_usec = (left % 1000) * 1000;
-	if (setsockopt(req->fr->ipcFd, SOL_SOCKET, SO_RCVTIMEO, &left_tv, sizeof(left_tv)) == -1)
-		return -1;
+		left_tv.tv_sec = left / 1000;
+		left_tv.tv_usec = (left % 1000) * 1000;
+		if (setsockopt(req->fr->ipcFd, SOL_SOCKET, SO_RCVTIMEO, &left_tv,
+		    sizeof(left_tv)) == -1)
+			return -1;
+	}
 	got = FCGX_GetStr(p, chunk, body);
 	if (got == 0 && FCGX_GetError(body) != 0) {
-		if (ms_until(&req->deadline) <= 0)
-			log_msg("request body not complete within %d ms", LIMIT_BODY_READ_MS);
+		(void)body_time_left(&req->deadline);	/* logs a timeout as one */
 		return -1;
 	}
 	return got;
