@@ -75,6 +75,36 @@ def usage_get(st, user="u-proxy"):
     return st.http("GET", f"/api/usage?userId={user}", headers={"Authorization": "Bearer " + API_KEY})
 
 
+def usage_post_begun(st, length, first, extra=b""):
+    """A socket on which a usage POST with a body of length bytes has sent
+    its headers and the body's first bytes; the caller sends the rest."""
+    c = socket.create_connection(("127.0.0.1", st.port), timeout=90)
+    c.sendall(b"POST /api/usage HTTP/1.1\r\nHost: 127.0.0.1\r\n" + extra +
+              b"Authorization: Bearer " + API_KEY.encode() + b"\r\n"
+              b"Content-Type: application/json\r\n"
+              b"Content-Length: " + str(length).encode() + b"\r\n\r\n" + first)
+    return c
+
+
+def checkout(st, user, headers=None):
+    """A checkout for user through Apache (a JWT of its own)."""
+    body = {"userId": user, "tier": "pro", "interval": "monthly",
+            "successUrl": OK_URL, "cancelUrl": CANCEL_URL}
+    jwt = make_jwt({"sub": user, "exp": int(time.time()) + 600, "iat": int(time.time())})
+    return st.http("POST", "/api/stripe/create-checkout-session",
+                   headers={"Authorization": "Bearer " + jwt, **(headers or {})}, body=body)
+
+
+def eventually(what, cond):
+    """Whether cond became true within wait_until's time: for a state the
+    test then asserts (with its own message) rather than only waits for."""
+    try:
+        wait_until(what, cond)
+    except AssertionError:
+        return False
+    return True
+
+
 def check_processes(t, st):
     n = st.proxy_fcgi_workers
     for program in ("usage", "webhook", "create-checkout-session", "error"):
@@ -127,12 +157,8 @@ def check_reload(t, st):
             body = json.dumps({"userId": f"u-reload-post-{len(statuses)}",
                                "usageType": "pain_entry"}).encode()
             statuses.append(usage_get(st, f"u-reload-{len(statuses) % 5}").status)
-            c = socket.create_connection(("127.0.0.1", st.port), timeout=30)
+            c = usage_post_begun(st, len(body), body[:10], b"Connection: close\r\n")
             try:
-                c.sendall(b"POST /api/usage HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-                          b"Authorization: Bearer " + API_KEY.encode() + b"\r\n"
-                          b"Content-Type: application/json\r\n"
-                          b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:10])
                 time.sleep(0.1)  # the client's pace is the input under test
                 c.sendall(body[10:])
                 head = c.recv(65536).split(b"\r\n", 1)[0]
@@ -159,13 +185,10 @@ def check_reload(t, st):
          f"{len(statuses)} requests; not 200: {[x for x in statuses if x != 200]}")
 
 
-def slow_post(st, first, hold):
+def slow_post(st, hold):
     """A usage POST of a 40-byte body whose headers and first byte go out
     now; hold(sock) then sends the rest as it likes (or nothing)."""
-    c = socket.create_connection(("127.0.0.1", st.port), timeout=90)
-    c.sendall(b"POST /api/usage HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-              b"Authorization: Bearer " + API_KEY.encode() + b"\r\n"
-              b"Content-Type: application/json\r\nContent-Length: 40\r\n\r\n" + first)
+    c = usage_post_begun(st, 40, b"{")
     threading.Thread(target=hold, args=(c,), daemon=True).start()
     return c
 
@@ -188,7 +211,7 @@ def check_slow_body(t, st):
     pids = children(st.spawners["usage"].pid)
     for kind, hold in (("trickling", trickle), ("stalled", lambda c: None)):
         before = st.error_log().count("request body not complete within 10000 ms")
-        slow = [slow_post(st, b"{", hold) for _ in range(n)]
+        slow = [slow_post(st, hold) for _ in range(n)]
         # Every process is inside one of those bodies (blocked in read(2),
         # not waiting in accept) before the next request, which must queue.
         wait_until("usage's processes to be reading the slow bodies",
@@ -202,25 +225,19 @@ def check_slow_body(t, st):
              f"waited {waited:.1f} s")
         for c in slow:
             c.close()  # Apache itself answers them 408 at its Timeout: not ours to wait for
-        log = st.error_log()
-        wait_until("the refusals to be logged",
-                   lambda: st.error_log().count("request body not complete within 10000 ms") >= before + n)
-        t.ok(st.error_log().count("request body not complete within 10000 ms") >= before + n,
-             f"...each of the {n} {kind} bodies refused (400) by the program at the budget",
-             "\n".join(ln for ln in log.splitlines() if "usage" in ln and "body" in ln)[-1500:])
+        refused = eventually("the refusals to be logged", lambda: st.error_log().count(
+            "request body not complete within 10000 ms") >= before + n)
+        t.ok(refused, f"...each of the {n} {kind} bodies refused (400) by the program at the budget",
+             "\n".join(ln for ln in st.error_log().splitlines() if "usage" in ln and "body" in ln)[-1500:])
 
 
 def check_stop(t, st):
     """SIGTERM to multiwatch (systemctl stop): the request in hand finishes."""
     st.stripe.fail(path="/v1/checkout/sessions", method="POST", mode="slow", delay=1.5, count=1)
-    body = {"userId": "u-stop", "tier": "pro", "interval": "monthly",
-            "successUrl": OK_URL, "cancelUrl": CANCEL_URL}
-    jwt = make_jwt({"sub": "u-stop", "exp": int(time.time()) + 600, "iat": int(time.time())})
     result = {}
 
     def call():
-        result["r"] = st.http("POST", "/api/stripe/create-checkout-session",
-                              headers={"Authorization": "Bearer " + jwt}, body=body)
+        result["r"] = checkout(st, "u-stop")
 
     th = threading.Thread(target=call)
     th.start()
@@ -240,9 +257,7 @@ def check_stop(t, st):
     except subprocess.TimeoutExpired:
         stopped = False
     t.ok(stopped, "then, within 5 s, the processes and multiwatch exited")
-    r = st.http("POST", "/api/stripe/create-checkout-session",
-                headers={"Authorization": "Bearer " + jwt, "Origin": "https://app.example.test"},
-                body=body)
+    r = checkout(st, "u-stop", {"Origin": "https://app.example.test"})
     t.ok(r.status == 503 and (r.json() or {}).get("error", {}).get("code") == "unavailable",
          "with no process left: 503 unavailable as JSON (error.cgi)", f"{r.status} {r.text[:200]}")
     t.ok("retry-after" in r.headers, "...with Retry-After", str(r.headers))
@@ -251,22 +266,14 @@ def check_stop(t, st):
 def check_gateway_timeout(t):
     with Stack(apache_mode="proxy_fcgi", extra_apache_conf="ProxyTimeout 2") as st:
         st.stripe.fail(path="/v1/checkout/sessions", method="POST", mode="slow", delay=4, count=1)
-        body = {"userId": "u-slow", "tier": "pro", "interval": "monthly",
-                "successUrl": OK_URL, "cancelUrl": CANCEL_URL}
-        jwt = make_jwt({"sub": "u-slow", "exp": int(time.time()) + 600, "iat": int(time.time())})
-        r = st.http("POST", "/api/stripe/create-checkout-session",
-                    headers={"Authorization": "Bearer " + jwt, "Origin": "https://app.example.test"},
-                    body=body)
+        r = checkout(st, "u-slow", {"Origin": "https://app.example.test"})
         t.ok(r.status == 504 and (r.json() or {}).get("error", {}).get("code") == "timeout"
              and r.headers.get("access-control-allow-origin") == "https://app.example.test",
              "a program slower than ProxyTimeout: Apache's 504 as JSON (timeout), with CORS",
              f"{r.status} {r.text[:200]}")
         stored = ("SELECT count(*) FROM checkout_sessions WHERE user_id = 'u-slow' "
                   "AND stripe_session_id IS NOT NULL")
-        try:
-            wait_until("the checkout to finish behind the 504", lambda: st.psql_one(stored) == "1")
-        except AssertionError:
-            pass
+        eventually("the checkout to finish behind the 504", lambda: st.psql_one(stored) == "1")
         t.eq(st.psql_one(stored), "1", "...and the request still completed behind it: its session is stored")
 
 
