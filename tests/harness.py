@@ -151,7 +151,6 @@ ENDPOINTS = {
 # written to an htpasswd file (BILLING_ADMIN_HTPASSWD); Stack(operators=) adds more.
 OPERATORS = {"operator": "operator-password"}
 
-# Passed through to CGIs (sanitizer builds) when set in our environment.
 # How Apache runs the programs: MPM, CGI module, and the snippet to Include.
 APACHE_MODES = {
     "cgid": ("mpm_event", "cgid", "billing-cgi.conf"),
@@ -160,7 +159,7 @@ APACHE_MODES = {
     "proxy_fcgi": ("mpm_event", "proxy_fcgi", "billing-proxy-fcgi.conf"),
 }
 
-
+# Passed through to CGIs (sanitizer builds) when set in our environment.
 PASSTHROUGH_ENV = ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "MSAN_OPTIONS",
                    "LD_LIBRARY_PATH", "LD_PRELOAD")
 
@@ -601,20 +600,20 @@ def _find_apache():
     return binary, mods
 
 
-def fcgi_unit_command(srcdir, key):
+def fcgi_unit_command(srcdir, key, words):
     """The argv of apache/billing-fcgi@.service's ExecStart or ExecReload,
-    unsubstituted: proxy_fcgi mode runs exactly what the unit runs."""
+    each of words' keys ("%i", "${WORKERS}", "$MAINPID", a path) replaced
+    by its value: proxy_fcgi mode runs exactly what the unit runs."""
     with open(os.path.join(srcdir, "apache", "billing-fcgi@.service")) as f:
         for line in f:
             if line.startswith(key + "="):
-                return shlex.split(line[len(key) + 1:])
-    raise StackError(f"apache/billing-fcgi@.service has no {key}= line")
-
-
-def _unit_subst(word, words):
+                argv = shlex.split(line[len(key) + 1:])
+                break
+        else:
+            raise StackError(f"apache/billing-fcgi@.service has no {key}= line")
     for k, v in words.items():
-        word = word.replace(k, v)
-    return word
+        argv = [w.replace(k, v) for w in argv]
+    return argv
 
 
 def _apache_quote(value):
@@ -1509,11 +1508,10 @@ pidfile = {self.pgb_run}/pgbouncer.pid
             raise StackError("proxy_fcgi mode has no .htaccess layout")
         spawn, watch = shutil.which("spawn-fcgi"), shutil.which("multiwatch")
         if not spawn or not watch:
-            raise StackError("proxy_fcgi mode needs spawn-fcgi and multiwatch (tools/deps --test)")
+            raise StackError("proxy_fcgi mode needs spawn-fcgi and multiwatch (tools/deps installs them)")
         env = self._server_env()
         env.update({k: os.environ[k] for k in self._apache_passenv})
         log = self._log_open("spawners.out")
-        start = fcgi_unit_command(self.srcdir, "ExecStart")
         for n in sorted(os.listdir(self.cgi_bin_served)):
             if not n.endswith(".cgi"):
                 continue
@@ -1521,7 +1519,7 @@ pidfile = {self.pgb_run}/pgbouncer.pid
             words = {"%i": name, "${WORKERS}": str(self.proxy_fcgi_workers),
                      "${BILLING_CGI_BIN}": self.cgi_bin_served, "/run/billing-cgi": self.fcgi_sockets,
                      "/usr/bin/spawn-fcgi": spawn, "/usr/bin/multiwatch": watch}
-            argv = [_unit_subst(w, words) for w in start]
+            argv = fcgi_unit_command(self.srcdir, "ExecStart", words)
             self.spawners[name] = subprocess.Popen(
                 _pdeathsig_prefix("TERM") + argv,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

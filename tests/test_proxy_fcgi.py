@@ -170,8 +170,8 @@ def check_reload(t, st):
     th.start()
     try:
         wait_until("requests to flow", lambda: len(statuses) >= 5)
-        argv = [w.replace("$MAINPID", str(watch)).replace("/usr/bin/pkill", shutil.which("pkill"))
-                for w in fcgi_unit_command(st.srcdir, "ExecReload")]
+        argv = fcgi_unit_command(st.srcdir, "ExecReload",
+                                 {"$MAINPID": str(watch), "/usr/bin/pkill": shutil.which("pkill")})
         os.spawnv(os.P_WAIT, argv[0], argv)
         wait_until("every process to be replaced",
                    lambda: len(children(watch)) == len(before) and not set(children(watch)) & set(before))
