@@ -1,7 +1,9 @@
+#include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stddef.h>
@@ -10,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <fastcgi.h>
 #include <fcgiapp.h>
 
 #include "buf.h"
@@ -325,7 +328,34 @@ on_term(int sig)
 {
 	(void)sig;
 	stopping = 1;
-	FCGX_ShutdownPending();
+}
+
+/*
+ * Waits until the next request may be there: a connection on the
+ * listening socket, or the server's next bytes on the connection it kept
+ * (FCGI_KEEP_CONN: mod_proxy_fcgi's enablereuse).  The stop signals are
+ * let in for the wait only (pselect swaps the mask atomically).
+ * 0: try to accept; -1: stop.
+ */
+static int
+fcgi_wait_request(const FCGX_Request *fr, const sigset_t *while_waiting)
+{
+	int fd = fr->ipcFd >= 0 ? fr->ipcFd : FCGI_LISTENSOCK_FILENO;
+	fd_set readable;
+	int n;
+
+	if (fd >= FD_SETSIZE)	/* never so many open; libfcgi's accept then waits, deaf */
+		return stopping ? -1 : 0;
+	while (!stopping) {
+		FD_ZERO(&readable);
+		FD_SET(fd, &readable);
+		n = pselect(fd + 1, &readable, NULL, NULL, NULL, while_waiting);
+		if (n > 0)
+			return 0;
+		if (n < 0 && errno != EINTR)
+			break;
+	}
+	return -1;
 }
 
 static int
@@ -335,16 +365,14 @@ serve_fastcgi(struct serve *srv)
 	struct fcgi_request req = { &fr, { 0, 0 } };
 	struct response_sink sink = { fcgi_write, fcgi_finish, &req };
 	struct sigaction sa;
-	sigset_t stop_signals;
+	sigset_t stop_signals, while_waiting;
+	int flags, rc;
 
 	if (FCGX_Init() != 0 || FCGX_InitRequest(&fr, 0, 0) != 0) {
 		fprintf(stderr, "billing-cgi %s: cannot start FastCGI\n", srv->ep->name);
 		return 1;
 	}
-	/*
-	 * No SA_RESTART: the signal must interrupt accept() to end the loop.
-	 * SIGUSR1 replaces libfcgi's own handler, which only set a flag.
-	 */
+	/* SIGUSR1 replaces libfcgi's own handler, which only set a flag. */
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_term;
 	sigemptyset(&sa.sa_mask);
@@ -356,20 +384,34 @@ serve_fastcgi(struct serve *srv)
 
 	/*
 	 * The stop signals reach the process only while it waits for a
-	 * request.  During one they would interrupt whatever system call it
-	 * is in, and libfcgi does not retry an interrupted read or write: a
-	 * body still arriving would be cut short.  Blocked, they wait until
-	 * the answer is out, then end the loop.
+	 * connection, never once it holds one.  libfcgi retries no
+	 * interrupted system call: a signal in accept's aftermath (waiting
+	 * for the server's first bytes, reading the parameters) would drop
+	 * the connection unanswered, and one during a request would cut a
+	 * body short.  So the wait is ours (pselect, the signals let in), and
+	 * libfcgi's accept runs with them blocked on a non-blocking socket:
+	 * when another process took the connection first, accept says
+	 * EAGAIN and this one waits again instead of blocking deaf to a stop.
 	 */
 	sigemptyset(&stop_signals);
 	sigaddset(&stop_signals, SIGTERM);
 	sigaddset(&stop_signals, SIGINT);
 	sigaddset(&stop_signals, SIGUSR1);
-	for (;;) {
-		sigprocmask(SIG_UNBLOCK, &stop_signals, NULL);
-		if (stopping || FCGX_Accept_r(&fr) < 0)
+	sigprocmask(SIG_BLOCK, &stop_signals, &while_waiting);
+	sigdelset(&while_waiting, SIGTERM);
+	sigdelset(&while_waiting, SIGINT);
+	sigdelset(&while_waiting, SIGUSR1);
+	if ((flags = fcntl(FCGI_LISTENSOCK_FILENO, F_GETFL)) == -1 ||
+	    fcntl(FCGI_LISTENSOCK_FILENO, F_SETFL, flags | O_NONBLOCK) == -1) {
+		fprintf(stderr, "billing-cgi %s: cannot start FastCGI\n", srv->ep->name);
+		FCGX_Free(&fr, 1);
+		return 1;
+	}
+	while (fcgi_wait_request(&fr, &while_waiting) == 0) {
+		if ((rc = FCGX_Accept_r(&fr)) == -EAGAIN || rc == -EWOULDBLOCK)
+			continue;
+		if (rc < 0)
 			break;
-		sigprocmask(SIG_BLOCK, &stop_signals, NULL);
 		body_deadline(&req.deadline);
 		serve_one(srv, fr.envp, fcgi_read, &req, &sink);
 		FCGX_Finish_r(&fr);

@@ -7,8 +7,11 @@
 
 The program is started the way mod_fcgid starts it: a Unix socket that
 listens on fd 0 (FCGI_LISTENSOCK_FILENO), so libfcgi's FCGX_IsCGI() says
-FastCGI.  One connection per request, FCGI_RESPONDER role, no keep-conn
-(as mod_fcgid does).  Records: FastCGI specification 1.0, section 3.3.
+FastCGI.  request(): one connection per request, FCGI_RESPONDER role, no
+keep-conn (as mod_fcgid does).  connect(), send() and answer() drive a
+connection step by step, several requests on it with keep_conn (as
+mod_proxy_fcgi does with enablereuse=on).  Records: FastCGI specification
+1.0, section 3.3.
 """
 import os
 import socket
@@ -19,6 +22,7 @@ import tempfile
 VERSION = 1
 BEGIN_REQUEST, ABORT_REQUEST, END_REQUEST, PARAMS, STDIN, STDOUT, STDERR = 1, 2, 3, 4, 5, 6, 7
 RESPONDER = 1
+KEEP_CONN = 1  # FCGI_BEGIN_REQUEST flags
 
 
 def _record(rtype, content, request_id=1):
@@ -78,35 +82,58 @@ class FcgiProcess:
         return None
 
     def request(self, params, body=b"", timeout=30):
+        s = self.connect(timeout)
+        try:
+            self.send(s, params, body)
+            return self.answer(s)
+        finally:
+            s.close()
+
+    def connect(self, timeout=30):
+        """A connection to the process, nothing sent yet (the caller closes it)."""
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(timeout)
         try:
             s.connect(self.path)
-            pbytes = b"".join(_nv(k, str(v)) for k, v in params.items())
-            msg = _record(BEGIN_REQUEST, struct.pack("!HB5x", RESPONDER, 0))
-            msg += _record(PARAMS, pbytes) + _record(PARAMS, b"")
-            msg += (_record(STDIN, body) if body else b"") + _record(STDIN, b"")
-            s.sendall(msg)
-            out, err, app_status, buf = b"", b"", None, b""
-            while app_status is None:
-                chunk = s.recv(65536)
-                if not chunk:
-                    raise ConnectionError("connection closed before FCGI_END_REQUEST")
-                buf += chunk
-                while len(buf) >= 8:
-                    _, rtype, _, clen, pad = struct.unpack("!BBHHB", buf[:7])
-                    if len(buf) < 8 + clen + pad:
-                        break
-                    content, buf = buf[8:8 + clen], buf[8 + clen + pad:]
-                    if rtype == STDOUT:
-                        out += content
-                    elif rtype == STDERR:
-                        err += content
-                    elif rtype == END_REQUEST:
-                        app_status = struct.unpack("!I", content[:4])[0]
-            return Answer(out, err, app_status)
-        finally:
+        except OSError:
             s.close()
+            raise
+        return s
+
+    @staticmethod
+    def send(s, params, body=b"", keep_conn=False):
+        """One request's records; keep_conn: FCGI_KEEP_CONN, the process
+        leaves the connection open for the next request."""
+        pbytes = b"".join(_nv(k, str(v)) for k, v in params.items())
+        msg = _record(BEGIN_REQUEST, struct.pack("!HB5x", RESPONDER, KEEP_CONN if keep_conn else 0))
+        msg += _record(PARAMS, pbytes) + _record(PARAMS, b"")
+        msg += (_record(STDIN, body) if body else b"") + _record(STDIN, b"")
+        s.sendall(msg)
+
+    @staticmethod
+    def answer(s):
+        out, err, app_status, buf = b"", b"", None, b""
+        while app_status is None:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise ConnectionError("connection closed before FCGI_END_REQUEST")
+            buf += chunk
+            while len(buf) >= 8:
+                _, rtype, _, clen, pad = struct.unpack("!BBHHB", buf[:7])
+                if len(buf) < 8 + clen + pad:
+                    break
+                content, buf = buf[8:8 + clen], buf[8 + clen + pad:]
+                if rtype == STDOUT:
+                    out += content
+                elif rtype == STDERR:
+                    err += content
+                elif rtype == END_REQUEST:
+                    app_status = struct.unpack("!I", content[:4])[0]
+        return Answer(out, err, app_status)
+
+    def open_fds(self):
+        """How many file descriptors the process has open."""
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
     def alive(self):
         return self.proc.poll() is None

@@ -13,6 +13,11 @@ request of a test:
     build LeakSanitizer at exit;
   - PostgreSQL killed while the process is idle, then started again: the
     next request gets 503 or succeeds, the one after succeeds;
+  - a stop signal just after the process accepted a connection, before
+    the server's first bytes (SIGTERM from mod_fcgid, SIGUSR1 from
+    multiwatch): that request is answered, then the process exits;
+  - a connection the server keeps (FCGI_KEEP_CONN): requests one after
+    another on it, and a stop while the process waits on it;
   - prepared statements, as PostgreSQL's own log of every statement shows
     them: a FastCGI process parses each statement once and runs it by name
     afterwards; a CGI does not name any; a FastCGI process whose
@@ -311,6 +316,75 @@ def killed_while_idle(t, st):
         proc.cleanup()
 
 
+def stopped_after_accept(t, st):
+    """A stop signal in the moment after the process accepted a connection,
+    before the web server's first bytes arrived (mod_fcgid's SIGTERM,
+    multiwatch's SIGUSR1): that request is still answered, then the
+    process leaves.  libfcgi alone would drop the connection unanswered."""
+    prog = os.path.join(st.cgi_bin, "usage.cgi")
+    key = {"Authorization": "Bearer " + API_KEY}
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        name = signal.Signals(sig).name
+        proc = FcgiProcess(prog, process_env(st, prog))
+        s = None
+        try:
+            t.eq(proc.request(params(st, "usage", "GET", "userId=u-stop", key)).status, 200,
+                 f"{name}: a first request (the database connection is open)")
+            fds = proc.open_fds()
+            s = proc.connect()
+            # Accepted: one descriptor more, the process now waiting for our bytes.
+            wait_until("the connection to be accepted", lambda: proc.open_fds() == fds + 1)
+            os.kill(proc.pid, sig)
+            try:
+                proc.send(s, params(st, "usage", "GET", "userId=u-stop", key))
+                r = proc.answer(s)
+            except OSError as e:
+                r = e
+            t.ok(not isinstance(r, OSError) and r.status == 200 and b"u-stop" in r.body,
+                 f"{name} just after the accept: the request is answered 200", repr(r))
+            try:
+                status = proc.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                status = None
+            t.eq(status, 0, f"{name}: then the process exits cleanly")
+        finally:
+            if s is not None:
+                s.close()
+            proc.cleanup()
+
+
+def kept_connection(t, st):
+    """A server that keeps its connection (FCGI_KEEP_CONN, as mod_proxy_fcgi
+    with enablereuse=on): the process waits for the next request on it,
+    and a stop while it waits there ends the process."""
+    prog = os.path.join(st.cgi_bin, "usage.cgi")
+    key = {"Authorization": "Bearer " + API_KEY}
+    proc = FcgiProcess(prog, process_env(st, prog))
+    s = None
+    try:
+        s = proc.connect(timeout=10)
+        got = []
+        for i in range(3):
+            try:
+                proc.send(s, params(st, "usage", "GET", f"userId=u-keep-{i}", key), keep_conn=True)
+                r = proc.answer(s)
+                got.append(r.status == 200 and f"u-keep-{i}".encode() in r.body)
+            except OSError as e:
+                got.append(repr(e))
+                break
+        t.eq(got, [True] * 3, "FCGI_KEEP_CONN: three requests one after another on one connection")
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            status = proc.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            status = None
+        t.eq(status, 0, "SIGTERM while it waits on the kept connection: the process exits cleanly")
+    finally:
+        if s is not None:
+            s.close()
+        proc.cleanup()
+
+
 def pg_log(st):
     with open(os.path.join(st.tmp, "logs", "postgres.log"), errors="replace") as f:
         return f.read()
@@ -375,6 +449,10 @@ def main():
             soak_webhook(t, st)
         with t.guard("PostgreSQL killed while idle"):
             killed_while_idle(t, st)
+        with t.guard("stopped just after an accept"):
+            stopped_after_accept(t, st)
+        with t.guard("a kept connection"):
+            kept_connection(t, st)
         with t.guard("prepared statements"):
             prepared_statements(t, st, pooled=False)
     with Stack({"STRIPE_SYNC_MODE": "event"}, apache=False, stripe=False, pgbouncer=True) as st:
