@@ -447,8 +447,12 @@ def test_checkout_updates_while_event_links(st):
         ev = inv_event(cus, sub1, user, name=kind) if kind.startswith("invoice") \
             else sub_event(cus, sub1, user, kind, status="active")
         got = {}
-        threads = [threading.Thread(target=lambda: got.update(ses=deliver(st, session_event(cus, sub2, user)))),
-                   threading.Thread(target=lambda: got.update(ev=deliver(st, ev)))]
+        # Checkout waits through every step below: lock waits longer than
+        # the default 4 s, which a slow (ASan) build on a busy host can near.
+        patient = {"DB_LOCK_TIMEOUT_MS": "20000", "DB_STATEMENT_TIMEOUT_MS": "30000"}
+        threads = [threading.Thread(target=lambda: got.update(
+                       ses=deliver(st, session_event(cus, sub2, user), env=patient))),
+                   threading.Thread(target=lambda: got.update(ev=deliver(st, ev, env=patient)))]
 
         def waiting(locktype):
             return int(st.psql_one("SELECT count(*) FROM pg_locks WHERE NOT granted"
