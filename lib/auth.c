@@ -21,6 +21,7 @@
 #include "buf.h"
 #include "config.h"
 #include "digest.h"
+#include "hex.h"
 #include "jsonget.h"
 #include "limits.h"
 #include "log.h"
@@ -700,8 +701,7 @@ form_mac(const char *operator, const char *binding, const char *ts, const char *
 	message.p = buf_str(&in);
 	message.len = in.len;
 	digest_hmac_sha256(key, sizeof(key), &message, 1, mac);
-	for (p = 0; p < sizeof(mac); p++)
-		snprintf(hex + 2 * p, 3, "%02x", mac[p]);
+	hex_encode(hex, mac, sizeof(mac));
 	o = OUT_OK;
 out:
 	OPENSSL_cleanse(key, sizeof(key));
@@ -717,13 +717,11 @@ auth_form_token(const char *operator, const char *binding, time_t now, char **to
 	char nonce[2 * LIMIT_FORM_NONCE + 1], ts[24], mac[2 * DIGEST_SHA256_LEN + 1];
 	struct buf out = BUF_INIT(256);
 	enum outcome o;
-	size_t i;
 
 	*token = NULL;
 	if (RAND_bytes(raw, sizeof(raw)) != 1)
 		response_fatal("no randomness for a form token");
-	for (i = 0; i < sizeof(raw); i++)
-		snprintf(nonce + 2 * i, 3, "%02x", raw[i]);
+	hex_encode(nonce, raw, sizeof(raw));
 	snprintf(ts, sizeof(ts), "%lld", (long long)now);
 	if ((o = form_mac(operator, binding, ts, nonce, mac)) != OUT_OK)
 		return o;

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "buf.h"
+#include "hex.h"
 #include "limits.h"
 #include "log.h"
 
@@ -18,9 +19,7 @@ static int log_finished;
 void
 log_begin(const char *endpoint)
 {
-	static const char hex[] = "0123456789abcdef";
 	unsigned char raw[8];
-	size_t i;
 
 	log_endpoint = endpoint;
 	clock_gettime(CLOCK_MONOTONIC, &log_start);
@@ -35,11 +34,7 @@ log_begin(const char *endpoint)
 		    ((unsigned long)log_start.tv_sec << 20) ^ (unsigned long)getpid();
 		memcpy(raw, &v, sizeof(raw) < sizeof(v) ? sizeof(raw) : sizeof(v));
 	}
-	for (i = 0; i < sizeof(raw); i++) {
-		log_rid[2 * i] = hex[raw[i] >> 4];
-		log_rid[2 * i + 1] = hex[raw[i] & 15];
-	}
-	log_rid[16] = '\0';
+	hex_encode(log_rid, raw, sizeof(raw));
 	log_notes[0] = '\0';
 	log_finished = 0;
 }

@@ -8,6 +8,7 @@
 #include <openssl/rand.h>
 
 #include "config.h"
+#include "hex.h"
 #include "http.h"
 #include "jsonget.h"
 #include "limits.h"
@@ -384,18 +385,12 @@ stripe_requests_sent(void)
 static char *
 hex_with_prefix(const char *prefix, const unsigned char *raw, size_t n)
 {
-	static const char hex[] = "0123456789abcdef";
-	size_t plen = strlen(prefix), i;
-	char *s = mem_alloc(plen + 1 + 2 * n + 1), *p = s;
+	size_t plen = strlen(prefix);
+	char *s = mem_alloc(plen + 1 + 2 * n + 1);
 
-	memcpy(p, prefix, plen);
-	p += plen;
-	*p++ = '-';
-	for (i = 0; i < n; i++) {
-		*p++ = hex[raw[i] >> 4];
-		*p++ = hex[raw[i] & 15];
-	}
-	*p = '\0';
+	memcpy(s, prefix, plen);
+	s[plen] = '-';
+	hex_encode(s + plen + 1, raw, n);
 	return s;
 }
 

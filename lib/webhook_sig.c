@@ -7,6 +7,7 @@
 
 #include "config.h"
 #include "digest.h"
+#include "hex.h"
 #include "limits.h"
 #include "log.h"
 #include "request.h"
@@ -135,23 +136,18 @@ webhook_sig_parse(const char *header, size_t len, struct webhook_sig_header *out
 	return WHSIG_VALID;
 }
 
-/* Lowercase hex HMAC-SHA256(secret, t "." body) into hex[SIG_HEX_LEN]; -1 for an empty secret. */
+/* Lowercase hex HMAC-SHA256(secret, t "." body) into hex[SIG_HEX_LEN + 1]; -1 for an empty secret. */
 static int
 sign(const struct webhook_sig_secret *secret, const struct webhook_sig_header *h,
     const char *body, size_t body_len, char *hex)
 {
-	static const char digits[] = "0123456789abcdef";
 	const struct digest_part message[] = { { h->t, h->t_len }, { ".", 1 }, { body, body_len } };
 	unsigned char md[DIGEST_SHA256_LEN];
-	size_t i;
 
 	if (secret->len == 0)
 		return -1;
 	digest_hmac_sha256(secret->p, secret->len, message, sizeof(message) / sizeof(message[0]), md);
-	for (i = 0; i < sizeof(md); i++) {
-		hex[2 * i] = digits[md[i] >> 4];
-		hex[2 * i + 1] = digits[md[i] & 15];
-	}
+	hex_encode(hex, md, sizeof(md));
 	OPENSSL_cleanse(md, sizeof(md));
 	return 0;
 }
@@ -179,7 +175,7 @@ webhook_sig_verify(const char *header, size_t header_len, const char *body, size
 {
 	struct webhook_sig_header h;
 	enum webhook_sig_result r;
-	char expected[SIG_HEX_LEN];
+	char expected[SIG_HEX_LEN + 1];
 	uint64_t unow, skew;
 	size_t i;
 	int match = 0;
