@@ -554,6 +554,10 @@ auth_identify(int allow_api_key, struct auth_caller *caller)
 		caller->user_id = mem_strdup(remote);
 		return OUT_OK;
 	}
+	if (api_key != NULL && strlen(api_key) < LIMIT_BEARER_KEY_MIN) {
+		log_msg("USAGE_API_KEY is shorter than %d bytes", LIMIT_BEARER_KEY_MIN);
+		return OUT_MISCONFIGURED;
+	}
 	if (!jwt && api_key == NULL) {
 		log_msg("no authentication configured (REMOTE_USER, AUTH_JWT_SECRET, "
 			"AUTH_JWT_PUBLIC_KEY_FILE%s)",
@@ -600,9 +604,9 @@ auth_operator(const char *setting)
 
 	if (remote != NULL && *remote != '\0')
 		return OUT_OK;
-	if (secret == NULL || strlen(secret) < LIMIT_OPERATOR_TOKEN_MIN) {
+	if (secret == NULL || strlen(secret) < LIMIT_BEARER_KEY_MIN) {
 		log_msg("%s unset or shorter than %d bytes, and no Apache authentication", setting,
-			LIMIT_OPERATOR_TOKEN_MIN);
+			LIMIT_BEARER_KEY_MIN);
 		return OUT_MISCONFIGURED;
 	}
 	h = request_header("Authorization");

@@ -33,7 +33,8 @@ struct auth_caller {
  * Bearer challenge without credentials, error="invalid_token" for bad
  * ones) for no or bad credentials; OUT_FORBIDDEN for a REMOTE_USER that
  * is no usable user id (over 128 bytes, control characters);
- * OUT_MISCONFIGURED when no method is configured.
+ * OUT_MISCONFIGURED when no method is configured, or allow_api_key and
+ * USAGE_API_KEY is shorter than LIMIT_BEARER_KEY_MIN bytes.
  */
 enum outcome auth_identify(int allow_api_key, struct auth_caller *caller)
     __attribute__((warn_unused_result));
@@ -44,8 +45,8 @@ enum outcome auth_identify(int allow_api_key, struct auth_caller *caller)
  * (e.g. METRICS_TOKEN; constant-time compare).  OUT_UNAUTHORIZED with the
  * challenge queued for missing or other credentials; OUT_MISCONFIGURED
  * (logged by name) when the setting is unset or shorter than
- * LIMIT_OPERATOR_TOKEN_MIN (16) bytes
- * and Apache did not authenticate the request.
+ * LIMIT_BEARER_KEY_MIN (16) bytes and Apache did not authenticate the
+ * request.
  */
 enum outcome auth_operator(const char *setting) __attribute__((warn_unused_result));
 

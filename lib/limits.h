@@ -40,8 +40,12 @@
 #define LIMIT_RS256_MIN_BITS	2048
 #define LIMIT_JWT_KEY_FILE	(64 * 1024)
 
-/* Operator bearer tokens (auth_operator's settings): at least this many bytes. */
-#define LIMIT_OPERATOR_TOKEN_MIN	16
+/*
+ * Bearer keys set in the settings (USAGE_API_KEY, auth_operator's tokens):
+ * at least this many bytes, so that a placeholder such as "secret" or
+ * "changeme" is refused as a misconfiguration rather than guessed.
+ */
+#define LIMIT_BEARER_KEY_MIN	16
 
 /* Application user ids (TEXT in the schema, CHECK 1..128). */
 #define LIMIT_USER_ID_LEN	128

@@ -325,6 +325,25 @@ def test_idempotency_bounded(st):
          repr(r))
 
 
+def test_short_api_key(st):
+    """A USAGE_API_KEY under 16 bytes (a placeholder such as "changeme")
+    is a misconfiguration, refused for every caller, never accepted."""
+    short = {"USAGE_API_KEY": "changeme"}
+    r = st.cgi("usage", "GET", query="userId=short-key",
+               headers={"Authorization": "Bearer changeme"}, env=short)
+    t.ok(r.status == 500 and err(r)[0] == "misconfigured" and "USAGE_API_KEY" in r.stderr
+         and "changeme" not in r.stderr and "changeme" not in r.text,
+         "USAGE_API_KEY of 8 bytes: 500 misconfigured, the key itself in neither answer nor log",
+         repr(r))
+    jwt = {"Authorization": "Bearer " + make_jwt({"sub": "short-key", "exp": int(time.time()) + 600})}
+    r = st.cgi("usage", "GET", query="userId=short-key", headers=jwt, env=short)
+    t.eq(r.status, 500, "...also for a caller with a valid JWT (the setting is wrong, not the caller)")
+    r = st.cgi("usage", "GET", query="userId=short-key", headers={"Authorization": "Bearer "
+                                                                 + "k" * 16},
+               env={"USAGE_API_KEY": "k" * 16})
+    t.eq(r.status, 200, "a key of 16 bytes is accepted")
+
+
 def test_prune(st):
     u = "prune"
     idem = {"Idempotency-Key": "old-key"}
@@ -540,7 +559,7 @@ def main():
                 with t.guard(f"{fn.__name__} ({mode})"):
                     fn(st, mode)
         for fn in (test_reading_timezone, test_idempotency_bounded, test_prune, test_remote_user,
-                   test_body_limits,
+                   test_body_limits, test_short_api_key,
                    test_logging, test_database_down):
             t.run(fn, st)
     return t.done()
