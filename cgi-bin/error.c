@@ -9,7 +9,8 @@
  * {"error":{"code","message"}}, with the same status and CORS headers.
  *
  * Apache runs this after an internal redirect: REDIRECT_STATUS is the
- * status it decided on (the method is then GET, the body already gone).
+ * status it decided on (the method is then GET, the body mostly gone
+ * though CONTENT_LENGTH stays: whatever comes is drained unjudged).
  * Asked directly, with no REDIRECT_STATUS, it answers 404.
  */
 #include <stdlib.h>
@@ -57,6 +58,7 @@ static const struct serve_endpoint endpoint = {
 	.name = "error",
 	.methods = "GET",
 	.cors = 1,
+	.ignores_body = 1,
 	.handle = apache_error,
 };
 

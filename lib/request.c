@@ -242,6 +242,19 @@ request_take_body(struct request *r, size_t max, request_reader *read, void *ctx
 	keep_body(r, body, len);
 }
 
+void
+request_drain_body(request_reader *read, void *ctx)
+{
+	const char *cl = request_env("CONTENT_LENGTH");
+	size_t len = LIMIT_DRAIN_BYTES;
+
+	if (cl == NULL && request_header("Transfer-Encoding") == NULL)
+		return;	/* no body: nothing to wait for */
+	if (cl != NULL && parse_content_length(cl, &len) == 0 && len > LIMIT_DRAIN_BYTES)
+		len = LIMIT_DRAIN_BYTES;
+	read_up_to(read, ctx, NULL, len);
+}
+
 enum outcome
 request_body(const struct request *r)
 {

@@ -59,6 +59,14 @@ void request_free(struct request *r);
 void request_take_body(struct request *r, size_t max, request_reader *read, void *ctx);
 
 /*
+ * Takes whatever body comes off the wire (as request_take_body would, up
+ * to LIMIT_DRAIN_BYTES) and discards it without a word: for a program
+ * whose answer never depends on a body.  r->body_outcome stays
+ * OUT_LENGTH_REQUIRED.
+ */
+void request_drain_body(request_reader *read, void *ctx);
+
+/*
  * What a handler that needs a body gets: OUT_OK with r->body and
  * r->body_len; OUT_LENGTH_REQUIRED without CONTENT_LENGTH;
  * OUT_PAYLOAD_TOO_LARGE over the cap; OUT_BAD_REQUEST for a malformed

@@ -280,7 +280,10 @@ serve_one(struct serve *srv, char **vars, request_reader *read, void *read_ctx,
 	cap_rc = request_body_cap(&cap);
 	if (cap_rc != OUT_OK)
 		cap = LIMIT_BODY_DEFAULT;
-	request_take_body(&req, cap, read, read_ctx);
+	if (ep->ignores_body)
+		request_drain_body(read, read_ctx);
+	else
+		request_take_body(&req, cap, read, read_ctx);
 
 	if (rc == OUT_OK)
 		rc = cap_rc;

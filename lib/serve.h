@@ -34,6 +34,12 @@ struct serve_endpoint {
 	const char *name;	/* in log lines and metrics: "webhook" */
 	const char *methods;	/* what handle serves: "POST", "GET, POST"; HEAD follows GET */
 	int cors;		/* browsers call it: CORS headers, OPTIONS preflights */
+	/*
+	 * Answers without a body: what comes is taken off the wire and
+	 * discarded unjudged (error.cgi: Apache's error documents keep the
+	 * original request's CONTENT_LENGTH, mostly without its body).
+	 */
+	int ignores_body;
 	serve_handler *handle;
 	/*
 	 * Rate limits, e.g. { "CHECKOUT", "10/60s", "60/60s" }: settings

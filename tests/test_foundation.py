@@ -163,6 +163,10 @@ def check_apache(st):
          "unmapped URL under /api/ -> 404 as JSON", f"{r.status} {r.text[:200]}")
     t.eq(r.headers.get("access-control-allow-origin"), "https://app.example.test",
          "the 404 carries the CORS headers")
+    r = st.http("POST", "/api/nothing", headers=dict(origin, **{"Content-Type": "application/json"}),
+                body=b'{"a": 1}')
+    t.ok(is_error(r, 404, "not_found"), "a POST with a body to an unmapped URL -> 404 as JSON",
+         f"{r.status} {r.text[:200]}")
     r = st.http("GET", "/api/_error")
     t.ok(is_error(r, 404, "not_found"), "the error program asked directly -> 404", r.text[:200])
     r = st.http("GET", "/elsewhere/nothing")
@@ -184,6 +188,9 @@ def check_apache(st):
          "the programs' log lines reach Apache's error log" if st.apache_mode != "proxy_fcgi"
          else "the programs' log lines reach their spawner's log")
     t.ok(not any(s in log for s in SECRETS), "no secret in Apache's error log")
+    # The error document runs with the POST's CONTENT_LENGTH but without its body.
+    t.eq(re.findall(r"billing-cgi error rid=\S+ (?!status=)[^\n]*", log), [],
+         "error.cgi answered those errors without a complaint about a body")
 
 
 def check_error_program(st):

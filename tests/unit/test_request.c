@@ -95,6 +95,24 @@ main(void)
 	is_int(read_body("8", "abc", 3, 10, &r), OUT_BAD_REQUEST, "short read");
 	ok(r.body == NULL, "no body kept after a short read");
 
+	/* request_drain_body: what comes is taken, nothing judged or kept. */
+	src = (struct source){ "hello, more", 11, 0, 3 };
+	setenv("CONTENT_LENGTH", "5", 1);
+	request_drain_body(source_read, &src);
+	ok(src.pos == 5, "drain: CONTENT_LENGTH bytes taken off the wire");
+	src = (struct source){ "abc", 3, 0, 3 };
+	setenv("CONTENT_LENGTH", "8", 1);
+	request_drain_body(source_read, &src);
+	ok(src.pos == 3, "drain: a short body is taken to its end");
+	src = (struct source){ "abc", 3, 0, 3 };
+	unsetenv("CONTENT_LENGTH");
+	request_drain_body(source_read, &src);
+	ok(src.pos == 0, "drain: without length or chunking nothing is read");
+	setenv("HTTP_TRANSFER_ENCODING", "chunked", 1);
+	request_drain_body(source_read, &src);
+	ok(src.pos == 3, "drain: a chunked body is read to its end");
+	unsetenv("HTTP_TRANSFER_ENCODING");
+
 	setenv("BILLING_MAX_BODY", "2048", 1);
 	ok(request_body_cap(&cap) == OUT_OK && cap == 2048, "cap from BILLING_MAX_BODY");
 	setenv("BILLING_MAX_BODY", "lots", 1);
