@@ -333,6 +333,16 @@ on_term(int sig)
 	stopping = 1;
 }
 
+static volatile sig_atomic_t head_timed_out;
+
+/* SIGALRM: a request's head took too long (fcgi_accept); the read it interrupts fails. */
+static void
+on_alarm(int sig)
+{
+	(void)sig;
+	head_timed_out = 1;
+}
+
 /*
  * Waits until the next request may be there: a connection on the
  * listening socket, or the server's next bytes on the connection it kept
@@ -344,9 +354,17 @@ static int
 fcgi_wait_request(const FCGX_Request *fr, const sigset_t *while_waiting)
 {
 	int fd = fr->ipcFd >= 0 ? fr->ipcFd : FCGI_LISTENSOCK_FILENO;
+	sigset_t during_requests;
 	fd_set readable;
 	int n;
 
+	/*
+	 * A stop that came during the last request is pending.  pselect
+	 * would not deliver it when the next connection is already there
+	 * (under steady load, always): unblocking delivers it now.
+	 */
+	sigprocmask(SIG_SETMASK, while_waiting, &during_requests);
+	sigprocmask(SIG_SETMASK, &during_requests, NULL);
 	if (fd >= FD_SETSIZE)	/* never so many open; libfcgi's accept then waits, deaf */
 		return stopping ? -1 : 0;
 	while (!stopping) {
@@ -359,6 +377,35 @@ fcgi_wait_request(const FCGX_Request *fr, const sigset_t *while_waiting)
 			break;
 	}
 	return -1;
+}
+
+/*
+ * libfcgi's accept: the connection and the request's head (its
+ * parameters), which the server sends at once.  A peer that stalls in
+ * the head is cut off at the body budget, as a slow body is: SIGALRM
+ * interrupts libfcgi's read, which then either drops the connection or
+ * hands over what arrived as if it were whole; dropped either way.
+ * Returns what FCGX_Accept_r does, -EAGAIN for a dropped head.
+ */
+static int
+fcgi_accept(struct serve *srv, FCGX_Request *fr)
+{
+	const struct itimerval budget = { { 0, 0 },
+		{ LIMIT_BODY_READ_MS / 1000, LIMIT_BODY_READ_MS % 1000 * 1000 } };
+	const struct itimerval off = { { 0, 0 }, { 0, 0 } };
+	int rc;
+
+	head_timed_out = 0;
+	setitimer(ITIMER_REAL, &budget, NULL);
+	rc = FCGX_Accept_r(fr);
+	setitimer(ITIMER_REAL, &off, NULL);
+	if (!head_timed_out)
+		return rc;
+	if (rc >= 0)
+		FCGX_Free(fr, 1);	/* closes the connection, unanswered */
+	fprintf(stderr, "billing-cgi %s: a connection gave no whole request within %d ms: dropped\n",
+	    srv->ep->name, LIMIT_BODY_READ_MS);
+	return -EAGAIN;
 }
 
 static int
@@ -382,6 +429,8 @@ serve_fastcgi(struct serve *srv)
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGUSR1, &sa, NULL);
+	sa.sa_handler = on_alarm;
+	sigaction(SIGALRM, &sa, NULL);
 	sa.sa_handler = SIG_IGN;
 	sigaction(SIGPIPE, &sa, NULL);	/* a client gone is a write error, not death */
 
@@ -395,6 +444,7 @@ serve_fastcgi(struct serve *srv)
 	 * libfcgi's accept runs with them blocked on a non-blocking socket:
 	 * when another process took the connection first, accept says
 	 * EAGAIN and this one waits again instead of blocking deaf to a stop.
+	 * (No SA_RESTART, for SIGALRM's sake: see fcgi_accept.)
 	 */
 	sigemptyset(&stop_signals);
 	sigaddset(&stop_signals, SIGTERM);
@@ -411,7 +461,7 @@ serve_fastcgi(struct serve *srv)
 		return 1;
 	}
 	while (fcgi_wait_request(&fr, &while_waiting) == 0) {
-		if ((rc = FCGX_Accept_r(&fr)) == -EAGAIN || rc == -EWOULDBLOCK)
+		if ((rc = fcgi_accept(srv, &fr)) == -EAGAIN || rc == -EWOULDBLOCK)
 			continue;
 		if (rc < 0)
 			break;

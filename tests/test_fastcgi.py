@@ -18,6 +18,10 @@ request of a test:
     multiwatch): that request is answered, then the process exits;
   - a connection the server keeps (FCGI_KEEP_CONN): requests one after
     another on it, and a stop while the process waits on it;
+  - a stop under steady load (a connection always waiting): the process
+    still leaves after the request in hand;
+  - a peer that stalls in a request's head: dropped unanswered at the 10 s
+    budget, and a stop meanwhile is taken then;
   - prepared statements, as PostgreSQL's own log of every statement shows
     them: a FastCGI process parses each statement once and runs it by name
     afterwards; a CGI does not name any; a FastCGI process whose
@@ -27,19 +31,23 @@ import json
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (DEFAULT_SETTINGS, PASSTHROUGH_ENV, Stack, Tap, make_jwt, program_env, wait_until,  # noqa: E402
                      stripe_signature)
-from fcgi_client import FcgiProcess  # noqa: E402
+from fcgi_client import BEGIN_REQUEST, RESPONDER, FcgiProcess, _record  # noqa: E402
 
 API_KEY = DEFAULT_SETTINGS["USAGE_API_KEY"]
 SECRET = DEFAULT_SETTINGS["STRIPE_WEBHOOK_SECRET"]
 ORIGIN = "https://app.example.test"
 CAP = 4096
+# A request's first record alone: what a peer that stalls at once sends.
+BEGIN_ONLY = _record(BEGIN_REQUEST, struct.pack("!HB5x", RESPONDER, 0))
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -385,6 +393,69 @@ def kept_connection(t, st):
         proc.cleanup()
 
 
+def stopped_under_load(t, st):
+    """SIGTERM while requests keep coming (a connection always waiting when
+    one is answered): the process still leaves after the request in hand,
+    not once the load stops."""
+    prog = os.path.join(st.cgi_bin, "usage.cgi")
+    get = params(st, "usage", "GET", "userId=u-load", {"Authorization": "Bearer " + API_KEY})
+    proc = FcgiProcess(prog, process_env(st, prog))
+    answered, stop = [], threading.Event()
+
+    def client():
+        while not stop.is_set():
+            try:
+                answered.append(proc.request(get, timeout=10).status)
+            except OSError:
+                if not proc.alive():
+                    return
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    try:
+        for th in threads:
+            th.start()
+        wait_until("requests to flow", lambda: len(answered) >= 50)
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            status = proc.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            status = None
+        t.eq(status, 0, "SIGTERM under steady load: the process exits cleanly within 5 s, load or not")
+        t.ok(answered and all(x == 200 for x in answered), "every request it answered: 200",
+             str(sorted(set(answered))))
+    finally:
+        stop.set()
+        for th in threads:
+            th.join(30)
+        proc.cleanup()
+
+
+def stalled_head(t, st):
+    """A peer that sends the start of a request and stalls is dropped at
+    the 10 s budget (as a slow body is): a stop during the stall is then
+    taken, rather than waiting on the peer for ever."""
+    prog = os.path.join(st.cgi_bin, "usage.cgi")
+    proc = FcgiProcess(prog, process_env(st, prog))
+    s = None
+    try:
+        fds = proc.open_fds()
+        s = proc.connect()
+        s.sendall(BEGIN_ONLY)
+        wait_until("the connection to be accepted", lambda: proc.open_fds() == fds + 1)
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            status = proc.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            status = None
+        t.eq(status, 0, "SIGTERM while a peer stalls in a request's head: exits once it is dropped")
+        t.ok("gave no whole request within 10000 ms: dropped" in proc.stderr(),
+             "...and says so", proc.stderr()[-300:])
+        t.eq(s.recv(65536), b"", "the stalled peer got no answer, only the connection closed")
+    finally:
+        if s is not None:
+            s.close()
+        proc.cleanup()
+
+
 def pg_log(st):
     with open(os.path.join(st.tmp, "logs", "postgres.log"), errors="replace") as f:
         return f.read()
@@ -453,6 +524,10 @@ def main():
             stopped_after_accept(t, st)
         with t.guard("a kept connection"):
             kept_connection(t, st)
+        with t.guard("stopped under load"):
+            stopped_under_load(t, st)
+        with t.guard("a stalled request head"):
+            stalled_head(t, st)
         with t.guard("prepared statements"):
             prepared_statements(t, st, pooled=False)
     with Stack({"STRIPE_SYNC_MODE": "event"}, apache=False, stripe=False, pgbouncer=True) as st:
