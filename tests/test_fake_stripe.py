@@ -568,6 +568,9 @@ def _():
         api_get("/v1/customers/search?query=email%3A%27x%27", timeout=5)
     except Exception as e:
         raise AssertionError("server busy after slow request: %r" % e)
+    last = logged()[-1]
+    eq((last["path"], last["fault"]), ("/v1/customers/search", None),
+       "the rule fired once: the next call under its path is not slowed")
 
 
 @check("fail mode reset -> TCP RST, no answer; next request works")

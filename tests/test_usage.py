@@ -339,6 +339,10 @@ def test_short_api_key(st):
     r = st.cgi("usage", "GET", query="userId=short-key", headers=jwt, env=short)
     t.eq(r.status, 500, "...also for a caller with a valid JWT (the setting is wrong, not the caller)")
     r = st.cgi("usage", "GET", query="userId=short-key", headers={"Authorization": "Bearer "
+                                                                 + "k" * 15},
+               env={"USAGE_API_KEY": "k" * 15})
+    t.eq(r.status, 500, "a key of 15 bytes: still 500 misconfigured")
+    r = st.cgi("usage", "GET", query="userId=short-key", headers={"Authorization": "Bearer "
                                                                  + "k" * 16},
                env={"USAGE_API_KEY": "k" * 16})
     t.eq(r.status, 200, "a key of 16 bytes is accepted")
