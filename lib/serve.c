@@ -320,6 +320,7 @@ serve_one(struct serve *srv, char **vars, request_reader *read, void *read_ctx,
 /* --- the two ways to run ------------------------------------------------------------- */
 
 static volatile sig_atomic_t stopping;
+static volatile sig_atomic_t deadline_passed;
 
 /*
  * mod_fcgid stops a process with SIGTERM, multiwatch (behind mod_proxy_fcgi)
@@ -333,14 +334,34 @@ on_term(int sig)
 	stopping = 1;
 }
 
-static volatile sig_atomic_t head_timed_out;
-
-/* SIGALRM: a request's head took too long (fcgi_accept); the read it interrupts fails. */
+/* SIGALRM: fcgi_deadline passed (see there). */
 static void
 on_alarm(int sig)
 {
 	(void)sig;
-	head_timed_out = 1;
+	deadline_passed = 1;
+}
+
+/*
+ * A deadline for what libfcgi does between requests, on its own and
+ * without one: reading a request's head, finishing the answer, and
+ * draining a closed connection (it reads until the peer is silent for
+ * 2 s, which a trickling peer never is).  From ms on, SIGALRM every
+ * 100 ms interrupts whatever system call libfcgi waits in, which it
+ * takes as the end of that connection.  0: no deadline.
+ */
+static void
+fcgi_deadline(long ms)
+{
+	struct itimerval t = { { 0, 0 }, { 0, 0 } };
+
+	if (ms > 0) {
+		t.it_value.tv_sec = ms / 1000;
+		t.it_value.tv_usec = ms % 1000 * 1000;
+		t.it_interval.tv_usec = 100 * 1000;
+		deadline_passed = 0;
+	}
+	setitimer(ITIMER_REAL, &t, NULL);
 }
 
 /*
@@ -365,7 +386,7 @@ fcgi_wait_request(const FCGX_Request *fr, const sigset_t *while_waiting)
 	 */
 	sigprocmask(SIG_SETMASK, while_waiting, &during_requests);
 	sigprocmask(SIG_SETMASK, &during_requests, NULL);
-	if (fd >= FD_SETSIZE)	/* never so many open; libfcgi's accept then waits, deaf */
+	if (fd >= FD_SETSIZE)	/* never so many open; the read then waits, deaf */
 		return stopping ? -1 : 0;
 	while (!stopping) {
 		FD_ZERO(&readable);
@@ -380,32 +401,38 @@ fcgi_wait_request(const FCGX_Request *fr, const sigset_t *while_waiting)
 }
 
 /*
- * libfcgi's accept: the connection and the request's head (its
- * parameters), which the server sends at once.  A peer that stalls in
- * the head is cut off at the body budget, as a slow body is: SIGALRM
- * interrupts libfcgi's read, which then either drops the connection or
- * hands over what arrived as if it were whole; dropped either way.
- * Returns what FCGX_Accept_r does, -EAGAIN for a dropped head.
+ * The next request's head (its parameters), from a new connection or the
+ * one the server kept.  The connection is accepted here: libfcgi, given
+ * no listening socket (FCGX_InitRequest), cannot accept again by itself
+ * after a head that failed, and stops with EBADF instead.  The server
+ * sends a head at once; one that stalls or trickles is cut off at the
+ * body budget, as a slow body is.
+ * 0: a request in fr; 1: none this time (another process took the
+ * connection, or its head was dropped); -1: stop.
  */
 static int
 fcgi_accept(struct serve *srv, FCGX_Request *fr)
 {
-	const struct itimerval budget = { { 0, 0 },
-		{ LIMIT_BODY_READ_MS / 1000, LIMIT_BODY_READ_MS % 1000 * 1000 } };
-	const struct itimerval off = { { 0, 0 }, { 0, 0 } };
-	int rc;
+	int fd, rc, late;
 
-	head_timed_out = 0;
-	setitimer(ITIMER_REAL, &budget, NULL);
+	if (fr->ipcFd < 0) {
+		if ((fd = accept(FCGI_LISTENSOCK_FILENO, NULL, NULL)) == -1)
+			return errno == EAGAIN || errno == EWOULDBLOCK || errno == ECONNABORTED ||
+			    errno == EINTR ? 1 : -1;
+		fr->ipcFd = fd;
+		/* FCGX_Accept_r begins with FCGX_Finish_r: it must not close fd. */
+		fr->keepConnection = 1;
+	}
+	fcgi_deadline(LIMIT_BODY_READ_MS);
 	rc = FCGX_Accept_r(fr);
-	setitimer(ITIMER_REAL, &off, NULL);
-	if (!head_timed_out)
-		return rc;
-	if (rc >= 0)
-		FCGX_Free(fr, 1);	/* closes the connection, unanswered */
-	fprintf(stderr, "billing-cgi %s: a connection gave no whole request within %d ms: dropped\n",
-	    srv->ep->name, LIMIT_BODY_READ_MS);
-	return -EAGAIN;
+	late = deadline_passed;
+	if (rc >= 0 && late)
+		FCGX_Free(fr, 1);	/* what came is no whole head: closed unanswered */
+	fcgi_deadline(0);
+	if (late)
+		fprintf(stderr, "billing-cgi %s: a connection gave no whole request within %d ms:"
+		    " dropped\n", srv->ep->name, LIMIT_BODY_READ_MS);
+	return rc >= 0 && !late ? 0 : 1;
 }
 
 static int
@@ -415,14 +442,18 @@ serve_fastcgi(struct serve *srv)
 	struct fcgi_request req = { &fr, { 0, 0 } };
 	struct response_sink sink = { fcgi_write, fcgi_finish, &req };
 	struct sigaction sa;
-	sigset_t stop_signals, while_waiting;
+	sigset_t stop_signals, alarm_signal, while_waiting;
 	int flags, rc;
 
-	if (FCGX_Init() != 0 || FCGX_InitRequest(&fr, 0, 0) != 0) {
+	if (FCGX_Init() != 0 || FCGX_InitRequest(&fr, -1, 0) != 0) {
 		fprintf(stderr, "billing-cgi %s: cannot start FastCGI\n", srv->ep->name);
 		return 1;
 	}
-	/* SIGUSR1 replaces libfcgi's own handler, which only set a flag. */
+	/*
+	 * No SA_RESTART: SIGALRM must interrupt libfcgi's system calls
+	 * (fcgi_deadline).  SIGUSR1 replaces libfcgi's own handler, which
+	 * only set a flag.
+	 */
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_term;
 	sigemptyset(&sa.sa_mask);
@@ -433,18 +464,20 @@ serve_fastcgi(struct serve *srv)
 	sigaction(SIGALRM, &sa, NULL);
 	sa.sa_handler = SIG_IGN;
 	sigaction(SIGPIPE, &sa, NULL);	/* a client gone is a write error, not death */
+	sigemptyset(&alarm_signal);
+	sigaddset(&alarm_signal, SIGALRM);
+	sigprocmask(SIG_UNBLOCK, &alarm_signal, NULL);	/* whatever the parent's mask was */
 
 	/*
 	 * The stop signals reach the process only while it waits for a
 	 * connection, never once it holds one.  libfcgi retries no
-	 * interrupted system call: a signal in accept's aftermath (waiting
-	 * for the server's first bytes, reading the parameters) would drop
-	 * the connection unanswered, and one during a request would cut a
-	 * body short.  So the wait is ours (pselect, the signals let in), and
-	 * libfcgi's accept runs with them blocked on a non-blocking socket:
-	 * when another process took the connection first, accept says
-	 * EAGAIN and this one waits again instead of blocking deaf to a stop.
-	 * (No SA_RESTART, for SIGALRM's sake: see fcgi_accept.)
+	 * interrupted system call: a signal just after an accept (the server's
+	 * first bytes not there yet) would drop the connection unanswered,
+	 * and one during a request would cut a body short.  So the wait is
+	 * ours (pselect, the signals let in), and so is the accept, with them
+	 * blocked, on a non-blocking socket: when another process took the
+	 * connection first, accept says EAGAIN and this one waits again
+	 * instead of blocking deaf to a stop.
 	 */
 	sigemptyset(&stop_signals);
 	sigaddset(&stop_signals, SIGTERM);
@@ -461,13 +494,16 @@ serve_fastcgi(struct serve *srv)
 		return 1;
 	}
 	while (fcgi_wait_request(&fr, &while_waiting) == 0) {
-		if ((rc = fcgi_accept(srv, &fr)) == -EAGAIN || rc == -EWOULDBLOCK)
+		if ((rc = fcgi_accept(srv, &fr)) == 1)
 			continue;
 		if (rc < 0)
 			break;
 		body_deadline(&req.deadline);
 		serve_one(srv, fr.envp, fcgi_read, &req, &sink);
+		/* The rest of the answer out, the connection closed or kept. */
+		fcgi_deadline(LIMIT_BODY_READ_MS);
 		FCGX_Finish_r(&fr);
+		fcgi_deadline(0);
 	}
 	FCGX_Free(&fr, 1);
 	return 0;

@@ -131,10 +131,6 @@ class FcgiProcess:
                     app_status = struct.unpack("!I", content[:4])[0]
         return Answer(out, err, app_status)
 
-    def open_fds(self):
-        """How many file descriptors the process has open."""
-        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
-
     def alive(self):
         return self.proc.poll() is None
 

@@ -481,6 +481,19 @@ def parallel(n, fn):
     return out
 
 
+READ = 0  # x86_64 and most 64-bit Linux ABIs number read(2) 0
+
+
+def syscall_of(pid):
+    """The system call pid is blocked in (/proc/<pid>/syscall), or None."""
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            first = f.read().split()
+    except OSError:
+        return None
+    return int(first[0]) if first and first[0].isdigit() else None
+
+
 def wait_until(what, cond, seconds=10):
     """Polls cond (a server-side state we cannot be told about) until true."""
     deadline = time.monotonic() + seconds

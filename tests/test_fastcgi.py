@@ -20,8 +20,9 @@ request of a test:
     another on it, and a stop while the process waits on it;
   - a stop under steady load (a connection always waiting): the process
     still leaves after the request in hand;
-  - a peer that stalls in a request's head: dropped unanswered at the 10 s
-    budget, and a stop meanwhile is taken then;
+  - a peer that stalls in a request's head, or trickles it: dropped
+    unanswered at the 10 s budget, a stop meanwhile taken then, and a
+    request queued behind it answered;
   - prepared statements, as PostgreSQL's own log of every statement shows
     them: a FastCGI process parses each statement once and runs it by name
     afterwards; a CGI does not name any; a FastCGI process whose
@@ -38,8 +39,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (DEFAULT_SETTINGS, PASSTHROUGH_ENV, Stack, Tap, make_jwt, program_env, wait_until,  # noqa: E402
-                     stripe_signature)
+from harness import (DEFAULT_SETTINGS, PASSTHROUGH_ENV, READ, Stack, Tap, make_jwt, program_env,  # noqa: E402
+                     stripe_signature, syscall_of, wait_until)
 from fcgi_client import BEGIN_REQUEST, RESPONDER, FcgiProcess, _record  # noqa: E402
 
 API_KEY = DEFAULT_SETTINGS["USAGE_API_KEY"]
@@ -338,10 +339,9 @@ def stopped_after_accept(t, st):
         try:
             t.eq(proc.request(params(st, "usage", "GET", "userId=u-stop", key)).status, 200,
                  f"{name}: a first request (the database connection is open)")
-            fds = proc.open_fds()
             s = proc.connect()
-            # Accepted: one descriptor more, the process now waiting for our bytes.
-            wait_until("the connection to be accepted", lambda: proc.open_fds() == fds + 1)
+            # Accepted: the process waits in read(2) for our bytes.
+            wait_until("the connection to be accepted", lambda: syscall_of(proc.pid) == READ)
             os.kill(proc.pid, sig)
             try:
                 proc.send(s, params(st, "usage", "GET", "userId=u-stop", key))
@@ -437,10 +437,9 @@ def stalled_head(t, st):
     proc = FcgiProcess(prog, process_env(st, prog))
     s = None
     try:
-        fds = proc.open_fds()
         s = proc.connect()
         s.sendall(BEGIN_ONLY)
-        wait_until("the connection to be accepted", lambda: proc.open_fds() == fds + 1)
+        wait_until("the rest of the head to be awaited", lambda: syscall_of(proc.pid) == READ)
         os.kill(proc.pid, signal.SIGTERM)
         try:
             status = proc.proc.wait(30)
@@ -453,6 +452,52 @@ def stalled_head(t, st):
     finally:
         if s is not None:
             s.close()
+        proc.cleanup()
+
+
+def trickling_head(t, st):
+    """A peer that trickles a request's head (a byte every half second,
+    never the whole) is dropped at the same budget, however it trickles;
+    a whole request queued behind it is then answered."""
+    prog = os.path.join(st.cgi_bin, "usage.cgi")
+    get = params(st, "usage", "GET", "userId=u-behind", {"Authorization": "Bearer " + API_KEY})
+    proc = FcgiProcess(prog, process_env(st, prog))
+    s, stop, got = None, threading.Event(), {}
+
+    def trickle():
+        try:
+            while not stop.wait(0.5):  # the peer's pace is the input under test
+                s.send(b"\x01")
+        except OSError:
+            pass
+
+    def queued():
+        try:
+            got["r"] = proc.request(get, timeout=40)
+        except OSError as e:
+            got["r"] = e
+    th = [threading.Thread(target=trickle), threading.Thread(target=queued)]
+    try:
+        s = proc.connect(timeout=40)
+        # A PARAMS record announcing 60,000 bytes, of which a byte comes now and then.
+        s.sendall(BEGIN_ONLY + struct.pack("!BBHHBx", 1, 4, 1, 60000, 0))
+        wait_until("the head to be awaited", lambda: syscall_of(proc.pid) == READ)
+        for x in th:
+            x.start()
+        th[1].join(40)
+        r = got.get("r")
+        t.ok(not isinstance(r, OSError) and r is not None and r.status == 200 and b"u-behind" in r.body,
+             "a head trickling a byte every 0.5 s is dropped at the budget; the request behind it: 200",
+             repr(r))
+        t.eq(proc.stderr().count("gave no whole request within 10000 ms: dropped"), 1,
+             "...one drop logged, the trickler's")
+    finally:
+        stop.set()
+        if s is not None:
+            s.close()
+        for x in th:
+            if x.is_alive():
+                x.join(10)
         proc.cleanup()
 
 
@@ -528,6 +573,8 @@ def main():
             stopped_under_load(t, st)
         with t.guard("a stalled request head"):
             stalled_head(t, st)
+        with t.guard("a trickling request head"):
+            trickling_head(t, st)
         with t.guard("prepared statements"):
             prepared_statements(t, st, pooled=False)
     with Stack({"STRIPE_SYNC_MODE": "event"}, apache=False, stripe=False, pgbouncer=True) as st:

@@ -33,8 +33,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (DEFAULT_SETTINGS, Stack, Tap, fcgi_unit_command, make_jwt,  # noqa: E402
-                     wait_until)
+from harness import (DEFAULT_SETTINGS, READ, Stack, Tap, fcgi_unit_command, make_jwt,  # noqa: E402
+                     syscall_of, wait_until)
 import shutil  # noqa: E402
 
 API_KEY = DEFAULT_SETTINGS["USAGE_API_KEY"]
@@ -56,19 +56,6 @@ def children(pid):
         if int(fields[1]) == pid and fields[0] != "Z":
             out.append(int(d))
     return sorted(out)
-
-
-READ = 0  # x86_64 and most 64-bit Linux ABIs number read(2) 0
-
-
-def syscall_of(pid):
-    """The system call pid is blocked in (/proc/<pid>/syscall), or None."""
-    try:
-        with open(f"/proc/{pid}/syscall") as f:
-            first = f.read().split()
-    except OSError:
-        return None
-    return int(first[0]) if first and first[0].isdigit() else None
 
 
 def usage_get(st, user="u-proxy"):
