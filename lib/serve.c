@@ -413,12 +413,18 @@ fcgi_wait_request(const FCGX_Request *fr, const sigset_t *while_waiting)
 static int
 fcgi_accept(struct serve *srv, FCGX_Request *fr)
 {
-	int fd, rc, late;
+	int fd, rc, late, broken;
 
 	if (fr->ipcFd < 0) {
-		if ((fd = accept(FCGI_LISTENSOCK_FILENO, NULL, NULL)) == -1)
-			return errno == EAGAIN || errno == EWOULDBLOCK || errno == ECONNABORTED ||
-			    errno == EINTR ? 1 : -1;
+		if ((fd = accept(FCGI_LISTENSOCK_FILENO, NULL, NULL)) == -1) {
+			if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ECONNABORTED ||
+			    errno == EINTR)
+				return 1;
+			/* Out of descriptors or memory: a new process does better. */
+			fprintf(stderr, "billing-cgi %s: accept: %s: this process ends\n",
+			    srv->ep->name, strerror(errno));
+			return -1;
+		}
 		fr->ipcFd = fd;
 		/* FCGX_Accept_r begins with FCGX_Finish_r: it must not close fd. */
 		fr->keepConnection = 1;
@@ -426,13 +432,15 @@ fcgi_accept(struct serve *srv, FCGX_Request *fr)
 	fcgi_deadline(LIMIT_BODY_READ_MS);
 	rc = FCGX_Accept_r(fr);
 	late = deadline_passed;
-	if (rc >= 0 && late)
+	/* A read that failed can end the parameters early, as if they were whole. */
+	broken = rc >= 0 && (late || FCGX_GetError(fr->in) != 0);
+	if (broken)
 		FCGX_Free(fr, 1);	/* what came is no whole head: closed unanswered */
 	fcgi_deadline(0);
 	if (late)
 		fprintf(stderr, "billing-cgi %s: a connection gave no whole request within %d ms:"
 		    " dropped\n", srv->ep->name, LIMIT_BODY_READ_MS);
-	return rc >= 0 && !late ? 0 : 1;
+	return rc >= 0 && !broken ? 0 : 1;
 }
 
 static int
@@ -443,6 +451,7 @@ serve_fastcgi(struct serve *srv)
 	struct response_sink sink = { fcgi_write, fcgi_finish, &req };
 	struct sigaction sa;
 	sigset_t stop_signals, alarm_signal, while_waiting;
+	const struct timeval no_timeout = { 0, 0 };
 	int flags, rc;
 
 	if (FCGX_Init() != 0 || FCGX_InitRequest(&fr, -1, 0) != 0) {
@@ -500,12 +509,19 @@ serve_fastcgi(struct serve *srv)
 			break;
 		body_deadline(&req.deadline);
 		serve_one(srv, fr.envp, fcgi_read, &req, &sink);
+		/*
+		 * fcgi_read's receive timeout would outlive the body on a kept
+		 * connection, and cut the next head short.
+		 */
+		(void)setsockopt(fr.ipcFd, SOL_SOCKET, SO_RCVTIMEO, &no_timeout, sizeof(no_timeout));
 		/* The rest of the answer out, the connection closed or kept. */
 		fcgi_deadline(LIMIT_BODY_READ_MS);
 		FCGX_Finish_r(&fr);
 		fcgi_deadline(0);
 	}
+	fcgi_deadline(LIMIT_BODY_READ_MS);	/* a kept connection's drain */
 	FCGX_Free(&fr, 1);
+	fcgi_deadline(0);
 	return 0;
 }
 
