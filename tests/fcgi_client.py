@@ -134,6 +134,13 @@ class FcgiProcess:
     def alive(self):
         return self.proc.poll() is None
 
+    def exit_status(self, timeout):
+        """The exit status once the process ended within timeout s, else None."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
     def stop(self, timeout=20):
         if self.proc.poll() is None:
             self.proc.terminate()

@@ -350,10 +350,7 @@ def stopped_after_accept(t, st):
                 r = e
             t.ok(not isinstance(r, OSError) and r.status == 200 and b"u-stop" in r.body,
                  f"{name} just after the accept: the request is answered 200", repr(r))
-            try:
-                status = proc.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                status = None
+            status = proc.exit_status(10)
             t.eq(status, 0, f"{name}: then the process exits cleanly")
         finally:
             if s is not None:
@@ -382,10 +379,7 @@ def kept_connection(t, st):
                 break
         t.eq(got, [True] * 3, "FCGI_KEEP_CONN: three requests one after another on one connection")
         os.kill(proc.pid, signal.SIGTERM)
-        try:
-            status = proc.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            status = None
+        status = proc.exit_status(10)
         t.eq(status, 0, "SIGTERM while it waits on the kept connection: the process exits cleanly")
     finally:
         if s is not None:
@@ -415,10 +409,7 @@ def stopped_under_load(t, st):
             th.start()
         wait_until("requests to flow", lambda: len(answered) >= 50)
         os.kill(proc.pid, signal.SIGTERM)
-        try:
-            status = proc.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            status = None
+        status = proc.exit_status(5)
         t.eq(status, 0, "SIGTERM under steady load: the process exits cleanly within 5 s, load or not")
         t.ok(answered and all(x == 200 for x in answered), "every request it answered: 200",
              str(sorted(set(answered))))
@@ -441,10 +432,7 @@ def stalled_head(t, st):
         s.sendall(BEGIN_ONLY)
         wait_until("the rest of the head to be awaited", lambda: syscall_of(proc.pid) == READ)
         os.kill(proc.pid, signal.SIGTERM)
-        try:
-            status = proc.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            status = None
+        status = proc.exit_status(30)
         t.eq(status, 0, "SIGTERM while a peer stalls in a request's head: exits once it is dropped")
         t.ok("gave no whole request within 10000 ms: dropped" in proc.stderr(),
              "...and says so", proc.stderr()[-300:])
@@ -559,22 +547,15 @@ def prepared_statements(t, st, pooled):
 def main():
     t = Tap()
     with Stack({"STRIPE_SYNC_MODE": "event"}, apache=False) as st:
-        with t.guard("soak usage.cgi"):
-            soak_usage(t, st)
-        with t.guard("soak webhook.cgi"):
-            soak_webhook(t, st)
-        with t.guard("PostgreSQL killed while idle"):
-            killed_while_idle(t, st)
-        with t.guard("stopped just after an accept"):
-            stopped_after_accept(t, st)
-        with t.guard("a kept connection"):
-            kept_connection(t, st)
-        with t.guard("stopped under load"):
-            stopped_under_load(t, st)
-        with t.guard("a stalled request head"):
-            stalled_head(t, st)
-        with t.guard("a trickling request head"):
-            trickling_head(t, st)
+        for name, check in (("soak usage.cgi", soak_usage), ("soak webhook.cgi", soak_webhook),
+                            ("PostgreSQL killed while idle", killed_while_idle),
+                            ("stopped just after an accept", stopped_after_accept),
+                            ("a kept connection", kept_connection),
+                            ("stopped under load", stopped_under_load),
+                            ("a stalled request head", stalled_head),
+                            ("a trickling request head", trickling_head)):
+            with t.guard(name):
+                check(t, st)
         with t.guard("prepared statements"):
             prepared_statements(t, st, pooled=False)
     with Stack({"STRIPE_SYNC_MODE": "event"}, apache=False, stripe=False, pgbouncer=True) as st:
