@@ -225,12 +225,55 @@ fcgi_write(void *ctx, const char *p, size_t n)
 	return 0;
 }
 
+static volatile sig_atomic_t deadline_passed;
+
+/* SIGALRM: fcgi_deadline passed (see there). */
+static void
+on_alarm(int sig)
+{
+	(void)sig;
+	deadline_passed = 1;
+}
+
+/*
+ * A deadline for what libfcgi does between requests, on its own and
+ * without one: reading a request's head, finishing the answer, and
+ * draining a closed connection (it reads until the peer is silent for
+ * 2 s, which a trickling peer never is).  From ms on, SIGALRM every
+ * 100 ms interrupts whatever system call libfcgi waits in, which it
+ * takes as the end of that connection.  0: no deadline.
+ */
+static void
+fcgi_deadline(long ms)
+{
+	struct itimerval t = { { 0, 0 }, { 0, 0 } };
+
+	if (ms > 0) {
+		t.it_value.tv_sec = ms / 1000;
+		t.it_value.tv_usec = ms % 1000 * 1000;
+		t.it_interval.tv_usec = 100 * 1000;
+		deadline_passed = 0;
+	}
+	setitimer(ITIMER_REAL, &t, NULL);
+}
+
+/*
+ * The end of a request (also response_fatal's): the rest of the answer
+ * out, the connection closed or kept, within the deadline.
+ */
 static void
 fcgi_finish(void *ctx)
 {
+	static const struct timeval no_timeout = { 0, 0 };
 	struct fcgi_request *req = ctx;
 
+	/* fcgi_read's receive timeout would outlive the body on a kept connection. */
+	if (req->fr->ipcFd >= 0)
+		(void)setsockopt(req->fr->ipcFd, SOL_SOCKET, SO_RCVTIMEO, &no_timeout,
+		    sizeof(no_timeout));
+	fcgi_deadline(LIMIT_BODY_READ_MS);
 	FCGX_Finish_r(req->fr);
+	fcgi_deadline(0);
 }
 
 /* --- one request ------------------------------------------------------------------ */
@@ -320,7 +363,8 @@ serve_one(struct serve *srv, char **vars, request_reader *read, void *read_ctx,
 /* --- the two ways to run ------------------------------------------------------------- */
 
 static volatile sig_atomic_t stopping;
-static volatile sig_atomic_t deadline_passed;
+/* What stops a process (on_term): mod_fcgid's, multiwatch's, a terminal's. */
+static const int stop_signal_numbers[] = { SIGTERM, SIGUSR1, SIGINT };
 
 /*
  * mod_fcgid stops a process with SIGTERM, multiwatch (behind mod_proxy_fcgi)
@@ -332,36 +376,6 @@ on_term(int sig)
 {
 	(void)sig;
 	stopping = 1;
-}
-
-/* SIGALRM: fcgi_deadline passed (see there). */
-static void
-on_alarm(int sig)
-{
-	(void)sig;
-	deadline_passed = 1;
-}
-
-/*
- * A deadline for what libfcgi does between requests, on its own and
- * without one: reading a request's head, finishing the answer, and
- * draining a closed connection (it reads until the peer is silent for
- * 2 s, which a trickling peer never is).  From ms on, SIGALRM every
- * 100 ms interrupts whatever system call libfcgi waits in, which it
- * takes as the end of that connection.  0: no deadline.
- */
-static void
-fcgi_deadline(long ms)
-{
-	struct itimerval t = { { 0, 0 }, { 0, 0 } };
-
-	if (ms > 0) {
-		t.it_value.tv_sec = ms / 1000;
-		t.it_value.tv_usec = ms % 1000 * 1000;
-		t.it_interval.tv_usec = 100 * 1000;
-		deadline_passed = 0;
-	}
-	setitimer(ITIMER_REAL, &t, NULL);
 }
 
 /*
@@ -451,7 +465,7 @@ serve_fastcgi(struct serve *srv)
 	struct response_sink sink = { fcgi_write, fcgi_finish, &req };
 	struct sigaction sa;
 	sigset_t stop_signals, alarm_signal, while_waiting;
-	const struct timeval no_timeout = { 0, 0 };
+	size_t i;
 	int flags, rc;
 
 	if (FCGX_Init() != 0 || FCGX_InitRequest(&fr, -1, 0) != 0) {
@@ -466,9 +480,11 @@ serve_fastcgi(struct serve *srv)
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_term;
 	sigemptyset(&sa.sa_mask);
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGUSR1, &sa, NULL);
+	sigemptyset(&stop_signals);
+	for (i = 0; i < sizeof(stop_signal_numbers) / sizeof(stop_signal_numbers[0]); i++) {
+		sigaction(stop_signal_numbers[i], &sa, NULL);
+		sigaddset(&stop_signals, stop_signal_numbers[i]);
+	}
 	sa.sa_handler = on_alarm;
 	sigaction(SIGALRM, &sa, NULL);
 	sa.sa_handler = SIG_IGN;
@@ -488,14 +504,9 @@ serve_fastcgi(struct serve *srv)
 	 * connection first, accept says EAGAIN and this one waits again
 	 * instead of blocking deaf to a stop.
 	 */
-	sigemptyset(&stop_signals);
-	sigaddset(&stop_signals, SIGTERM);
-	sigaddset(&stop_signals, SIGINT);
-	sigaddset(&stop_signals, SIGUSR1);
 	sigprocmask(SIG_BLOCK, &stop_signals, &while_waiting);
-	sigdelset(&while_waiting, SIGTERM);
-	sigdelset(&while_waiting, SIGINT);
-	sigdelset(&while_waiting, SIGUSR1);
+	for (i = 0; i < sizeof(stop_signal_numbers) / sizeof(stop_signal_numbers[0]); i++)
+		sigdelset(&while_waiting, stop_signal_numbers[i]);
 	if ((flags = fcntl(FCGI_LISTENSOCK_FILENO, F_GETFL)) == -1 ||
 	    fcntl(FCGI_LISTENSOCK_FILENO, F_SETFL, flags | O_NONBLOCK) == -1) {
 		fprintf(stderr, "billing-cgi %s: cannot start FastCGI\n", srv->ep->name);
@@ -509,15 +520,7 @@ serve_fastcgi(struct serve *srv)
 			break;
 		body_deadline(&req.deadline);
 		serve_one(srv, fr.envp, fcgi_read, &req, &sink);
-		/*
-		 * fcgi_read's receive timeout would outlive the body on a kept
-		 * connection, and cut the next head short.
-		 */
-		(void)setsockopt(fr.ipcFd, SOL_SOCKET, SO_RCVTIMEO, &no_timeout, sizeof(no_timeout));
-		/* The rest of the answer out, the connection closed or kept. */
-		fcgi_deadline(LIMIT_BODY_READ_MS);
-		FCGX_Finish_r(&fr);
-		fcgi_deadline(0);
+		fcgi_finish(&req);
 	}
 	fcgi_deadline(LIMIT_BODY_READ_MS);	/* a kept connection's drain */
 	FCGX_Free(&fr, 1);
