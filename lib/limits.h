@@ -310,7 +310,7 @@
 #define LIMIT_FORM_CLOCK_SKEW_S		60
 #define LIMIT_DB_PARALLEL		4
 /* Statements db_exec_batch sends in one round trip. */
-#define LIMIT_DB_BATCH			4
+#define LIMIT_DB_BATCH			5
 /* The longest name lib/db gives a prepared statement, with its NUL. */
 #define LIMIT_DB_NAME_LEN		32
 

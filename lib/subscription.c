@@ -60,6 +60,8 @@ struct apply {
 	const char *early_claimed, *early_customer;
 	struct db_rows *owner_rows;
 	char *user_recorded;	/* billing_events.user_id as inserted */
+	/* The customer whose lock (lock_customer) this transaction holds; "" none. */
+	char customer_locked[LIMIT_STRIPE_ID_LEN + 1];
 	/*
 	 * In event mode, the subscriptions upsert is held back (hold_store)
 	 * to go out in the same round trip as the transaction's next
@@ -369,6 +371,21 @@ static const char sql_read_row[] = READ_ROW " FOR UPDATE";
     " AND xmin = pg_current_xact_id()::xid)"
 #define RECORDED_HERE RECORDED_HERE_AS(2)
 static const char sql_lock_if_recorded[] = LOCK_SUBSCRIPTION " WHERE" RECORDED_HERE;
+
+/*
+ * Serialises everything that decides who owns a customer's
+ * subscriptions, until the transaction ends: resolve_owner's links (made
+ * or found missing), and the subscription rows written on that answer.
+ * Without it an unclaimed event for a customer's second subscription
+ * could find no link and commit while checkout linked the customer and
+ * updated its other subscriptions: that one, not yet committed, stayed
+ * unowned.  Taken after the subscription's lock and before its row's, on
+ * every path.  Two int4 keys: a key space of its own, apart from the
+ * subscriptions' (one bigint) and the MRR ledger's (7294811, schema.sql).
+ */
+#define LOCK_CUSTOMER "SELECT pg_advisory_xact_lock(7294812, hashtext($1))"
+static const char sql_lock_customer[] = LOCK_CUSTOMER;
+static const char sql_lock_customer_if_recorded[] = LOCK_CUSTOMER " WHERE" RECORDED_HERE;
 static const char sql_read_row_if_recorded[] = READ_ROW " AND" RECORDED_HERE " FOR UPDATE";
 
 /*
@@ -545,16 +562,17 @@ paths_json(struct json_object *paths)
  * The event's INSERT with its 14 parameters (the last two: the owner's
  * claim and customer, see OWNER_SEEN), and in event mode, in the same
  * round trip, when the INSERT recorded the event, in this order: the
- * lock of its subscription (a->early), the links that decide its owner
- * (a->early_customer), the read of its row (a->early_read).  0 and the
- * INSERT's *rows, or a db_result.
+ * lock of its subscription (a->early), the lock of its customer and the
+ * links that decide its owner (a->early_customer), the read of its row
+ * (a->early_read).  0 and the INSERT's *rows, or a db_result.
  */
 static int
 insert_event(struct apply *a, const char *const *params, struct db_rows **rows)
 {
 	const char *early[] = { a->early, params[0] };
+	const char *customer[] = { a->early_customer, params[0] };
 	const char *links[] = { a->early_customer, a->early_claimed, params[0] };
-	struct db_statement st[4] = {
+	struct db_statement st[5] = {
 		{ "INSERT INTO billing_events (stripe_event_id, event_type, stripe_subscription_id,"
 		  " stripe_customer_id, amount, currency, status, attempt_count, occurred_at,"
 		  " processed_at, payload, left_out, source, user_id)"
@@ -565,7 +583,7 @@ insert_event(struct apply *a, const char *const *params, struct db_rows **rows)
 		  " coalesce($12, 'webhook'), " OWNER_SEEN ")"
 		  " ON CONFLICT (stripe_event_id) DO NOTHING RETURNING id, user_id", 14, params },
 	};
-	struct db_rows *got[4] = { NULL, NULL, NULL, NULL };
+	struct db_rows *got[5] = { NULL, NULL, NULL, NULL, NULL };
 	int n = 1, at_links = 0, at_read = 0, i, r;
 
 	if (a->early)
@@ -577,6 +595,7 @@ insert_event(struct apply *a, const char *const *params, struct db_rows **rows)
 	 * without their advisory locks while its new link is uncommitted.
 	 */
 	if (a->early_customer != NULL) {
+		st[n++] = (struct db_statement){ sql_lock_customer_if_recorded, 2, customer };
 		at_links = n;
 		st[n++] = (struct db_statement){ sql_owner_links_if_recorded, 3, links };
 	}
@@ -644,6 +663,9 @@ record_event(struct apply *a)
 			a->event_row = mem_strdup(db_rows_get(rows, 0, 0));
 			if (db_rows_get(rows, 0, 1) != NULL)
 				a->user_recorded = mem_strdup(db_rows_get(rows, 0, 1));
+			if (a->early_customer != NULL)
+				snprintf(a->customer_locked, sizeof(a->customer_locked), "%s",
+				    a->early_customer);
 		}
 	}
 	db_rows_free(rows);
@@ -654,6 +676,19 @@ static int
 lock_subscription(struct apply *a, const char *sub)
 {
 	return Q(a, NULL, sql_lock_subscription, sub);
+}
+
+/* LOCK_CUSTOMER, once per transaction; nothing for no customer. */
+static int
+lock_customer(struct apply *a, const char *customer)
+{
+	int r;
+
+	if (customer == NULL || strcmp(customer, a->customer_locked) == 0)
+		return 0;
+	if ((r = Q(a, NULL, sql_lock_customer, customer)) == 0)
+		snprintf(a->customer_locked, sizeof(a->customer_locked), "%s", customer);
+	return r;
 }
 
 static int
@@ -744,6 +779,8 @@ resolve_owner(struct apply *a, const char *claimed, const char *customer, char *
 		*owner = claimed ? mem_strdup(claimed) : NULL;
 		return 0;
 	}
+	if ((r = lock_customer(a, customer)) != 0)
+		return r;
 	/*
 	 * One statement (OWNER_LINKS) reads the links of the customer and of
 	 * the claimed user and, when neither exists, makes the claimed one;
@@ -917,7 +954,8 @@ store_subscription(struct apply *a, struct json_object *sub, int force, int dele
 		a->ignored = 1;
 		return 0;
 	}
-	if ((r = read_row(a, id, &row)) != 0 ||
+	/* The customer's lock before the row's: checkout updates rows under it. */
+	if ((r = lock_customer(a, customer)) != 0 || (r = read_row(a, id, &row)) != 0 ||
 	    (r = resolve_owner(a, claimed ? claimed : known_user, customer, &user)) != 0)
 		return r;
 	remember_user(a, user);
@@ -1454,7 +1492,7 @@ subscription_store_listed(struct db *db, struct json_object *sub, long long list
 		out->skipped = 1;
 		return OUT_OK;
 	}
-	if ((r = lock_subscription(&a, id)) != 0 ||
+	if ((r = lock_subscription(&a, id)) != 0 || (r = lock_customer(&a, customer)) != 0 ||
 	    (r = Q(&a, &rows, "SELECT to_jsonb(s) FROM subscriptions s"
 	    " WHERE stripe_subscription_id = $1", id)) != 0)
 		goto out;

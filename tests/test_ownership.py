@@ -426,13 +426,20 @@ def test_invoice_claims(st):
          "invoice.paid while another transaction holds its subscription's row: no wait for it")
 
 
+def customer_lock_waiters(st, cus):
+    """Sessions waiting for the lock of customer cus (subscription.c, LOCK_CUSTOMER)."""
+    return int(st.psql_one(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        f" AND classid = 7294812 AND objsubid = 2 AND objid = hashtext('{cus}')::oid"))
+
+
 def test_checkout_updates_while_event_links(st):
     """Checkout links customer C to U and then updates C's other
     subscriptions (row locks, without their advisory locks) while an
-    event for one of them waits, under its own lock, for that link.  The
-    event must not hold its subscription's row then: PostgreSQL would
-    find a deadlock and abort one of the two (retried, but a second of
-    waiting and an error in the log)."""
+    event for one of them waits, under its own lock, for the customer's
+    lock that checkout holds.  The event must not hold its subscription's
+    row then: PostgreSQL would find a deadlock and abort one of the two
+    (retried, but a second of waiting and an error in the log)."""
     for kind in ("invoice.payment_failed", "customer.subscription.updated"):
         cus, user = uniq("cus_dl"), uniq("dl-")
         sub1, sub2 = uniq("sub_dl1_"), uniq("sub_dl2_")
@@ -462,8 +469,9 @@ def test_checkout_updates_while_event_links(st):
             wait_until("checkout to wait for sub2's row", lambda: waiting("transactionid") == 1)
             threads[1].start()  # waits for sub1's lock
             wait_until("the event to wait for sub1's lock", lambda: waiting("advisory") == 1)
-            lock1.release()     # the event goes on to its links: waits for checkout's link
-            wait_until("the event to wait for checkout's link", lambda: waiting("transactionid") == 2)
+            lock1.release()     # the event goes on: waits for the customer's lock, checkout's
+            wait_until("the event to wait for the customer's lock",
+                       lambda: customer_lock_waiters(st, cus) == 1)
         finally:
             lock1.release()
             row2.release()      # checkout goes on: its UPDATE reaches sub1's row
@@ -476,6 +484,46 @@ def test_checkout_updates_while_event_links(st):
              f"{kind} waiting for a link while checkout updates its subscription: no deadlock")
 
 
+def test_unclaimed_while_checkout_links(st, mode="event"):
+    """An unclaimed event for a customer's second subscription while
+    checkout links that customer: the event found no link, and could
+    commit after checkout's update of the customer's subscriptions had
+    run and missed its uncommitted row; that subscription stayed unowned.
+    Now both take the customer's lock (held here until both wait for it),
+    and in either order the second subscription is the owner's."""
+    patient = {"DB_LOCK_TIMEOUT_MS": "20000", "DB_STATEMENT_TIMEOUT_MS": "30000"}
+    for first in ("unclaimed event", "checkout"):
+        cus, user = uniq("cus_race"), uniq("race-")
+        sub1, sub2 = uniq("sub_race1_"), uniq("sub_race2_")
+        unclaimed = sub_event(cus, sub2, None, "customer.subscription.created", status="active")
+        checkout = session_event(cus, sub1, user)
+        if mode == "refetch":
+            st.stripe.put_subscription(sub2, unclaimed["data"]["object"])
+            st.stripe.put_subscription(sub1, sub_event(cus, sub1, None, status="active")
+                                       ["data"]["object"])
+        runs = {"unclaimed event": unclaimed, "checkout": checkout}
+        order = [first] + [k for k in runs if k != first]
+        got = {}
+        h = LockHolder(st, f"SELECT pg_advisory_xact_lock(7294812, hashtext('{cus}'))")
+        threads = []
+        try:
+            for n, name in enumerate(order, 1):
+                threads.append(threading.Thread(target=lambda name=name: got.update(
+                    {name: deliver(st, runs[name], env=patient)})))
+                threads[-1].start()
+                wait_until(f"{name} to wait for the customer's lock",
+                           lambda n=n: customer_lock_waiters(st, cus) == n)
+        finally:
+            h.release()
+            for th in threads:
+                th.join(30)
+        t.eq(([got[k].status for k in order], sub_row(st, sub2)["user_id"],
+              sub_row(st, sub1)["user_id"], links(st, f"stripe_customer_id = '{cus}'")),
+             ([200, 200], user, user, [[user, cus]]),
+             f"{mode} mode, {first} first: the unclaimed second subscription is the linked"
+             " user's too")
+
+
 def test_refetch_mode(t_, settings):
     with Stack(settings=settings) as st:
         alice, mallory = uniq("alice-"), uniq("mallory-")
@@ -486,6 +534,7 @@ def test_refetch_mode(t_, settings):
         r = deliver(st, session_event(cus, sub, mallory))
         t.eq((r.status, sub_row(st, sub)["user_id"]), (200, alice),
              "refetch mode: the refetched subscription's claim loses to customers too")
+        test_unclaimed_while_checkout_links(st, "refetch")
 
 
 def main():
@@ -495,7 +544,8 @@ def main():
                    test_concurrent_claims, test_owner_recorded_with_event,
                    test_unstored_links_nothing, test_duplicate_links_nothing,
                    test_link_made_while_waiting, test_invoice_claims,
-                   test_checkout_updates_while_event_links):
+                   test_checkout_updates_while_event_links,
+                   test_unclaimed_while_checkout_links):
             t.run(fn, st)
     t.run(test_refetch_mode, t, dict(SETTINGS, STRIPE_SYNC_MODE="refetch"))
     return t.done()

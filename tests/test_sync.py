@@ -27,7 +27,7 @@ import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Stack, Tap, program_env  # noqa: E402
+from harness import LockHolder, Stack, Tap, program_env, wait_until  # noqa: E402
 from test_webhook import SUB_COLS, count, deliver, sub_row  # noqa: E402
 
 BUILDDIR = os.environ.get("BUILDDIR") or os.getcwd()
@@ -521,6 +521,39 @@ def test_pace_and_errors(t, st):
 # -- events -----------------------------------------------------------------------
 
 
+def test_waits_for_customer_link(t, st):
+    """billing-sync stores a subscription of an unlinked customer under
+    the customer's lock, the one checkout takes while it links: held here
+    while a link is made and committed, the subscription is then stored as
+    the linked user's.  Read before the lock, the customer was unlinked and
+    the subscription stayed unowned."""
+    reset_db(st)
+    cus, sub, user = "cus_sync_race", "sub_sync_race", "sync-race-user"
+    st.stripe.put_customer(cus, metadata={})
+    st.stripe.create_subscriptions(id=sub, customer=cus, price="price_pro_monthly",
+                                   status="active", created=int(time.time()) - 86400)
+    h = LockHolder(st, f"SELECT pg_advisory_xact_lock(7294812, hashtext('{cus}'))")
+    p = None
+    try:
+        p = start(st, "subscriptions")
+        wait_until("billing-sync to wait for the customer's lock", lambda: st.psql_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            " AND classid = 7294812 AND objsubid = 2") == "1")
+        h.p.stdin.write(f"INSERT INTO customers (user_id, stripe_customer_id)"
+                        f" VALUES ('{user}', '{cus}'); COMMIT;\n".encode())
+        h.p.stdin.flush()
+        out, err = p.communicate(timeout=60)
+    finally:
+        h.release()
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait()
+    row = sub_row(st, sub)
+    eq(t, (p.returncode, row and row["user_id"]), (0, user),
+       "a link committed while billing-sync waited: the subscription is its user's",
+       err.decode(errors="replace")[-1500:] if p.returncode else None)
+
+
 def make_events(st, n_subs=40):
     """Subscriptions created, changed and canceled through the API (each change an
     event), trial_will_end events, an invoice, and a type we do not handle."""
@@ -687,6 +720,7 @@ def main():
         t.run(test_failures, t, st, acct)
         t.run(test_kill, t, st, acct)
         t.run(test_pace_and_errors, t, st)
+        t.run(test_waits_for_customer_link, t, st)
     with t.guard("events"), Stack(apache=False) as st:
         t.run(test_events, t, st)
         t.run(test_events_from_oldest, t, st)
