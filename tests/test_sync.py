@@ -535,7 +535,7 @@ def test_waits_for_customer_link(t, st):
     h = LockHolder(st, f"SELECT pg_advisory_xact_lock(7294812, hashtext('{cus}'))")
     p = None
     try:
-        p = start(st, "subscriptions")
+        p = start(st, "subscriptions", "--customer", cus)
         wait_until("billing-sync to wait for the customer's lock", lambda: st.psql_one(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
             " AND classid = 7294812 AND objsubid = 2") == "1")
