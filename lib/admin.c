@@ -762,7 +762,6 @@ act_resync(struct act *w)
 	const char *id;
 	size_t i, n, k;
 	int was_known, skipped = 0, more = 0;
-	unsigned char newer[LIMIT_ADMIN_SYNC_SUBSCRIPTIONS];	/* an event stored a newer state */
 	long long fetched;
 	enum db_result r;
 	enum outcome rc;
@@ -809,46 +808,31 @@ act_resync(struct act *w)
 	snprintf(seen, sizeof(seen), "%lld", fetched);
 	source_of(w, source);
 	n = json_object_array_length(data);
-	if (n > LIMIT_ADMIN_SYNC_SUBSCRIPTIONS) {
-		rc = OUT_STRIPE_ERROR;	/* more than the limit we asked for */
-		goto out;
-	}
-	/*
-	 * The new ones are locked too before anything is stored: storing
-	 * takes the customer's lock, which an event holding one of their
-	 * locks may be waiting for (subscription_store_object).
-	 */
 	for (i = 0; i < n; i++) {
 		sub = json_object_array_get_idx(data, i);
-		newer[i] = 0;
 		if ((id = jsonget_str(sub, "id")) == NULL || !stripe_id_valid(id)) {
 			rc = OUT_STRIPE_ERROR;
 			goto out;
 		}
 		for (was_known = 0, k = 0; k < (size_t)db_rows_count(known); k++)
 			was_known |= strcmp(db_rows_get(known, (int)k, 0), id) == 0;
-		if (was_known)
-			continue;
-		db_rows_free(rows);
-		rows = NULL;
-		if ((rc = subscription_lock(w->db, id)) != OUT_OK)
-			goto out;
-		r = DB_QUERY(w->db, &rows, "SELECT 1 FROM subscriptions"
-		    " WHERE stripe_subscription_id = $1"
-		    " AND last_event_created > to_timestamp($2::bigint)", id, seen);
-		if (r != DB_OK) {
-			rc = db_outcome(r);
-			goto out;
+		if (!was_known) {
+			db_rows_free(rows);
+			rows = NULL;
+			if ((rc = subscription_lock(w->db, id)) != OUT_OK)
+				goto out;
+			r = DB_QUERY(w->db, &rows, "SELECT 1 FROM subscriptions"
+			    " WHERE stripe_subscription_id = $1"
+			    " AND last_event_created > to_timestamp($2::bigint)", id, seen);
+			if (r != DB_OK) {
+				rc = db_outcome(r);
+				goto out;
+			}
+			if (db_rows_count(rows) > 0) {
+				skipped++;
+				continue;
+			}
 		}
-		newer[i] = db_rows_count(rows) > 0;
-	}
-	for (i = 0; i < n; i++) {
-		if (newer[i]) {
-			skipped++;
-			continue;
-		}
-		sub = json_object_array_get_idx(data, i);
-		id = jsonget_str(sub, "id");
 		if ((rc = subscription_store_object(w->db, sub, fetched, source, w->user)) != OUT_OK)
 			goto out;
 		json_object_array_add(stored, json_object_new_string(id));

@@ -60,7 +60,7 @@ struct apply {
 	const char *early_claimed, *early_customer;
 	struct db_rows *owner_rows;
 	char *user_recorded;	/* billing_events.user_id as inserted */
-	/* The customer whose lock (lock_customer) this transaction holds; "" none. */
+	/* The customer lock_customer has seen to in this transaction; "" none. */
 	char customer_locked[LIMIT_STRIPE_ID_LEN + 1];
 	/*
 	 * In event mode, the subscriptions upsert is held back (hold_store)
@@ -373,19 +373,25 @@ static const char sql_read_row[] = READ_ROW " FOR UPDATE";
 static const char sql_lock_if_recorded[] = LOCK_SUBSCRIPTION " WHERE" RECORDED_HERE;
 
 /*
- * Serialises everything that decides who owns a customer's
- * subscriptions, until the transaction ends: resolve_owner's links (made
- * or found missing), and the subscription rows written on that answer.
- * Without it an unclaimed event for a customer's second subscription
- * could find no link and commit while checkout linked the customer and
- * updated its other subscriptions: that one, not yet committed, stayed
- * unowned.  Taken after the subscription's lock and before its row's, on
- * every path.  Two int4 keys: a key space of its own, apart from the
- * subscriptions' (one bigint) and the MRR ledger's (7294811, schema.sql).
+ * Serialises everything that decides who owns the subscriptions of a
+ * customer linked to no user, until the transaction ends: resolve_owner's
+ * links (made, or found missing), and the subscription rows written on
+ * that answer.  Without it an unclaimed event for a customer's second
+ * subscription could find no link and commit while checkout linked the
+ * customer and updated its other subscriptions: that one, not yet
+ * committed, stayed unowned.  A linked customer needs no lock (a link
+ * never moves, so its user is settled), and takes none: self-service and
+ * refetch mode, which hold a subscription's lock across calls to Stripe,
+ * make no other subscription of a paying customer wait.  Taken after the
+ * subscription's lock and before its row's, on every path.  Two int4 keys
+ * with a first key of its own (the MRR ledger's is 7294811, usage months'
+ * 7294812: schema.sql).
  */
-#define LOCK_CUSTOMER "SELECT pg_advisory_xact_lock(7294812, hashtext($1))"
+#define LOCK_CUSTOMER \
+    "SELECT pg_advisory_xact_lock(7294813, hashtext($1))" \
+    " WHERE NOT EXISTS (SELECT FROM customers WHERE stripe_customer_id = $1)"
 static const char sql_lock_customer[] = LOCK_CUSTOMER;
-static const char sql_lock_customer_if_recorded[] = LOCK_CUSTOMER " WHERE" RECORDED_HERE;
+static const char sql_lock_customer_if_recorded[] = LOCK_CUSTOMER " AND" RECORDED_HERE;
 static const char sql_read_row_if_recorded[] = READ_ROW " AND" RECORDED_HERE " FOR UPDATE";
 
 /*
@@ -678,7 +684,7 @@ lock_subscription(struct apply *a, const char *sub)
 	return Q(a, NULL, sql_lock_subscription, sub);
 }
 
-/* LOCK_CUSTOMER, once per transaction; nothing for no customer. */
+/* LOCK_CUSTOMER, once per transaction (locked, or linked); nothing for no customer. */
 static int
 lock_customer(struct apply *a, const char *customer)
 {

@@ -165,10 +165,11 @@ enum outcome subscription_apply_event(struct db *db, const struct subscription_e
  * The lock the webhook takes on one subscription, until the caller's
  * transaction ends: take it before reading the row that decides what to
  * ask Stripe, so that events and other calls for that subscription wait.
- * Storing (below) then takes its customer's lock too, which an event
- * holding another subscription's lock may be waiting for: take every
- * subscription's lock a transaction needs before it stores any.  OUT_OK,
- * or the database outcome.
+ * Storing (below) a subscription of a customer linked to no user takes
+ * that customer's lock too, which an event holding another subscription's
+ * lock may be waiting for: take every subscription's lock a transaction
+ * needs before it stores one of such a customer.  OUT_OK, or the database
+ * outcome.
  */
 enum outcome subscription_lock(struct db *db, const char *stripe_subscription_id)
     __attribute__((warn_unused_result));

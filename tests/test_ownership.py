@@ -430,7 +430,7 @@ def customer_lock_waiters(st, cus):
     """Sessions waiting for the lock of customer cus (subscription.c, LOCK_CUSTOMER)."""
     return int(st.psql_one(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-        f" AND classid = 7294812 AND objsubid = 2 AND objid = hashtext('{cus}')::oid"))
+        f" AND classid = 7294813 AND objsubid = 2 AND objid = hashtext('{cus}')::oid"))
 
 
 def test_checkout_updates_while_event_links(st):
@@ -504,7 +504,7 @@ def test_unclaimed_while_checkout_links(st, mode="event"):
         runs = {"unclaimed event": unclaimed, "checkout": checkout}
         order = [first] + [k for k in runs if k != first]
         got = {}
-        h = LockHolder(st, f"SELECT pg_advisory_xact_lock(7294812, hashtext('{cus}'))")
+        h = LockHolder(st, f"SELECT pg_advisory_xact_lock(7294813, hashtext('{cus}'))")
         threads = []
         try:
             for n, name in enumerate(order, 1):
@@ -522,6 +522,62 @@ def test_unclaimed_while_checkout_links(st, mode="event"):
              ([200, 200], user, user, [[user, cus]]),
              f"{mode} mode, {first} first: the unclaimed second subscription is the linked"
              " user's too")
+
+
+def test_unclaimed_stopped_at_its_upsert(st):
+    """The race itself, held open where it bit: an unclaimed event for a
+    customer's second subscription has found no link and waits at its
+    upsert (another session holds an uncommitted row of that
+    subscription) when checkout links the customer.  Without the
+    customer's lock checkout committed first, its update of the
+    customer's subscriptions missed the event's row, and the event then
+    stored it unowned."""
+    cus, user = uniq("cus_held"), uniq("held-")
+    sub1, sub2 = uniq("sub_held1_"), uniq("sub_held2_")
+    patient = {"DB_LOCK_TIMEOUT_MS": "20000", "DB_STATEMENT_TIMEOUT_MS": "30000"}
+    got = {}
+    h = LockHolder(st, "INSERT INTO subscriptions (stripe_subscription_id, tier, status)"
+                       f" VALUES ('{sub2}', 'pro', 'incomplete')")
+    threads = [threading.Thread(target=lambda: got.update(ev=deliver(
+                   st, sub_event(cus, sub2, None, "customer.subscription.created",
+                                 status="active"), env=patient))),
+               threading.Thread(target=lambda: got.update(ses=deliver(
+                   st, session_event(cus, sub1, user), env=patient)))]
+    try:
+        threads[0].start()
+        wait_until("the event to wait at its upsert", lambda: st.psql_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted"
+            f" AND pid <> {h.pid}") == "1")
+        threads[1].start()
+        wait_until("checkout to end or to wait for the customer's lock",
+                   lambda: "ses" in got or customer_lock_waiters(st, cus) == 1)
+    finally:
+        h.release()
+        for th in threads:
+            th.join(30)
+    t.eq((got["ev"].status, got["ses"].status, sub_row(st, sub2)["user_id"],
+          sub_row(st, sub1)["user_id"]), (200, 200, user, user),
+         "an unclaimed event stopped at its upsert while checkout links: the second"
+         " subscription is the linked user's")
+
+
+def test_linked_customer_takes_no_lock(st):
+    """A linked customer's user is settled: its events do not take the
+    customer's lock, so one held elsewhere (self-service holds a
+    subscription's lock across its calls to Stripe) delays none of them."""
+    user, cus = uniq("settled-"), uniq("cus_settled")
+    link(st, user, cus)
+    h = LockHolder(st, f"SELECT pg_advisory_xact_lock(7294813, hashtext('{cus}'))")
+    try:
+        sub = uniq("sub_settled")
+        answers = [deliver(st, ev).status for ev in (
+            sub_event(cus, sub, None, "customer.subscription.created", status="active"),
+            inv_event(cus, sub, name="invoice.payment_failed"),
+            session_event(cus, uniq("sub_settled"), user))]
+    finally:
+        h.release()
+    t.eq((answers, (sub_row(st, sub) or {}).get("user_id")), ([200, 200, 200], user),
+         "a linked customer's events while its lock is held elsewhere: answered, owned")
 
 
 def test_refetch_mode(t_, settings):
@@ -545,7 +601,8 @@ def main():
                    test_unstored_links_nothing, test_duplicate_links_nothing,
                    test_link_made_while_waiting, test_invoice_claims,
                    test_checkout_updates_while_event_links,
-                   test_unclaimed_while_checkout_links):
+                   test_unclaimed_while_checkout_links, test_unclaimed_stopped_at_its_upsert,
+                   test_linked_customer_takes_no_lock):
             t.run(fn, st)
     t.run(test_refetch_mode, t, dict(SETTINGS, STRIPE_SYNC_MODE="refetch"))
     return t.done()

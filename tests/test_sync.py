@@ -532,13 +532,13 @@ def test_waits_for_customer_link(t, st):
     st.stripe.put_customer(cus, metadata={})
     st.stripe.create_subscriptions(id=sub, customer=cus, price="price_pro_monthly",
                                    status="active", created=int(time.time()) - 86400)
-    h = LockHolder(st, f"SELECT pg_advisory_xact_lock(7294812, hashtext('{cus}'))")
+    h = LockHolder(st, f"SELECT pg_advisory_xact_lock(7294813, hashtext('{cus}'))")
     p = None
     try:
         p = start(st, "subscriptions", "--customer", cus)
         wait_until("billing-sync to wait for the customer's lock", lambda: st.psql_one(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-            " AND classid = 7294812 AND objsubid = 2") == "1")
+            " AND classid = 7294813 AND objsubid = 2") == "1")
         h.p.stdin.write(f"INSERT INTO customers (user_id, stripe_customer_id)"
                         f" VALUES ('{user}', '{cus}'); COMMIT;\n".encode())
         h.p.stdin.flush()
