@@ -380,17 +380,27 @@ static const char sql_lock_if_recorded[] = LOCK_SUBSCRIPTION " WHERE" RECORDED_H
  * subscription could find no link and commit while checkout linked the
  * customer and updated its other subscriptions: that one, not yet
  * committed, stayed unowned.  A linked customer needs no lock (a link
- * never moves, so its user is settled), and takes none: self-service and
- * refetch mode, which hold a subscription's lock across calls to Stripe,
- * make no other subscription of a paying customer wait.  Taken after the
+ * never moves, so its user is settled), and takes none but checkout's
+ * (below): self-service and refetch mode, which hold a subscription's
+ * lock across calls to Stripe, make no other event of a paying customer
+ * wait.  Taken after the
  * subscription's lock and before its row's, on every path.  Two int4 keys
  * with a first key of its own (the MRR ledger's is 7294811, usage months'
  * 7294812: schema.sql).
  */
-#define LOCK_CUSTOMER \
-    "SELECT pg_advisory_xact_lock(7294813, hashtext($1))" \
+#define LOCK_CUSTOMER_ALWAYS "SELECT pg_advisory_xact_lock(7294813, hashtext($1))"
+#define LOCK_CUSTOMER LOCK_CUSTOMER_ALWAYS \
     " WHERE NOT EXISTS (SELECT FROM customers WHERE stripe_customer_id = $1)"
 static const char sql_lock_customer[] = LOCK_CUSTOMER;
+/*
+ * Checkout takes it whatever the links: it updates the customer's other
+ * subscriptions, which an unclaimed event may be storing under the lock
+ * after create-checkout-session linked the customer (that link is made
+ * without it: a new customer has no subscriptions to take over), and two
+ * checkouts of one customer would otherwise take those rows' locks in
+ * opposite orders.
+ */
+static const char sql_lock_customer_always[] = LOCK_CUSTOMER_ALWAYS;
 static const char sql_lock_customer_if_recorded[] = LOCK_CUSTOMER " AND" RECORDED_HERE;
 static const char sql_read_row_if_recorded[] = READ_ROW " AND" RECORDED_HERE " FOR UPDATE";
 
@@ -684,15 +694,19 @@ lock_subscription(struct apply *a, const char *sub)
 	return Q(a, NULL, sql_lock_subscription, sub);
 }
 
-/* LOCK_CUSTOMER, once per transaction (locked, or linked); nothing for no customer. */
+/*
+ * LOCK_CUSTOMER (or, for checkout, LOCK_CUSTOMER_ALWAYS), once per
+ * transaction (locked, or linked); nothing for no customer.
+ */
 static int
-lock_customer(struct apply *a, const char *customer)
+lock_customer(struct apply *a, const char *customer, int even_linked)
 {
 	int r;
 
 	if (customer == NULL || strcmp(customer, a->customer_locked) == 0)
 		return 0;
-	if ((r = Q(a, NULL, sql_lock_customer, customer)) == 0)
+	if ((r = Q(a, NULL, even_linked ? sql_lock_customer_always : sql_lock_customer,
+	    customer)) == 0)
 		snprintf(a->customer_locked, sizeof(a->customer_locked), "%s", customer);
 	return r;
 }
@@ -785,7 +799,7 @@ resolve_owner(struct apply *a, const char *claimed, const char *customer, char *
 		*owner = claimed ? mem_strdup(claimed) : NULL;
 		return 0;
 	}
-	if ((r = lock_customer(a, customer)) != 0)
+	if ((r = lock_customer(a, customer, 0)) != 0)
 		return r;
 	/*
 	 * One statement (OWNER_LINKS) reads the links of the customer and of
@@ -961,7 +975,7 @@ store_subscription(struct apply *a, struct json_object *sub, int force, int dele
 		return 0;
 	}
 	/* The customer's lock before the row's: checkout updates rows under it. */
-	if ((r = lock_customer(a, customer)) != 0 || (r = read_row(a, id, &row)) != 0 ||
+	if ((r = lock_customer(a, customer, 0)) != 0 || (r = read_row(a, id, &row)) != 0 ||
 	    (r = resolve_owner(a, claimed ? claimed : known_user, customer, &user)) != 0)
 		return r;
 	remember_user(a, user);
@@ -1110,6 +1124,7 @@ apply_checkout(struct apply *a, enum outcome *fatal)
 		return r;
 	/* The subscription's lock first, then customers: the order every event takes. */
 	if ((sub && (r = lock_subscription(a, sub)) != 0) ||
+	    (r = lock_customer(a, customer, 1)) != 0 ||
 	    (r = resolve_owner(a, claimed, customer, &owner)) != 0)
 		goto out;
 	remember_user(a, owner);
@@ -1498,7 +1513,7 @@ subscription_store_listed(struct db *db, struct json_object *sub, long long list
 		out->skipped = 1;
 		return OUT_OK;
 	}
-	if ((r = lock_subscription(&a, id)) != 0 || (r = lock_customer(&a, customer)) != 0 ||
+	if ((r = lock_subscription(&a, id)) != 0 || (r = lock_customer(&a, customer, 0)) != 0 ||
 	    (r = Q(&a, &rows, "SELECT to_jsonb(s) FROM subscriptions s"
 	    " WHERE stripe_subscription_id = $1", id)) != 0)
 		goto out;

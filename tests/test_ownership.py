@@ -564,20 +564,32 @@ def test_unclaimed_stopped_at_its_upsert(st):
 def test_linked_customer_takes_no_lock(st):
     """A linked customer's user is settled: its events do not take the
     customer's lock, so one held elsewhere (self-service holds a
-    subscription's lock across its calls to Stripe) delays none of them."""
+    subscription's lock across its calls to Stripe) delays none of them.
+    Checkout does wait for it: it updates the customer's other
+    subscriptions, which an unclaimed event may be storing (the customer
+    linked by create-checkout-session meanwhile), and two checkouts
+    would take those rows in opposite orders."""
     user, cus = uniq("settled-"), uniq("cus_settled")
     link(st, user, cus)
     h = LockHolder(st, f"SELECT pg_advisory_xact_lock(7294813, hashtext('{cus}'))")
+    got = []
+    th = threading.Thread(target=lambda: got.append(deliver(
+        st, session_event(cus, uniq("sub_settled"), user),
+        env={"DB_LOCK_TIMEOUT_MS": "20000", "DB_STATEMENT_TIMEOUT_MS": "30000"})))
     try:
         sub = uniq("sub_settled")
         answers = [deliver(st, ev).status for ev in (
             sub_event(cus, sub, None, "customer.subscription.created", status="active"),
-            inv_event(cus, sub, name="invoice.payment_failed"),
-            session_event(cus, uniq("sub_settled"), user))]
+            inv_event(cus, sub, name="invoice.payment_failed"))]
+        th.start()
+        wait_until("checkout to wait for the customer's lock",
+                   lambda: customer_lock_waiters(st, cus) == 1)
     finally:
         h.release()
-    t.eq((answers, (sub_row(st, sub) or {}).get("user_id")), ([200, 200, 200], user),
-         "a linked customer's events while its lock is held elsewhere: answered, owned")
+        th.join(30)
+    t.eq((answers, (sub_row(st, sub) or {}).get("user_id"), got[0].status if got else None),
+         ([200, 200], user, 200), "a linked customer's events while its lock is held elsewhere:"
+         " answered, owned; its checkout waited for the lock, then answered")
 
 
 def test_refetch_mode(t_, settings):
