@@ -97,6 +97,21 @@ end
 """
 
 
+def create_floor_db(st):
+    """The floor's database beside billing, on st's PostgreSQL."""
+    st.psql("CREATE DATABASE floor")
+    st.psql(FLOOR_SQL, url=st.database_url.replace("/billing?", "/floor?", 1))
+
+
+def floor_env(env, host, port):
+    """env, a request's CGI environment for our programs, made the floor's:
+    its PG* variables (the server at host:port) instead of our settings."""
+    env = {k: v for k, v in env.items() if not k.startswith(("STRIPE_", "DATABASE"))}
+    env.update({"PGHOST": host, "PGPORT": str(port), "PGUSER": "billing",
+                "PGDATABASE": "floor", "STRIPE_WEBHOOK_SECRET": SECRET})
+    return env
+
+
 def event_body(tag, i):
     ev = json.loads(json.dumps(TEMPLATE))
     ev["id"] = f"evt_b_{tag}_{i}"
@@ -170,9 +185,7 @@ def per_invocation(st, floor_cgi, title="1. Plain CGI per invocation, piped, int
                     env = st.cgi_env("webhook", body=b,
                                      headers={"Stripe-Signature": stripe_signature(SECRET, b)})
                 if name.startswith("floor"):
-                    env = {k: v for k, v in env.items() if not k.startswith(("STRIPE_", "DATABASE"))}
-                    env.update({"PGHOST": host, "PGPORT": str(port), "PGUSER": "billing",
-                                "PGDATABASE": "floor", "STRIPE_WEBHOOK_SECRET": SECRET})
+                    env = floor_env(env, host, port)
                 elif host != st.pg_run and not st.want_pgbouncer:
                     url = env["DATABASE_URL"].replace(st.pg_run, host)
                     if url == env["DATABASE_URL"]:
@@ -401,8 +414,7 @@ def main():
                     self.extra_apache_conf = floor_conf(floor_dir, mode, self)
                     super()._apache_prepare()
             with S(settings, builddir=BUILDDIR, srcdir=SRCDIR, apache_mode=mode, pgbouncer=pgb) as st:
-                st.psql("CREATE DATABASE floor")
-                st.psql(FLOOR_SQL, url=st.database_url.replace("/billing?", "/floor?", 1))
+                create_floor_db(st)
                 if name == "cgi":
                     # Beside it, what the README's PostgreSQL setting is worth.
                     with_unpreloaded_server(st, lambda sock: per_invocation(

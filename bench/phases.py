@@ -117,8 +117,7 @@ def main():
         out_file = os.path.join(tmp, "marks")
         with Stack({"STRIPE_SYNC_MODE": "event"}, builddir=d.BUILDDIR, srcdir=d.SRCDIR,
                    apache=False) as st:
-            st.psql("CREATE DATABASE floor")
-            st.psql(d.FLOOR_SQL, url=st.database_url.replace("/billing?", "/floor?", 1))
+            d.create_floor_db(st)
             progs = [("webhook.cgi", "webhook"), ("usage.cgi POST", "usage"),
                      ("floor limit.cgi", None)]
             times = {name: [] for name, _ in progs}
@@ -137,11 +136,7 @@ def main():
                         prog = os.path.join(st.cgi_bin, "webhook.cgi")
                     if kind is None:
                         prog = floor
-                        env = {k: v for k, v in env.items()
-                               if not k.startswith(("STRIPE_", "DATABASE"))}
-                        env.update({"PGHOST": st.pg_run, "PGPORT": str(st.pg_port),
-                                    "PGUSER": "billing", "PGDATABASE": "floor",
-                                    "STRIPE_WEBHOOK_SECRET": d.SECRET})
+                        env = d.floor_env(env, st.pg_run, st.pg_port)
                     env.update({"LD_PRELOAD": preload, "PHASES_OUT": out_file})
                     t0 = time.monotonic() * 1000
                     out, _ = d.spawn(prog, env, b)

@@ -47,8 +47,7 @@ def main():
         floor = os.path.join(floor_dir, "limit.cgi")
         with Stack({"STRIPE_SYNC_MODE": "event"}, builddir=d.BUILDDIR, srcdir=d.SRCDIR,
                    apache=False) as st:
-            st.psql("CREATE DATABASE floor")
-            st.psql(d.FLOOR_SQL, url=st.database_url.replace("/billing?", "/floor?", 1))
+            d.create_floor_db(st)
             urls = {}
             for n, (label, sql) in enumerate(VARIANTS):
                 if sql is None:
@@ -70,11 +69,7 @@ def main():
                     env = st.cgi_env("webhook", body=b,
                                      headers={"Stripe-Signature": stripe_signature(d.SECRET, b)})
                     if label is None:
-                        env = {k: v for k, v in env.items()
-                               if not k.startswith(("STRIPE_", "DATABASE"))}
-                        env.update({"PGHOST": st.pg_run, "PGPORT": str(st.pg_port),
-                                    "PGUSER": "billing", "PGDATABASE": "floor",
-                                    "STRIPE_WEBHOOK_SECRET": d.SECRET})
+                        env = d.floor_env(env, st.pg_run, st.pg_port)
                     else:
                         env["DATABASE_URL"] = urls[label]
                     t0 = time.perf_counter()
