@@ -383,10 +383,9 @@ static const char sql_lock_if_recorded[] = LOCK_SUBSCRIPTION " WHERE" RECORDED_H
  * never moves, so its user is settled), and takes none but checkout's
  * (below): self-service and refetch mode, which hold a subscription's
  * lock across calls to Stripe, make no other event of a paying customer
- * wait.  Taken after the
- * subscription's lock and before its row's, on every path.  Two int4 keys
- * with a first key of its own (the MRR ledger's is 7294811, usage months'
- * 7294812: schema.sql).
+ * wait.  Taken after the subscription's lock and before its row's, on
+ * every path.  Two int4 keys with a first key of its own (the MRR
+ * ledger's is 7294811, usage months' 7294812: schema.sql).
  */
 #define LOCK_CUSTOMER_ALWAYS "SELECT pg_advisory_xact_lock(7294813, hashtext($1))"
 #define LOCK_CUSTOMER LOCK_CUSTOMER_ALWAYS \
