@@ -127,7 +127,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();
 		memcpy(token, data + 1, len);
 	}
-	o = auth_verify_jwt(token, len, NOW, &subject);
+	o = auth_verify_jwt(token, len, NOW, AUTH_FOR_USERS, &subject);
 	if (o == OUT_OK) {
 		if (subject == NULL || !auth_user_id_valid(subject))
 			abort();

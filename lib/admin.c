@@ -45,8 +45,8 @@ admin_operator(int api, char **name)
 		response_header("WWW-Authenticate", "Bearer realm=\"billing\"");
 		return OUT_UNAUTHORIZED;
 	}
-	/* REMOTE_USER first, then a bearer JWT; never the usage API key. */
-	if ((rc = auth_identify(0, &caller)) != OUT_OK)
+	/* REMOTE_USER first, then an operator's JWT; never the usage API key. */
+	if ((rc = auth_identify_operator(&caller)) != OUT_OK)
 		return rc;
 	if (caller.user_id == NULL ||
 	    !config_list_contains("ADMIN_USERS", caller.user_id, strlen(caller.user_id), 0)) {

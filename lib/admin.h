@@ -2,7 +2,8 @@
  * The operator console's rules (admin.cgi; the pages are console.h's):
  *   - who may enter: Apache authenticates operators (REMOTE_USER, e.g.
  *     Basic auth against an htpasswd file), or, for the JSON API only, a
- *     bearer JWT (auth.h); either name must be listed in ADMIN_USERS;
+ *     bearer JWT meant for operators (aud ADMIN_JWT_AUDIENCE, auth.h);
+ *     either name must be listed in ADMIN_USERS;
  *   - whether a form post comes from the console's own pages (Origin, else
  *     Referer; the per-form token is auth.h's);
  *   - the analytics API: analytics_report() as JSON, analytics_monthly()
@@ -20,8 +21,8 @@
 #include "request.h"
 
 /*
- * The operator of this request.  api: a bearer JWT is accepted too (the
- * JSON API; pages need REMOTE_USER).  OUT_OK and *name (caller frees);
+ * The operator of this request.  api: an operator's bearer JWT is accepted
+ * too (the JSON API; pages need REMOTE_USER).  OUT_OK and *name (caller frees);
  * OUT_UNAUTHORIZED when nobody authenticated (the WWW-Authenticate
  * challenge is queued); OUT_FORBIDDEN when the name is not in ADMIN_USERS
  * (or ADMIN_USERS is unset: nobody may enter); OUT_MISCONFIGURED from a

@@ -124,6 +124,19 @@ numeric_date(struct json_object *claims, const char *name, int *present, long lo
 	return 0;
 }
 
+/*
+ * The aud an operator's token must name.  Operators' and users' tokens
+ * may come from one issuer and one key; without an audience of its own,
+ * any user whose id is an operator's name would be that operator.
+ */
+static const char *
+operator_audience(void)
+{
+	const char *v = config_get("ADMIN_JWT_AUDIENCE");
+
+	return v != NULL ? v : "billing-admin";
+}
+
 static int
 aud_matches(struct json_object *claims, const char *want)
 {
@@ -375,12 +388,14 @@ verify_hs256(const char *secret, const char *input, size_t input_len, const unsi
 	} while (0)
 
 enum outcome
-auth_verify_jwt(const char *token, size_t len, time_t now, char **subject)
+auth_verify_jwt(const char *token, size_t len, time_t now, enum auth_audience meant_for,
+    char **subject)
 {
 	const char *secret = config_get("AUTH_JWT_SECRET");
 	const char *key_file = config_get("AUTH_JWT_PUBLIC_KEY_FILE");
 	const char *issuer = config_get("AUTH_JWT_ISSUER");
-	const char *audience = config_get("AUTH_JWT_AUDIENCE");
+	const char *audience = meant_for == AUTH_FOR_OPERATORS ? operator_audience()
+							       : config_get("AUTH_JWT_AUDIENCE");
 	const char *dot1, *dot2, *alg_name, *sub, *iss, *why = NULL;
 	unsigned char *header_raw = NULL, *payload_raw = NULL, *sig = NULL;
 	size_t header_len = 0, payload_len = 0, sig_len = 0, i;
@@ -532,8 +547,8 @@ bearer_token(const char *h, const char **tok, size_t *len)
 	return 0;
 }
 
-enum outcome
-auth_identify(int allow_api_key, struct auth_caller *caller)
+static enum outcome
+identify(int allow_api_key, enum auth_audience meant_for, struct auth_caller *caller)
 {
 	const char *remote = request_env("REMOTE_USER"), *h, *tok = NULL;
 	const char *api_key = allow_api_key ? config_get("USAGE_API_KEY") : NULL;
@@ -585,7 +600,7 @@ auth_identify(int allow_api_key, struct auth_caller *caller)
 		return OUT_UNAUTHORIZED;
 	}
 	copy = mem_strndup(tok, len);
-	o = auth_verify_jwt(copy, len, time(NULL), &sub);
+	o = auth_verify_jwt(copy, len, time(NULL), meant_for, &sub);
 	mem_free_secret(copy, len);
 	if (o == OUT_UNAUTHORIZED)
 		invalid_token();
@@ -594,6 +609,18 @@ auth_identify(int allow_api_key, struct auth_caller *caller)
 	caller->kind = AUTH_JWT;
 	caller->user_id = sub;
 	return OUT_OK;
+}
+
+enum outcome
+auth_identify(int allow_api_key, struct auth_caller *caller)
+{
+	return identify(allow_api_key, AUTH_FOR_USERS, caller);
+}
+
+enum outcome
+auth_identify_operator(struct auth_caller *caller)
+{
+	return identify(0, AUTH_FOR_OPERATORS, caller);
 }
 
 enum outcome

@@ -21,6 +21,12 @@ enum auth_kind {
 	AUTH__MAX
 };
 
+/* Whom a bearer JWT must be meant for: its aud claim (RFC 7519 4.1.3). */
+enum auth_audience {
+	AUTH_FOR_USERS,		/* AUTH_JWT_AUDIENCE when set; unset: no aud at all */
+	AUTH_FOR_OPERATORS,	/* ADMIN_JWT_AUDIENCE (default "billing-admin"), required */
+};
+
 struct auth_caller {
 	enum auth_kind kind;
 	char *user_id;		/* owned; NULL for AUTH_API_KEY (acts for any user) */
@@ -37,6 +43,14 @@ struct auth_caller {
  * USAGE_API_KEY is shorter than LIMIT_BEARER_KEY_MIN bytes.
  */
 enum outcome auth_identify(int allow_api_key, struct auth_caller *caller)
+    __attribute__((warn_unused_result));
+
+/*
+ * The same for the operator console's API: REMOTE_USER, else a bearer
+ * JWT meant for operators (AUTH_FOR_OPERATORS), never the API key.  A
+ * user's token is refused (401) even when its sub is an operator's name.
+ */
+enum outcome auth_identify_operator(struct auth_caller *caller)
     __attribute__((warn_unused_result));
 
 /*
@@ -99,15 +113,16 @@ enum outcome auth_form_check(const char *token, const char *operator, const char
  * >= 2048 key file, ES256 only with a P-256 key file, raw r||s); "none"
  * and "crit" refused.  exp is required, nbf and iat optional (iat must
  * not be in the future), each a JSON integer from 0 to
- * LIMIT_TIMESTAMP_MAX.  An aud is refused when AUTH_JWT_AUDIENCE is
- * unset (RFC 7519 4.1.3).  sub must be a JSON string of 1..128 bytes
+ * LIMIT_TIMESTAMP_MAX.  aud must name the audience of meant_for; for
+ * users while AUTH_JWT_AUDIENCE is unset, any aud is refused (RFC 7519
+ * 4.1.3).  sub must be a JSON string of 1..128 bytes
  * without control characters (a number is refused).  OUT_OK and
  * *subject (caller frees),
  * OUT_UNAUTHORIZED (reason logged, never the token), or
  * OUT_MISCONFIGURED (no key, unreadable or unsuitable key file, secret
  * under 32 bytes, bad AUTH_JWT_LEEWAY).
  */
-enum outcome auth_verify_jwt(const char *token, size_t len, time_t now, char **subject)
-    __attribute__((warn_unused_result));
+enum outcome auth_verify_jwt(const char *token, size_t len, time_t now,
+    enum auth_audience meant_for, char **subject) __attribute__((warn_unused_result));
 
 #endif

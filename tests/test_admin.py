@@ -58,9 +58,15 @@ def basic(user="operator", password=None):
 
 
 def jwt(sub, **claims):
-    c = {"sub": sub, "exp": int(time.time()) + 300}
+    """An operator's token: it names the operators' audience (ADMIN_JWT_AUDIENCE)."""
+    c = {"sub": sub, "exp": int(time.time()) + 300, "aud": "billing-admin"}
     c.update(claims)
     return "Bearer " + make_jwt(c)
+
+
+def user_jwt(sub):
+    """A user's token, as the app's endpoints take it: no aud."""
+    return "Bearer " + make_jwt({"sub": sub, "exp": int(time.time()) + 300})
 
 
 def get(st, path, user="operator", headers=None):
@@ -280,6 +286,20 @@ def test_access(t, st):
          200, "API with a JWT of a listed operator: 200")
     r = st.http("GET", "/api/admin/analytics", headers={"Authorization": jwt("mallory")})
     t.eq(r.status, 403, "a JWT of someone else: 403")
+    # A user's token is no operator's, even when the user's id is an
+    # operator's name; and an operator's token is no user's.
+    r = st.http("GET", "/api/admin/analytics", headers={"Authorization": user_jwt("alice")})
+    t.eq(r.status, 401, "a user's JWT (no aud) whose sub is a listed operator: 401")
+    t.ok("invalid_token" in (r.headers.get("www-authenticate") or ""), "...invalid_token")
+    t.eq(st.http("GET", "/api/admin/analytics", headers={
+        "Authorization": jwt("alice", aud="billing")}).status, 401,
+        "a JWT for another audience: 401")
+    t.eq(st.http("GET", "/api/usage?userId=alice",
+                 headers={"Authorization": user_jwt("alice")}).status, 200,
+         "the user's JWT still serves the user's endpoints")
+    t.eq(st.http("GET", "/api/usage?userId=alice",
+                 headers={"Authorization": jwt("alice")}).status, 401,
+         "an operator's JWT is refused by the users' endpoints: 401")
     r = st.http("GET", "/api/admin/analytics",
                 headers={"Authorization": "Bearer " + make_jwt(
                     {"sub": "operator", "exp": NOW + 300}, secret="x" * 40)})

@@ -114,11 +114,14 @@ write_pub(EVP_PKEY *key, char *path)
 	fclose(f);
 }
 
+/* Whom verify() checks tokens for; the operator tests switch it. */
+static enum auth_audience meant_for = AUTH_FOR_USERS;
+
 static enum outcome
 verify(const char *token, char **sub)
 {
 	*sub = NULL;
-	return auth_verify_jwt(token, strlen(token), NOW, sub);
+	return auth_verify_jwt(token, strlen(token), NOW, meant_for, sub);
 }
 
 /* Verifies and checks the outcome (and the subject when OUT_OK). */
@@ -340,6 +343,32 @@ test_hs256(void)
 	reject(hs256(HS, claims(",\"aud\":[]"), SECRET, strlen(SECRET)), OUT_UNAUTHORIZED,
 	       "empty aud array present while AUTH_JWT_AUDIENCE is unset");
 
+	/*
+	 * Operators' tokens (the console's API) must name the operators'
+	 * audience, so that a user whose id is an operator's name is not
+	 * that operator; and users' endpoints refuse them.
+	 */
+	meant_for = AUTH_FOR_OPERATORS;
+	reject(hs256(HS, claims(""), SECRET, strlen(SECRET)), OUT_UNAUTHORIZED,
+	       "operators: a user's token (no aud) refused");
+	expect(hs256(HS, claims(",\"aud\":\"billing-admin\""), SECRET, strlen(SECRET)), OUT_OK,
+	       "user-42", "operators: aud billing-admin by default");
+	expect(hs256(HS, claims(",\"aud\":[\"x\",\"billing-admin\"]"), SECRET, strlen(SECRET)),
+	       OUT_OK, "user-42", "operators: aud array containing billing-admin");
+	setenv("AUTH_JWT_AUDIENCE", "billing", 1);
+	reject(hs256(HS, claims(",\"aud\":\"billing\""), SECRET, strlen(SECRET)),
+	       OUT_UNAUTHORIZED, "operators: a token for users' AUTH_JWT_AUDIENCE refused");
+	unsetenv("AUTH_JWT_AUDIENCE");
+	setenv("ADMIN_JWT_AUDIENCE", "ops", 1);
+	expect(hs256(HS, claims(",\"aud\":\"ops\""), SECRET, strlen(SECRET)), OUT_OK, "user-42",
+	       "operators: ADMIN_JWT_AUDIENCE names the audience");
+	reject(hs256(HS, claims(",\"aud\":\"billing-admin\""), SECRET, strlen(SECRET)),
+	       OUT_UNAUTHORIZED, "operators: the default refused once ADMIN_JWT_AUDIENCE is set");
+	unsetenv("ADMIN_JWT_AUDIENCE");
+	meant_for = AUTH_FOR_USERS;
+	reject(hs256(HS, claims(",\"aud\":\"billing-admin\""), SECRET, strlen(SECRET)),
+	       OUT_UNAUTHORIZED, "users: an operator's token refused");
+
 	/* Short secrets are a configuration error (RFC 7518 3.2). */
 	setenv("AUTH_JWT_SECRET", "short", 1);
 	reject(hs256(HS, claims(""), "short", 5), OUT_MISCONFIGURED, "short secret");
@@ -403,13 +432,13 @@ test_encoding(void)
 		memcpy(nul, tok, n);
 		nul[n] = '\0';
 		nul[5] = '\0';
-		ok(auth_verify_jwt(nul, n, NOW, &sub) == OUT_UNAUTHORIZED && sub == NULL,
+		ok(auth_verify_jwt(nul, n, NOW, AUTH_FOR_USERS, &sub) == OUT_UNAUTHORIZED && sub == NULL,
 		   "NUL inside the token refused");
 	}
 	{
 		char *sub = NULL;
 
-		ok(auth_verify_jwt(tok, n - 1, NOW, &sub) == OUT_UNAUTHORIZED,
+		ok(auth_verify_jwt(tok, n - 1, NOW, AUTH_FOR_USERS, &sub) == OUT_UNAUTHORIZED,
 		   "length is authoritative (truncated)");
 	}
 }
