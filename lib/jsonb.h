@@ -10,8 +10,10 @@
  *   - a string value holding \u0000 or a lone surrogate becomes null;
  *   - such an escape inside a member name becomes \ufffd (the member
  *     stays, under a name nobody looks up);
- *   - a number longer than LIMIT_JSONB_NUMBER_LEN characters, or beyond the
- *     range of a double (strtod's ERANGE, e.g. 1e400), becomes null.
+ *   - a number longer than LIMIT_JSONB_NUMBER_LEN characters, beyond the
+ *     range of a double (strtod's ERANGE, e.g. 1e400), or written with an
+ *     exponent beyond LIMIT_JSONB_EXPONENT (0e99999999999999999999, which
+ *     numeric cannot read), becomes null.
  * Everything else is copied byte for byte.  The output is never longer
  * than the input.
  */

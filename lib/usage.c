@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "jsonb.h"
 #include "jsonget.h"
 #include "limits.h"
 #include "log.h"
@@ -91,6 +92,24 @@ static const char sql_cap[] =
     "SELECT idempotency_key FROM usage_idempotency WHERE user_id = $1 "
     "ORDER BY created_at DESC, idempotency_key DESC OFFSET $2::integer)";
 
+/*
+ * Whether PostgreSQL's jsonb takes metadata, which the idempotency hash
+ * casts: a number numeric refuses (1E200000) would make a keyed request
+ * fail where the same request without a key succeeds.  json-c writes
+ * numbers back as the client wrote them, so the rule is jsonb_fit's.
+ */
+static int
+metadata_storable(struct json_object *metadata)
+{
+	const char *text = json_object_to_json_string_ext(metadata, JSON_C_TO_STRING_PLAIN);
+	struct jsonb_fit fit = {0};
+	int storable;
+
+	storable = jsonb_fit(text, strlen(text), &fit) == 0 && fit.left_out == 0;
+	jsonb_fit_free(&fit);
+	return storable;
+}
+
 enum outcome
 usage_parse_record(const char *body, size_t len, struct usage_record *rec, const char **bad,
 		   const char **why)
@@ -112,6 +131,12 @@ usage_parse_record(const char *body, size_t len, struct usage_record *rec, const
 		rec->amount = 1;
 	/* jsonget_parse refused any \u0000, so no string in metadata is cut short. */
 	rec->metadata = jsonget_obj(rec->root, "metadata");
+	if (rec->metadata != NULL && !metadata_storable(rec->metadata)) {
+		*bad = "metadata";
+		*why = "numbers must be within the range of a double and at most 64 characters";
+		usage_record_free(rec);
+		return OUT_INVALID_FIELD;
+	}
 	return OUT_OK;
 }
 

@@ -49,7 +49,8 @@ struct usage_answer {
  * Parses and validates a POST body against the field table (userId,
  * usageType, amount, metadata).  OUT_OK and *rec filled (free with
  * usage_record_free); OUT_INVALID_JSON; or OUT_INVALID_FIELD with *bad
- * naming the field and *why a static sentence.
+ * naming the field and *why a static sentence (metadata holding a number
+ * jsonb cannot store, jsonb.h's rule, is one).
  */
 enum outcome usage_parse_record(const char *body, size_t len, struct usage_record *rec,
 				const char **bad, const char **why)

@@ -58,6 +58,15 @@ static const struct {
 	    "amount as a string"},
 	{"{\"userId\":\"u1\",\"usageType\":\"export\",\"metadata\":[1]}", "metadata",
 	    "metadata must be an object"},
+	/* jsonb (the idempotency hash) refuses what numeric cannot hold. */
+	{"{\"userId\":\"u1\",\"usageType\":\"export\",\"metadata\":{\"x\":1E200000}}",
+	    "metadata", "a number beyond numeric's range in metadata"},
+	{"{\"userId\":\"u1\",\"usageType\":\"export\",\"metadata\":{\"a\":[{\"x\":-1E400}]}}",
+	    "metadata", "a number beyond a double, deep in metadata"},
+	{"{\"userId\":\"u1\",\"usageType\":\"export\",\"metadata\":{\"x\":1E-200000}}",
+	    "metadata", "a number below a double's range in metadata"},
+	{"{\"userId\":\"u1\",\"usageType\":\"export\",\"metadata\":{\"x\":0E99999999999999999999}}",
+	    "metadata", "an exponent numeric cannot read in metadata"},
 };
 
 int
@@ -82,6 +91,11 @@ main(void)
 		 &field, &rec) == OUT_OK &&
 	    rec.amount == LIMIT_USAGE_AMOUNT && rec.metadata != NULL,
 	    "largest amount and nested metadata accepted");
+	usage_record_free(&rec);
+	ok(parse("{\"userId\":\"u1\",\"usageType\":\"export\","
+		 "\"metadata\":{\"big\":1.7976931348623157E308,\"small\":-2.5e-300,\"n\":12345678901234567890}}",
+		 &field, &rec) == OUT_OK,
+	    "metadata numbers within a double's range accepted");
 	usage_record_free(&rec);
 
 	ok(parse("{\"userId\":", &field, &rec) == OUT_INVALID_JSON, "truncated JSON");
