@@ -396,7 +396,7 @@ auth_verify_jwt(const char *token, size_t len, time_t now, enum auth_audience me
 	const char *issuer = config_get("AUTH_JWT_ISSUER");
 	const char *audience = meant_for == AUTH_FOR_OPERATORS ? operator_audience()
 							       : config_get("AUTH_JWT_AUDIENCE");
-	const char *dot1, *dot2, *alg_name, *sub, *iss, *why = NULL;
+	const char *dot1, *dot2, *alg_name, *sub, *iss, *users, *why = NULL;
 	unsigned char *header_raw = NULL, *payload_raw = NULL, *sig = NULL;
 	size_t header_len = 0, payload_len = 0, sig_len = 0, i;
 	struct json_object *header = NULL, *claims = NULL, *v;
@@ -410,6 +410,12 @@ auth_verify_jwt(const char *token, size_t len, time_t now, enum auth_audience me
 	*subject = NULL;
 	if (secret == NULL && key_file == NULL) {
 		log_msg("no JWT key configured (AUTH_JWT_SECRET, AUTH_JWT_PUBLIC_KEY_FILE)");
+		return OUT_MISCONFIGURED;
+	}
+	if (meant_for == AUTH_FOR_OPERATORS && (users = config_get("AUTH_JWT_AUDIENCE")) != NULL &&
+	    strcmp(users, audience) == 0) {
+		/* Then every user's token would be an operator's. */
+		log_msg("ADMIN_JWT_AUDIENCE must differ from AUTH_JWT_AUDIENCE");
 		return OUT_MISCONFIGURED;
 	}
 	if (secret != NULL && strlen(secret) < LIMIT_HS256_MIN_KEY) {

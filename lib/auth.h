@@ -120,7 +120,8 @@ enum outcome auth_form_check(const char *token, const char *operator, const char
  * *subject (caller frees),
  * OUT_UNAUTHORIZED (reason logged, never the token), or
  * OUT_MISCONFIGURED (no key, unreadable or unsuitable key file, secret
- * under 32 bytes, bad AUTH_JWT_LEEWAY).
+ * under 32 bytes, bad AUTH_JWT_LEEWAY; for operators, ADMIN_JWT_AUDIENCE
+ * equal to AUTH_JWT_AUDIENCE).
  */
 enum outcome auth_verify_jwt(const char *token, size_t len, time_t now,
     enum auth_audience meant_for, char **subject) __attribute__((warn_unused_result));

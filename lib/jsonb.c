@@ -193,19 +193,20 @@ scan_string(struct scan *sc)
 }
 
 /* A number token starting at sc->pos. */
-/* Whether the number in tok has an exponent beyond LIMIT_JSONB_EXPONENT. */
-static int
-exponent_too_large(const char *tok)
+int
+jsonb_number_storable(const char *tok)
 {
 	const char *e = strpbrk(tok, "eE");
 	long exponent;
 
-	if (e == NULL)
+	if (strlen(tok) > LIMIT_JSONB_NUMBER_LEN)
 		return 0;
+	if (e == NULL)
+		return 1;
 	errno = 0;
 	exponent = strtol(e + 1, NULL, 10);
-	return errno == ERANGE || exponent > LIMIT_JSONB_EXPONENT ||
-	    exponent < -LIMIT_JSONB_EXPONENT;
+	return errno != ERANGE && exponent <= LIMIT_JSONB_EXPONENT &&
+	    exponent >= -LIMIT_JSONB_EXPONENT;
 }
 
 static void
@@ -223,7 +224,7 @@ scan_number(struct scan *sc)
 		tok[n] = '\0';
 		errno = 0;
 		d = strtod(tok, NULL);
-		bad = errno == ERANGE || !isfinite(d) || exponent_too_large(tok);
+		bad = errno == ERANGE || !isfinite(d) || !jsonb_number_storable(tok);
 	}
 	if (bad) {
 		emit(sc, "null", 4);

@@ -44,6 +44,15 @@ struct jsonb_fit {
 int jsonb_fit(const char *text, size_t len, struct jsonb_fit *out)
     __attribute__((warn_unused_result));
 
+/*
+ * Whether PostgreSQL's numeric, and so jsonb, takes the JSON number tok
+ * (NUL-terminated, as written): at most LIMIT_JSONB_NUMBER_LEN characters
+ * and an exponent within LIMIT_JSONB_EXPONENT either way.  That is the
+ * whole rule for numbers a client sends (usage metadata); jsonb_fit also
+ * leaves out what a double cannot hold, since payloads fill columns.
+ */
+int jsonb_number_storable(const char *tok);
+
 /* Frees what jsonb_fit allocated; safe on a zeroed struct. */
 void jsonb_fit_free(struct jsonb_fit *fit);
 

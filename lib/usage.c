@@ -93,21 +93,37 @@ static const char sql_cap[] =
     "ORDER BY created_at DESC, idempotency_key DESC OFFSET $2::integer)";
 
 /*
- * Whether PostgreSQL's jsonb takes metadata, which the idempotency hash
- * casts: a number numeric refuses (1E200000) would make a keyed request
- * fail where the same request without a key succeeds.  json-c writes
- * numbers back as the client wrote them, so the rule is jsonb_fit's.
+ * Whether PostgreSQL's jsonb takes v, which the idempotency hash casts: a
+ * number numeric refuses (1E200000) would make a keyed request fail
+ * where the same request without a key succeeds.  json-c writes a
+ * fraction or exponent back as the client wrote it (integers beyond
+ * int64 it clamps, which numeric takes).  Depth is jsonget_parse's limit.
  */
 static int
-metadata_storable(struct json_object *metadata)
+metadata_storable(struct json_object *v)
 {
-	const char *text = json_object_to_json_string_ext(metadata, JSON_C_TO_STRING_PLAIN);
-	struct jsonb_fit fit = {0};
-	int storable;
+	size_t i, n;
 
-	storable = jsonb_fit(text, strlen(text), &fit) == 0 && fit.left_out == 0;
-	jsonb_fit_free(&fit);
-	return storable;
+	switch (json_object_get_type(v)) {
+	case json_type_double:
+		return jsonb_number_storable(json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN));
+	case json_type_array:
+		n = json_object_array_length(v);
+		for (i = 0; i < n; i++)
+			if (!metadata_storable(json_object_array_get_idx(v, i)))
+				return 0;
+		return 1;
+	case json_type_object: {
+		json_object_object_foreach(v, name, member) {
+			(void)name;
+			if (!metadata_storable(member))
+				return 0;
+		}
+		return 1;
+	}
+	default:
+		return 1;
+	}
 }
 
 enum outcome
@@ -133,7 +149,7 @@ usage_parse_record(const char *body, size_t len, struct usage_record *rec, const
 	rec->metadata = jsonget_obj(rec->root, "metadata");
 	if (rec->metadata != NULL && !metadata_storable(rec->metadata)) {
 		*bad = "metadata";
-		*why = "numbers must be within the range of a double and at most 64 characters";
+		*why = "numbers must have at most 64 characters and an exponent within 999";
 		usage_record_free(rec);
 		return OUT_INVALID_FIELD;
 	}

@@ -302,7 +302,8 @@ def test_access(t, st):
          "an operator's JWT is refused by the users' endpoints: 401")
     r = st.http("GET", "/api/admin/analytics",
                 headers={"Authorization": "Bearer " + make_jwt(
-                    {"sub": "operator", "exp": NOW + 300}, secret="x" * 40)})
+                    {"sub": "operator", "exp": NOW + 300, "aud": "billing-admin"},
+                    secret="x" * 40)})
     t.eq(r.status, 401, "a JWT with a bad signature: 401")
     t.ok("invalid_token" in (r.headers.get("www-authenticate") or ""), "invalid_token")
     t.eq(st.http("GET", "/api/admin/analytics",

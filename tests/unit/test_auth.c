@@ -359,6 +359,15 @@ test_hs256(void)
 	reject(hs256(HS, claims(",\"aud\":\"billing\""), SECRET, strlen(SECRET)),
 	       OUT_UNAUTHORIZED, "operators: a token for users' AUTH_JWT_AUDIENCE refused");
 	unsetenv("AUTH_JWT_AUDIENCE");
+	/* One audience for both would make every user's token an operator's. */
+	setenv("AUTH_JWT_AUDIENCE", "billing-admin", 1);
+	reject(hs256(HS, claims(",\"aud\":\"billing-admin\""), SECRET, strlen(SECRET)),
+	       OUT_MISCONFIGURED, "operators: AUTH_JWT_AUDIENCE equal to the operators' is misconfigured");
+	meant_for = AUTH_FOR_USERS;
+	expect(hs256(HS, claims(",\"aud\":\"billing-admin\""), SECRET, strlen(SECRET)), OUT_OK,
+	       "user-42", "...while the users' endpoints go on");
+	meant_for = AUTH_FOR_OPERATORS;
+	unsetenv("AUTH_JWT_AUDIENCE");
 	setenv("ADMIN_JWT_AUDIENCE", "ops", 1);
 	expect(hs256(HS, claims(",\"aud\":\"ops\""), SECRET, strlen(SECRET)), OUT_OK, "user-42",
 	       "operators: ADMIN_JWT_AUDIENCE names the audience");

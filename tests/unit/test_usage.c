@@ -61,10 +61,12 @@ static const struct {
 	/* jsonb (the idempotency hash) refuses what numeric cannot hold. */
 	{"{\"userId\":\"u1\",\"usageType\":\"export\",\"metadata\":{\"x\":1E200000}}",
 	    "metadata", "a number beyond numeric's range in metadata"},
-	{"{\"userId\":\"u1\",\"usageType\":\"export\",\"metadata\":{\"a\":[{\"x\":-1E400}]}}",
-	    "metadata", "a number beyond a double, deep in metadata"},
+	{"{\"userId\":\"u1\",\"usageType\":\"export\",\"metadata\":{\"a\":[{\"x\":-1E1000}]}}",
+	    "metadata", "an exponent beyond 999, deep in metadata"},
+	{"{\"userId\":\"u1\",\"usageType\":\"export\",\"metadata\":{\"x\":1.00000000000000000000000000000000000000000000000000000000000000001}}",
+	    "metadata", "a number over 64 characters in metadata"},
 	{"{\"userId\":\"u1\",\"usageType\":\"export\",\"metadata\":{\"x\":1E-200000}}",
-	    "metadata", "a number below a double's range in metadata"},
+	    "metadata", "an exponent below -999 in metadata"},
 	{"{\"userId\":\"u1\",\"usageType\":\"export\",\"metadata\":{\"x\":0E99999999999999999999}}",
 	    "metadata", "an exponent numeric cannot read in metadata"},
 };
@@ -93,9 +95,10 @@ main(void)
 	    "largest amount and nested metadata accepted");
 	usage_record_free(&rec);
 	ok(parse("{\"userId\":\"u1\",\"usageType\":\"export\","
-		 "\"metadata\":{\"big\":1.7976931348623157E308,\"small\":-2.5e-300,\"n\":12345678901234567890}}",
+		 "\"metadata\":{\"big\":1.7976931348623157E308,\"small\":-2.5e-300,\"n\":12345678901234567890,"
+		 "\"sub\":1e-310,\"huge\":[-1E400,1E999,0e-999]}}",
 		 &field, &rec) == OUT_OK,
-	    "metadata numbers within a double's range accepted");
+	    "metadata numbers numeric stores accepted, beyond a double's range too");
 	usage_record_free(&rec);
 
 	ok(parse("{\"userId\":", &field, &rec) == OUT_INVALID_JSON, "truncated JSON");
