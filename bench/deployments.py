@@ -351,6 +351,14 @@ def build_floor(tmp):
     return d
 
 
+def floor_cgi(tmp, script):
+    """limit.cgi of the floor built in tmp, for scripts that cannot run without it."""
+    floor_dir = build_floor(tmp)
+    if not floor_dir:
+        sys.exit(f"{script}: ../shared/bench/floor is needed (BENCH_SHARED)")
+    return os.path.join(floor_dir, "limit.cgi")
+
+
 def node_peer(tmp, st):
     src = os.path.join(SHARED, "node-peer")
     if not os.path.isdir(src) or not shutil.which("node"):

@@ -105,10 +105,7 @@ def phases(marks, t0, t1):
 def main():
     tmp = tempfile.mkdtemp(prefix="billing-bench-")
     try:
-        floor_dir = d.build_floor(tmp)
-        if not floor_dir:
-            sys.exit("phases.py: ../shared/bench/floor is needed (BENCH_SHARED)")
-        floor = os.path.join(floor_dir, "limit.cgi")
+        floor = d.floor_cgi(tmp, "phases.py")
         with open(os.path.join(tmp, "phases.c"), "w") as f:
             f.write(PRELOAD)
         preload = os.path.join(tmp, "phases.so")

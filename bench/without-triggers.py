@@ -41,10 +41,7 @@ VARIANTS = [
 def main():
     tmp = tempfile.mkdtemp(prefix="billing-bench-")
     try:
-        floor_dir = d.build_floor(tmp)
-        if not floor_dir:
-            sys.exit("without-triggers.py: ../shared/bench/floor is needed (BENCH_SHARED)")
-        floor = os.path.join(floor_dir, "limit.cgi")
+        floor = d.floor_cgi(tmp, "without-triggers.py")
         with Stack({"STRIPE_SYNC_MODE": "event"}, builddir=d.BUILDDIR, srcdir=d.SRCDIR,
                    apache=False) as st:
             d.create_floor_db(st)
