@@ -192,7 +192,6 @@ scan_string(struct scan *sc)
 	sc->pos += n + 1 + (n < left);
 }
 
-/* A number token starting at sc->pos. */
 int
 jsonb_number_storable(const char *tok)
 {
@@ -209,6 +208,7 @@ jsonb_number_storable(const char *tok)
 	    exponent >= -LIMIT_JSONB_EXPONENT;
 }
 
+/* A number token starting at sc->pos. */
 static void
 scan_number(struct scan *sc)
 {

@@ -87,14 +87,15 @@
  * count covers all of them), the longest member name written into one.
  */
 #define LIMIT_JSONB_NUMBER_LEN	64
-/*
- * The largest exponent kept, either sign.  A number of the double's range
- * needs less than 400; a zero can be written with any exponent, and
- * PostgreSQL's numeric refuses the huge ones (0E99999999999999999999).
- */
-#define LIMIT_JSONB_EXPONENT	999
 #define LIMIT_JSONB_PATHS	16
 #define LIMIT_JSONB_PATH_KEY_LEN	64
+/*
+ * The largest exponent a stored number may have, either sign.  A number
+ * of a double's range needs less than 400; a zero can be written with any
+ * exponent, and PostgreSQL's numeric refuses the huge ones
+ * (0E99999999999999999999).
+ */
+#define LIMIT_JSONB_EXPONENT	999
 
 /*
  * Plan changes: how long a prorationDate from a preview may be used for
