@@ -570,7 +570,17 @@ selfservice_act(struct db *db, const struct selfservice_request *req, const char
 			goto out;
 		goto commit;
 	}
-	if ((o = perform(&a, &sub, &source)) != OUT_OK || (o = store(&a, sub, source)) != OUT_OK ||
+	if ((o = perform(&a, &sub, &source)) == OUT_STRIPE_ERROR && a.current == NULL &&
+	    is_refusal(answer = refresh(&a))) {
+		/*
+		 * Stripe refused a cancel or resume that our row allowed: the row
+		 * was behind (ended at Stripe, its event missed).  The state just
+		 * stored says what to answer.
+		 */
+		goto commit;
+	}
+	answer = OUT_OK;
+	if (o != OUT_OK || (o = store(&a, sub, source)) != OUT_OK ||
 	    (o = state_answer(&a, body)) != OUT_OK)
 		goto out;
 	/* pending_if_incomplete: the payment failed and Stripe kept the old items. */

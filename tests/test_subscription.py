@@ -649,6 +649,25 @@ def test_replay_after_another_change(st):
          "retry of a cancel after a resume: row and answer not scheduled to cancel, as at Stripe",
          f"{r.body[:300]!r} {row(st, sub['id'])}")
 
+
+def test_ended_at_stripe(st):
+    """The row says live, Stripe has canceled it (its event missed): a cancel
+    or resume that Stripe refuses is answered from Stripe's current state."""
+    prepare(st)
+    for action, scheduled, err in (("cancel", False, (404, "no_subscription")),
+                                   ("resume", True, (409, "not_resumable"))):
+        user = fresh_user(f"ended-{action}")
+        sub = seed(st, user, cancel_at_period_end=scheduled)
+        path = f"/v1/subscriptions/{sub['id']}"
+        fake_api(st, "DELETE", path)
+        n = len(calls(st))
+        r = act(st, "http", user, action)
+        t.eq([(c["method"], c["path"], c["status"]) for c in calls(st)[n:]],
+             [("POST", path, 400), ("GET", path, 200)],
+             f"{action} of a subscription Stripe has canceled: refused, then fetched")
+        expect_error(r, *err, f"... answered {err[0]} {err[1]}")
+        t.eq(row(st, sub["id"])["status"], "canceled", "... the row canceled, as at Stripe")
+
 def test_auth(st, via):
     prepare(st)
     user = fresh_user(f"auth-{via}")
@@ -732,7 +751,7 @@ def main():
             t.run(test_ordering, st, mode)
         for fn in (test_change_rules, test_cancel_now_settings, test_retries,
                    test_cancel_now_retry, test_client_idempotency, test_replay_after_another_change,
-                   test_validation, test_cors):
+                   test_ended_at_stripe, test_validation, test_cors):
             t.run(fn, st)
         log = st.error_log()
         t.ok("sk_test_harness" not in log, "the Stripe key is not in Apache's error log")
