@@ -165,13 +165,15 @@ on_header(char *line, size_t size, size_t nmemb, void *arg)
 	if (n >= 5 && strncmp(line, "HTTP/", 5) == 0) {
 		free(resp->should_retry);
 		free(resp->retry_after);
-		resp->should_retry = resp->retry_after = NULL;
+		free(resp->replayed);
+		resp->should_retry = resp->retry_after = resp->replayed = NULL;
 		return n;
 	}
 	if (n > LIMIT_HEADER_VALUE)
 		return n;
 	capture_header(line, n, "Stripe-Should-Retry", &resp->should_retry);
 	capture_header(line, n, "Retry-After", &resp->retry_after);
+	capture_header(line, n, "Idempotent-Replayed", &resp->replayed);
 	return n;
 }
 
@@ -325,6 +327,7 @@ http_response_free(struct http_response *resp)
 	buf_free(&resp->body);
 	free(resp->should_retry);
 	free(resp->retry_after);
-	resp->should_retry = resp->retry_after = NULL;
+	free(resp->replayed);
+	resp->should_retry = resp->retry_after = resp->replayed = NULL;
 	resp->status = 0;
 }

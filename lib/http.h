@@ -23,6 +23,7 @@ struct http_response {
 	struct buf body;	/* capped at the caller's max_body */
 	char *should_retry;	/* Stripe-Should-Retry value or NULL (owned) */
 	char *retry_after;	/* Retry-After value or NULL (owned) */
+	char *replayed;		/* Idempotent-Replayed value or NULL (owned) */
 };
 
 /* Whether url may be used: https://, or http:// to 127.0.0.1, ::1 or localhost. */

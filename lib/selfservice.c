@@ -358,13 +358,28 @@ describe_change(struct act *a, struct plan_change *c, int *interval_changes)
 	return OUT_OK;
 }
 
+/*
+ * POST f to the subscription.  A replay under the client's key answers the
+ * object as it was at the first request, which may have changed since (the
+ * retry of a change that came after another one): storing that would undo
+ * the later change in our row, so Stripe's current state is fetched instead.
+ */
 static enum outcome
 post_subscription(struct act *a, const struct form *f, struct json_object **sub)
 {
 	char path[32 + LIMIT_STRIPE_ID_LEN];
+	enum outcome o;
+	int replayed = 0;
 
 	subscription_path(a, path, sizeof(path));
-	return stripe_post(path, f, a->key, sub);
+	o = stripe_post_replayed(path, f, a->key, sub, &replayed);
+	if (o != OUT_OK || !replayed)
+		return o;
+	log_note("replayed", "yes");
+	json_object_put(*sub);
+	*sub = NULL;
+	o = stripe_get(path, sub);
+	return o == OUT_NOT_FOUND ? OUT_STRIPE_ERROR : o;
 }
 
 static enum outcome
@@ -555,7 +570,17 @@ selfservice_act(struct db *db, const struct selfservice_request *req, const char
 			goto out;
 		goto commit;
 	}
-	if ((o = perform(&a, &sub, &source)) != OUT_OK || (o = store(&a, sub, source)) != OUT_OK ||
+	if ((o = perform(&a, &sub, &source)) == OUT_STRIPE_ERROR && a.current == NULL &&
+	    is_refusal(answer = refresh(&a))) {
+		/*
+		 * Stripe refused a cancel or resume that our row allowed: the row
+		 * was behind (ended at Stripe, its event missed).  The state just
+		 * stored says what to answer.
+		 */
+		goto commit;
+	}
+	answer = OUT_OK;
+	if (o != OUT_OK || (o = store(&a, sub, source)) != OUT_OK ||
 	    (o = state_answer(&a, body)) != OUT_OK)
 		goto out;
 	/* pending_if_incomplete: the payment failed and Stripe kept the old items. */

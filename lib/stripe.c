@@ -172,7 +172,7 @@ log_stripe_error(enum http_method method, const char *path, long status,
 
 static enum outcome
 stripe_call(enum http_method method, const char *path, const struct form *params,
-	    const char *idempotency_key, struct json_object **out)
+	    const char *idempotency_key, struct json_object **out, int *replayed)
 {
 	struct buf url = BUF_INIT(4096), auth = BUF_INIT(1024), version = BUF_INIT(256),
 		   idem = BUF_INIT(512);
@@ -185,6 +185,8 @@ stripe_call(enum http_method method, const char *path, const struct form *params
 	int tries = 0, h = 0, got;
 
 	*out = NULL;
+	if (replayed != NULL)
+		*replayed = 0;
 	memset(&resp, 0, sizeof(resp));
 	if (config_require("STRIPE_SECRET_KEY", &key) != OUT_OK) {
 		o = OUT_MISCONFIGURED;
@@ -253,6 +255,9 @@ stripe_call(enum http_method method, const char *path, const struct form *params
 				o = OUT_STRIPE_ERROR;
 				goto out;
 			}
+			if (replayed != NULL)
+				*replayed =
+				    resp.replayed != NULL && strcasecmp(resp.replayed, "true") == 0;
 			o = OUT_OK;
 			goto out;
 		}
@@ -304,13 +309,20 @@ enum outcome
 stripe_post(const char *path, const struct form *params, const char *idempotency_key,
 	    struct json_object **out)
 {
-	return stripe_call(HTTP_POST, path, params, idempotency_key, out);
+	return stripe_call(HTTP_POST, path, params, idempotency_key, out, NULL);
+}
+
+enum outcome
+stripe_post_replayed(const char *path, const struct form *params, const char *idempotency_key,
+		     struct json_object **out, int *replayed)
+{
+	return stripe_call(HTTP_POST, path, params, idempotency_key, out, replayed);
 }
 
 enum outcome
 stripe_get(const char *path, struct json_object **out)
 {
-	return stripe_call(HTTP_GET, path, NULL, NULL, out);
+	return stripe_call(HTTP_GET, path, NULL, NULL, out, NULL);
 }
 
 /* path?params in target (Stripe takes GET and DELETE parameters in the query string). */
@@ -333,7 +345,7 @@ stripe_delete(const char *path, const struct form *params, struct json_object **
 		buf_free(&target);
 		return OUT_INTERNAL;
 	}
-	o = stripe_call(HTTP_DELETE, buf_str(&target), NULL, NULL, out);
+	o = stripe_call(HTTP_DELETE, buf_str(&target), NULL, NULL, out, NULL);
 	buf_free(&target);
 	return o;
 }
@@ -352,7 +364,7 @@ stripe_list(const char *path, const struct form *query, struct json_object **pag
 		buf_free(&url);
 		return OUT_INTERNAL;
 	}
-	o = stripe_call(HTTP_GET, buf_str(&url), NULL, NULL, page);
+	o = stripe_call(HTTP_GET, buf_str(&url), NULL, NULL, page, NULL);
 	if (o == OUT_OK) {
 		object = jsonget_str(*page, "object");
 		*data = jsonget_array(*page, "data");

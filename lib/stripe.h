@@ -37,6 +37,15 @@
 enum outcome stripe_post(const char *path, const struct form *params,
     const char *idempotency_key, struct json_object **out) __attribute__((warn_unused_result));
 
+/*
+ * As stripe_post; *replayed = 1 when Stripe answered from an earlier request
+ * under the same key (Idempotent-Replayed: true), so *out is the object as
+ * it was then, not as it is now (docs.stripe.com/api/idempotent_requests).
+ */
+enum outcome stripe_post_replayed(const char *path, const struct form *params,
+    const char *idempotency_key, struct json_object **out, int *replayed)
+    __attribute__((warn_unused_result));
+
 /* GET path; as stripe_post, plus OUT_NOT_FOUND for 404. */
 enum outcome stripe_get(const char *path, struct json_object **out)
     __attribute__((warn_unused_result));

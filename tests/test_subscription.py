@@ -613,6 +613,61 @@ def test_client_idempotency(st):
          "... naming the header as the field")
 
 
+
+def test_replay_after_another_change(st):
+    """A client's retry under a key whose request took effect before another
+    change: Stripe replays the first answer (the object as it was then); the
+    row and the answer keep what Stripe holds now."""
+    prepare(st)
+    user = fresh_user("replay")
+    sub = seed(st, user)
+    path = f"/v1/subscriptions/{sub['id']}"
+    act(st, "http", user, "change", tier="basic", interval="monthly",
+        headers={"Idempotency-Key": "swap-1"})
+    act(st, "http", user, "change", tier="pro", interval="monthly",
+        headers={"Idempotency-Key": "swap-2"})
+    n = len(calls(st))
+    r = act(st, "http", user, "change", tier="basic", interval="monthly",
+            headers={"Idempotency-Key": "swap-1"})
+    mine = calls(st)[n:]
+    t.eq([(c["method"], c["path"], c["replayed"]) for c in mine],
+         [("GET", path, False), ("POST", path, True), ("GET", path, False)],
+         "retry of an earlier change: Stripe replays it, the current state is fetched")
+    t.ok(r.status == 200 and (r.json() or {}).get("tier") == "pro", "... and answered (pro)",
+         r.body)
+    t.eq((row(st, sub["id"])["price"], stripe_sub(st, sub["id"])["items"]["data"][0]["price"]["id"]),
+         ("price_pro_monthly", "price_pro_monthly"), "... the row keeps the later change")
+
+    user = fresh_user("replay-cancel")
+    sub = seed(st, user)
+    act(st, "http", user, "cancel", headers={"Idempotency-Key": "stop-1"})
+    act(st, "http", user, "resume", headers={"Idempotency-Key": "go-1"})
+    r = act(st, "http", user, "cancel", headers={"Idempotency-Key": "stop-1"})
+    t.ok(r.status == 200 and (r.json() or {}).get("cancelAtPeriodEnd") is False and
+         row(st, sub["id"])["cape"] == "f" and
+         stripe_sub(st, sub["id"])["cancel_at_period_end"] is False,
+         "retry of a cancel after a resume: row and answer not scheduled to cancel, as at Stripe",
+         f"{r.body[:300]!r} {row(st, sub['id'])}")
+
+
+def test_ended_at_stripe(st):
+    """The row says live, Stripe has canceled it (its event missed): a cancel
+    or resume that Stripe refuses is answered from Stripe's current state."""
+    prepare(st)
+    for action, scheduled, err in (("cancel", False, (404, "no_subscription")),
+                                   ("resume", True, (409, "not_resumable"))):
+        user = fresh_user(f"ended-{action}")
+        sub = seed(st, user, cancel_at_period_end=scheduled)
+        path = f"/v1/subscriptions/{sub['id']}"
+        fake_api(st, "DELETE", path)
+        n = len(calls(st))
+        r = act(st, "http", user, action)
+        t.eq([(c["method"], c["path"], c["status"]) for c in calls(st)[n:]],
+             [("POST", path, 400), ("GET", path, 200)],
+             f"{action} of a subscription Stripe has canceled: refused, then fetched")
+        expect_error(r, *err, f"... answered {err[0]} {err[1]}")
+        t.eq(row(st, sub["id"])["status"], "canceled", "... the row canceled, as at Stripe")
+
 def test_auth(st, via):
     prepare(st)
     user = fresh_user(f"auth-{via}")
@@ -695,7 +750,8 @@ def main():
         for mode in ("event", "refetch"):
             t.run(test_ordering, st, mode)
         for fn in (test_change_rules, test_cancel_now_settings, test_retries,
-                   test_cancel_now_retry, test_client_idempotency, test_validation, test_cors):
+                   test_cancel_now_retry, test_client_idempotency, test_replay_after_another_change,
+                   test_ended_at_stripe, test_validation, test_cors):
             t.run(fn, st)
         log = st.error_log()
         t.ok("sk_test_harness" not in log, "the Stripe key is not in Apache's error log")
