@@ -243,12 +243,16 @@ send_due(struct run *run)
 	struct outbox_row row;
 	char after[32] = "0";
 	enum step step;
-	long handled = 0;
+	long handled = 0, hold_ms = 0;
 	int got;
+
+	/* The row's transaction waits for the send: rendering, then at most SMTP_TIMEOUT. */
+	if (!run->dry_run)
+		hold_ms = smtp_timeout_ms(run->smtp) + LIMIT_MAIL_HOLD_MARGIN_MS;
 
 	while (handled < run->batch && log_elapsed_ms() < run->max_seconds * 1000 && !run->stop &&
 	    !run->db_failed) {
-		if ((got = outbox_claim(run->db, after, &row)) <= 0) {
+		if ((got = outbox_claim(run->db, after, hold_ms, &row)) <= 0) {
 			run->db_failed = got < 0;
 			break;
 		}

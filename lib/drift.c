@@ -20,6 +20,7 @@ struct drift {
 	struct json_object *seen;	/* ids Stripe listed (a set) */
 	struct json_object *differs, *missing_locally, *missing_in_stripe;
 	long stripe, database;
+	char *listing_started;	/* the database's now() before the first page, as text */
 };
 
 static struct json_object *
@@ -120,7 +121,11 @@ compare_one(struct drift *d, struct json_object *sub)
 	return 0;
 }
 
-/* Rows whose subscription Stripe did not list.  -1 on a database failure. */
+/*
+ * Rows whose subscription Stripe did not list.  A row written after the
+ * listing began (a checkout's webhook meanwhile) may be of a subscription
+ * newer than the pages already read: not judged.  -1 on a database failure.
+ */
 static int
 compare_reverse(struct drift *d)
 {
@@ -130,13 +135,14 @@ compare_reverse(struct drift *d)
 
 	do {
 		if (DB_QUERY(d->db, &rows, "SELECT id, stripe_subscription_id, stripe_customer_id,"
-		    " status FROM subscriptions WHERE id > $1::bigint ORDER BY id LIMIT " LIMIT_SYNC_LOCAL_BATCH,
-		    after) != DB_OK)
+		    " status, created_at < $2::timestamptz FROM subscriptions WHERE id > $1::bigint"
+		    " ORDER BY id LIMIT " LIMIT_SYNC_LOCAL_BATCH, after, d->listing_started) != DB_OK)
 			return -1;
 		n = db_rows_count(rows);
 		for (i = 0; i < n; i++) {
 			d->database++;
-			if (!json_object_object_get_ex(d->seen, db_rows_get(rows, i, 1), NULL))
+			if (strcmp(db_rows_get(rows, i, 4), "t") == 0 &&
+			    !json_object_object_get_ex(d->seen, db_rows_get(rows, i, 1), NULL))
 				json_object_array_add(d->missing_in_stripe, entry(db_rows_get(rows, i,
 				    1), db_rows_get(rows, i, 2), db_rows_get(rows, i, 3)));
 		}
@@ -208,6 +214,7 @@ drift_check(struct db *db, const struct sync_options *o)
 {
 	struct drift d = { .db = db };
 	struct json_object *page = NULL, *data = NULL;
+	struct db_rows *rows = NULL;
 	char *after = NULL;
 	long long listed_at;
 	long pages = 0;
@@ -220,6 +227,11 @@ drift_check(struct db *db, const struct sync_options *o)
 	d.missing_in_stripe = json_object_new_array();
 	if (!d.seen || !d.differs || !d.missing_locally || !d.missing_in_stripe)
 		goto out;
+	if (db_exec(d.db, &rows, "SELECT now()", 0, NULL) != DB_OK)
+		goto out;
+	d.listing_started = mem_strdup(db_rows_get(rows, 0, 0));
+	db_rows_free(rows);
+	rows = NULL;
 	while (has_more) {
 		if (sync_subscriptions_page(NULL, -1, after, &page, &data, &has_more,
 		    &listed_at) != OUT_OK)
@@ -262,6 +274,7 @@ out:
 	json_object_put(d.differs);
 	json_object_put(d.missing_locally);
 	json_object_put(d.missing_in_stripe);
+	free(d.listing_started);
 	free(after);
 	return status;
 }

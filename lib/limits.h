@@ -210,6 +210,11 @@
 #define LIMIT_SMTP_CONNECT_MS	10000
 #define LIMIT_SMTP_TIMEOUT_S	30
 #define LIMIT_SMTP_TIMEOUT_MAX_S	300
+/*
+ * billing-mailer keeps a row's transaction idle while its mail is sent: at
+ * least SMTP_TIMEOUT plus this (rendering, the reply read after the timer).
+ */
+#define LIMIT_MAIL_HOLD_MARGIN_MS	5000
 
 /*
  * Mail: display names longer than this are refused (they would only make

@@ -47,9 +47,10 @@ dup_or_null(const char *s)
 }
 
 int
-outbox_claim(struct db *db, const char *after, struct outbox_row *row)
+outbox_claim(struct db *db, const char *after, long hold_ms, struct outbox_row *row)
 {
 	struct db_rows *rows = NULL;
+	char hold[24];
 	int got = -1;
 
 	memset(row, 0, sizeof(*row));
@@ -72,6 +73,15 @@ outbox_claim(struct db *db, const char *after, struct outbox_row *row)
 	}
 	if (db_rows_count(rows) == 0) {
 		got = 0;
+		goto out;
+	}
+	/* SET LOCAL, raised only: 0 (off) and longer settings are kept (db.h). */
+	snprintf(hold, sizeof(hold), "%ld", hold_ms);
+	if (hold_ms > 0 && DB_QUERY(db, NULL,
+	    "SELECT set_config('idle_in_transaction_session_timeout', $1, true)"
+	    " FROM pg_settings WHERE name = 'idle_in_transaction_session_timeout'"
+	    " AND setting::bigint BETWEEN 1 AND $1::bigint - 1", hold) != DB_OK) {
+		log_msg("outbox: setting the idle-in-transaction timeout failed");
 		goto out;
 	}
 	row->id = mem_strdup(db_rows_get(rows, 0, 0));

@@ -52,9 +52,13 @@ struct outbox_row {
  * above after ("0" to start), skipping rows other runs hold.  1 with *row
  * (the transaction stays open until outbox_record or outbox_release);
  * 0 when no row is due; -1 on a database failure (logged).  In both of
- * those cases no transaction is left open.
+ * those cases no transaction is left open.  hold_ms (0: no change) is how
+ * long the caller may leave the transaction idle while it sends: the
+ * idle-in-transaction timeout of this transaction is raised to it when
+ * shorter, or the server would end the session while the mail goes out
+ * and the row, sent, would stay pending and be sent again by every run.
  */
-int outbox_claim(struct db *db, const char *after, struct outbox_row *row)
+int outbox_claim(struct db *db, const char *after, long hold_ms, struct outbox_row *row)
     __attribute__((warn_unused_result));
 
 enum outbox_state {

@@ -276,6 +276,12 @@ smtp_send(struct smtp *s, const char *from, const char *to, const char *msg, siz
 	curl_slist_free_all(rcpt);
 }
 
+long
+smtp_timeout_ms(const struct smtp *s)
+{
+	return s->timeout_ms;
+}
+
 void
 smtp_close(struct smtp *s)
 {

@@ -67,6 +67,9 @@ enum outcome smtp_open(struct smtp **s) __attribute__((warn_unused_result));
 void smtp_send(struct smtp *s, const char *from, const char *to, const char *msg, size_t len,
     struct smtp_result *res);
 
+/* The most one smtp_send may take, connecting included (SMTP_TIMEOUT), in ms. */
+long smtp_timeout_ms(const struct smtp *s);
+
 /* Closes the connection (QUIT); NULL is fine. */
 void smtp_close(struct smtp *s);
 

@@ -488,7 +488,11 @@ out:
 	return ret;
 }
 
-/* Logs the rows of the run's scope that Stripe did not list.  -1 on failure. */
+/*
+ * Logs the rows of the run's scope that Stripe did not list, leaving out
+ * rows written since the run started (a webhook's, of a subscription newer
+ * than the pages already read).  -1 on failure.
+ */
 static int
 report_missing(struct run *r)
 {
@@ -496,7 +500,9 @@ report_missing(struct run *r)
 	int i, n;
 
 	if (DB_QUERY(r->db, &rows, "SELECT s.stripe_subscription_id, s.status FROM subscriptions s"
-	    " WHERE ($2::text IS NULL OR s.stripe_customer_id = $2) AND NOT EXISTS (SELECT 1"
+	    " WHERE ($2::text IS NULL OR s.stripe_customer_id = $2)"
+	    " AND s.created_at < (SELECT started_at FROM sync_runs WHERE id = $1::bigint)"
+	    " AND NOT EXISTS (SELECT 1"
 	    " FROM sync_seen w WHERE w.run_id = $1::bigint"
 	    " AND w.stripe_subscription_id = s.stripe_subscription_id) ORDER BY s.id", r->id,
 	    r->o->customer) != DB_OK)

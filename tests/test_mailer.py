@@ -408,6 +408,22 @@ def test_stall(t, st, tmp):
         t.ok("timeout" in (x["last_error"] or ""), "reason: timeout", x["last_error"])
 
 
+def test_slow_server_within_timeout(t, st, tmp):
+    """A send slower than DB_IDLE_IN_TRANSACTION_TIMEOUT_MS but within SMTP_TIMEOUT."""
+    reset(st)
+    customer(st, "u1", "ada@example.test")
+    a, b = queue(st), queue(st)
+    with SmtpServer(os.path.join(tmp, "slow"), "--delay", "2.5") as srv:
+        env = {"SMTP_TIMEOUT": "10", "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS": "1000"}
+        r = mailer(st, smtp_url(srv), env=env)
+        t.eq((r.returncode, r.summary, row(st, a)["status"], row(st, b)["status"]),
+             (0, (2, 0, 0, 0, 0), "sent", "sent"),
+             "each mail took 2.5 s, the database's idle timeout is 1 s: both sent and recorded")
+        r = mailer(st, smtp_url(srv), env=env)
+        t.eq((r.summary, len(srv.accepted())), ((0, 0, 0, 0, 0), 2),
+             "the next run sends neither again")
+
+
 def test_overlapping_runs(t, st, tmp):
     reset(st)
     for i in range(40):
@@ -558,8 +574,8 @@ def main():
         with Stack(settings=STACK_SETTINGS, apache=False, stripe=False) as st:
             for fn in (test_webhook_to_inbox, test_rows_that_cannot_be_sent, test_tls_and_auth,
                        test_server_down, test_temporary_then_success, test_permanent,
-                       test_stall, test_overlapping_runs, test_bounds, test_dry_run,
-                       test_cannot_run, test_template_override):
+                       test_stall, test_slow_server_within_timeout, test_overlapping_runs,
+                       test_bounds, test_dry_run, test_cannot_run, test_template_override):
                 t.run(fn, t, st, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

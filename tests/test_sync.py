@@ -554,6 +554,30 @@ def test_waits_for_customer_link(t, st):
        err.decode(errors="replace")[-1500:] if p.returncode else None)
 
 
+def test_created_while_listing(t, st, acct):
+    """A subscription created after the first page was read, and stored (as its webhook
+    would) before the listing ends: Stripe has it, so neither check nor subscriptions may
+    report it as missing in Stripe."""
+    for cmd in ("check", "subscriptions"):
+        st.stripe.fail(mode="slow", path="/v1/subscriptions", method="GET", at=2, delay=3)
+        p = start(st, cmd, *(["--json"] if cmd == "check" else []))
+        time.sleep(1.5)
+        cus = f"cus_race{cmd[:5]}"
+        new = st.stripe.create_subscriptions([{"customer": cus, "price": list(PRICES)[0],
+                                               "status": "active"}])[0]
+        st.psql(f"INSERT INTO subscriptions (stripe_subscription_id, stripe_customer_id, tier,"
+                f" status) VALUES ('{new['id']}', '{cus}', 'pro', 'active')")
+        out, err = p.communicate(timeout=120)
+        res = Result(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+        if cmd == "check":
+            missing = [e["id"] for e in json.loads(res.stdout)["missing_in_stripe"]]
+        else:
+            missing = [ln for ln in res.stderr.splitlines() if "not in Stripe" in ln]
+        t.ok(all(new["id"] not in m for m in missing),
+             f"{cmd}: a subscription stored while the list was read is not missing in Stripe",
+             res)
+
+
 def make_events(st, n_subs=40):
     """Subscriptions created, changed and canceled through the API (each change an
     event), trial_will_end events, an invoice, and a type we do not handle."""
@@ -721,6 +745,7 @@ def main():
         t.run(test_kill, t, st, acct)
         t.run(test_pace_and_errors, t, st)
         t.run(test_waits_for_customer_link, t, st)
+        t.run(test_created_while_listing, t, st, acct)
     with t.guard("events"), Stack(apache=False) as st:
         t.run(test_events, t, st)
         t.run(test_events_from_oldest, t, st)
