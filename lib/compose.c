@@ -167,6 +167,12 @@ check_subject_line(const char *dir, enum notify_kind k)
 	return !ok;
 }
 
+static int
+text_clean(const char *s)
+{
+	return jsonget_clean_utf8(s, strlen(s));
+}
+
 enum outcome
 compose_load(const char *default_dir, struct compose **out)
 {
@@ -184,6 +190,23 @@ compose_load(const char *default_dir, struct compose **out)
 	}
 	if (reply && mail_mailbox_parse(reply, &c->reply_name, &c->reply_addr) == -1) {
 		log_msg("setting MAIL_REPLY_TO must be an address or \"Name <address>\"");
+		problems++;
+	}
+	/*
+	 * Names go into every message's headers and text: one that is not
+	 * UTF-8 (or holds a control character) would fail each row in turn
+	 * at sending time, so it stops the program here instead.
+	 */
+	if (c->from_name && !text_clean(c->from_name)) {
+		log_msg("setting MAIL_FROM: the name must be UTF-8 without control characters");
+		problems++;
+	}
+	if (c->reply_name && !text_clean(c->reply_name)) {
+		log_msg("setting MAIL_REPLY_TO: the name must be UTF-8 without control characters");
+		problems++;
+	}
+	if (app && !text_clean(app)) {
+		log_msg("setting MAIL_APP_NAME must be UTF-8 without control characters");
 		problems++;
 	}
 	c->account_url = config_get("MAIL_ACCOUNT_URL");

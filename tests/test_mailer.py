@@ -527,6 +527,14 @@ def test_cannot_run(t, st, tmp):
         ("SMTP_USERNAME without SMTP_PASSWORD", {"SMTP_USERNAME": "u"}, "SMTP_PASSWORD"),
         ("SMTP_CA_FILE unreadable", {"SMTP_CA_FILE": "/nonexistent.pem"}, "SMTP_CA_FILE"),
         ("MAIL_BATCH not a number", {"MAIL_BATCH": "lots"}, "MAIL_BATCH"),
+        # "\udcff" is the byte 0xff in the program's environment: not UTF-8.
+        ("MAIL_APP_NAME not UTF-8", {"MAIL_APP_NAME": "Pain \udcff Tracker"}, "MAIL_APP_NAME"),
+        ("MAIL_APP_NAME with a control character", {"MAIL_APP_NAME": "Pain\x01Tracker"},
+         "MAIL_APP_NAME"),
+        ("MAIL_FROM's name not UTF-8", {"MAIL_FROM": "B\udcffling <billing@example.test>"},
+         "MAIL_FROM"),
+        ("MAIL_REPLY_TO's name not UTF-8",
+         {"MAIL_REPLY_TO": "S\udcffpport <support@example.test>"}, "MAIL_REPLY_TO"),
         ("database down", {"DATABASE_URL": "postgresql:///billing?host=/nonexistent"},
          "database"),
     ]
