@@ -43,6 +43,36 @@ DO $$ BEGIN PERFORM pg_advisory_xact_lock(7294811532004411); END $$;
 -- Quiet "already exists, skipping" notices on re-runs.
 SET LOCAL client_min_messages = warning;
 
+-- The tables this file alters, indexes or puts triggers on, locked at once and
+-- in the order the programs' transactions reach them (webhook.cgi records the
+-- event before it reads customers and writes subscriptions and what their
+-- triggers write; usage.cgi stores its key before track_usage reads
+-- subscriptions and plan_quotas).  Taken one by one in file order instead, by
+-- a no-op ALTER TABLE ... IF NOT EXISTS as much as by a real change, and held
+-- to COMMIT, they deadlocked with webhooks running meanwhile.  Waiting for a
+-- lock makes every writer of that table queue behind this transaction: unless
+-- the session set its own lock_timeout, give up after 5 seconds (nothing is
+-- changed; run the file again).
+DO $$
+DECLARE
+	v_tables text;
+BEGIN
+	IF pg_catalog.current_setting('lock_timeout') = '0' THEN
+		PERFORM pg_catalog.set_config('lock_timeout', '5s', true);
+	END IF;
+	SELECT pg_catalog.string_agg(format('%I', t), ', ' ORDER BY o) INTO v_tables
+	FROM unnest(ARRAY['billing_events', 'usage_idempotency', 'customers', 'checkout_sessions',
+			  'subscriptions', 'ownership_conflicts', 'mrr_movements', 'mrr_monthly',
+			  'subscription_counts', 'plan_quotas', 'usage_tracking', 'quota_refusals',
+			  'usage_closed_months', 'notifications', 'sync_runs', 'sync_changes',
+			  'admin_audit']) WITH ORDINALITY AS x(t, o)
+	WHERE pg_catalog.to_regclass(format('%I', t)) IS NOT NULL;
+	IF v_tables IS NOT NULL THEN
+		EXECUTE 'LOCK TABLE ' || v_tables || ' IN ACCESS EXCLUSIVE MODE';
+	END IF;
+END
+$$;
+
 -- Adds constraint p_name to table p_table unless a constraint of that name
 -- already exists there.  Lives in pg_temp: it vanishes with the session.
 CREATE OR REPLACE PROCEDURE pg_temp.ensure_constraint(p_table regclass, p_name text, p_def text)
@@ -257,8 +287,45 @@ CALL pg_temp.ensure_check('subscriptions', 'subscriptions_billing_interval_check
 CREATE INDEX IF NOT EXISTS subscriptions_user_id_idx ON subscriptions (user_id);
 CREATE INDEX IF NOT EXISTS subscriptions_stripe_customer_id_idx ON subscriptions (stripe_customer_id);
 -- Seats of the first subscription item (Stripe's items.data[0].quantity);
--- NULL (rows written before the column existed) counts as 1.
-ALTER TABLE subscriptions ADD COLUMN IF NOT EXISTS quantity bigint;
+-- NULL (rows written before the column existed) counts as 1.  When the column
+-- is added to rows that exist, each gets the quantity of the latest applied
+-- event of its subscription that carries one, the value
+-- rebuild_mrr_movements() replays: left NULL, the ledger it rebuilds would
+-- count the real seats and the row one, and the next event's change of
+-- quantity would add the difference again as an expansion.  updated_at is
+-- kept (user_live_subscription orders by it).
+DO $$
+BEGIN
+	IF EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+		   WHERE attrelid = 'subscriptions'::regclass AND attname = 'quantity'
+		     AND NOT attisdropped) THEN
+		RETURN;
+	END IF;
+	ALTER TABLE subscriptions ADD COLUMN quantity bigint;
+	IF to_regclass('billing_events') IS NULL THEN
+		RETURN;
+	END IF;
+	IF EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = 'subscriptions'::regclass
+		   AND tgname = 'subscriptions_touch_updated_at') THEN
+		ALTER TABLE subscriptions DISABLE TRIGGER subscriptions_touch_updated_at;
+	END IF;
+	UPDATE subscriptions s SET quantity = q.quantity
+	FROM (SELECT DISTINCT ON (b.stripe_subscription_id) b.stripe_subscription_id,
+		     (b.payload #>> '{data,object,items,data,0,quantity}')::bigint AS quantity
+	      FROM billing_events b
+	      WHERE b.processed_at IS NOT NULL
+		AND b.event_type LIKE 'customer.subscription.%'
+		AND b.payload #>> '{data,object,id}' = b.stripe_subscription_id
+		AND jsonb_typeof(b.payload #> '{data,object,items,data,0,quantity}') = 'number'
+		AND b.payload #>> '{data,object,items,data,0,quantity}' ~ '^[0-9]{1,18}$'
+	      ORDER BY b.stripe_subscription_id, b.id DESC) q
+	WHERE q.stripe_subscription_id = s.stripe_subscription_id;
+	IF EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = 'subscriptions'::regclass
+		   AND tgname = 'subscriptions_touch_updated_at') THEN
+		ALTER TABLE subscriptions ENABLE TRIGGER subscriptions_touch_updated_at;
+	END IF;
+END
+$$;
 CALL pg_temp.ensure_constraint('subscriptions', 'subscriptions_quantity_check',
 	$c$CHECK (quantity >= 0)$c$);
 -- The snapshot counts by tier and status; MRR reads the paying rows only.
@@ -1106,6 +1173,7 @@ $fn$;
 -- ledger trigger more than its upsert.  (Its first version, mrr_monthly_of,
 -- returned one row and was dropped for that reason.)
 DROP FUNCTION IF EXISTS mrr_monthly_of(mrr_movements);
+DROP FUNCTION IF EXISTS mrr_monthly_rows(mrr_movements[]);	-- an earlier, set-at-a-time version
 CREATE OR REPLACE FUNCTION mrr_monthly_rows(m mrr_movements)
 RETURNS SETOF mrr_monthly LANGUAGE sql IMMUTABLE AS $fn$
 	SELECT m.currency, date_trunc('month', m.effective_at AT TIME ZONE 'UTC')::date,
@@ -1962,6 +2030,14 @@ BEGIN
 	END LOOP;
 END
 $$;
+-- Upgrade: what earlier versions had for closed months and the monthly
+-- figures, replaced by the above (the triggers of the same names now call
+-- usage_closed_months_forget) and read by nothing; the indexes cost every
+-- usage increment and ledger row a write.
+DROP TABLE IF EXISTS usage_monthly;
+DROP FUNCTION IF EXISTS usage_monthly_forget();
+DROP INDEX IF EXISTS usage_tracking_period_type_idx;
+DROP INDEX IF EXISTS mrr_movements_series_idx;
 
 -- Sums the closed months of p_from .. p_to that usage_closed_months lacks
 -- and returns the months of the range that are still open, to be summed

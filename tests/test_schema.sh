@@ -328,6 +328,80 @@ else
 fi
 rejects "a notification of an unknown kind is refused" \
 	"INSERT INTO notifications (kind) VALUES ('newsletter')" "notifications_kind_check"
+
+# Upgrade path: what earlier versions had for closed months and the monthly
+# figures (usage_monthly, a second mrr_monthly_rows, two more indexes) is gone.
+DB=postgres run "CREATE DATABASE billing_leftovers"
+apply "$SCHEMA_SQL" billing_leftovers
+DB=billing_leftovers run "CREATE TABLE usage_monthly (month date, usage_type text, users bigint, total bigint,
+	PRIMARY KEY (month, usage_type));
+     CREATE FUNCTION usage_monthly_forget() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NULL; END';
+     CREATE FUNCTION mrr_monthly_rows(p_rows mrr_movements[]) RETURNS SETOF mrr_monthly
+	LANGUAGE sql AS 'SELECT * FROM mrr_monthly';
+     CREATE INDEX usage_tracking_period_type_idx ON usage_tracking (period_start, usage_type) INCLUDE (amount, tier);
+     CREATE INDEX mrr_movements_series_idx ON mrr_movements (currency, effective_at)"
+if apply "$SCHEMA_SQL" billing_leftovers; then
+	DB=billing_leftovers is "an upgrade drops the objects earlier versions left behind" \
+		"SELECT concat_ws(',', to_regclass('usage_monthly'), to_regclass('usage_tracking_period_type_idx'),
+			to_regclass('mrr_movements_series_idx'), to_regprocedure('usage_monthly_forget()'),
+			to_regprocedure('mrr_monthly_rows(mrr_movements[])'))" ""
+else
+	fail "an upgrade drops the objects earlier versions left behind"
+	diag <"$tmp/apply.log"
+fi
+
+# Upgrade path: subscriptions from before the quantity column get the seats of
+# their latest applied event, so a rebuilt ledger agrees with mrr_now; their
+# updated_at is kept.
+DB=billing_leftovers run "ALTER TABLE subscriptions DROP COLUMN quantity CASCADE;
+     DROP TRIGGER subscriptions_mrr_ledger_insert ON subscriptions;
+     DROP TRIGGER subscriptions_mrr_ledger_delete ON subscriptions;
+     INSERT INTO subscriptions (user_id, stripe_customer_id, stripe_subscription_id, tier, status,
+	billing_interval, unit_amount, currency, last_event_id, last_event_created, updated_at)
+     VALUES ('u-q', 'cus_q', 'sub_q', 'pro', 'active', 'monthly', 1000, 'usd', 'evt_q2',
+	'2026-01-02Z', '2026-01-03Z'),
+	    ('u-q1', 'cus_q1', 'sub_q1', 'basic', 'active', 'monthly', 500, 'usd', NULL, NULL, '2026-01-03Z');
+     INSERT INTO billing_events (stripe_event_id, event_type, stripe_subscription_id, processed_at, payload)
+     VALUES ('evt_q1', 'customer.subscription.created', 'sub_q', now(), '{\"id\":\"evt_q1\",\"created\":1767225600,
+	\"data\":{\"object\":{\"id\":\"sub_q\",\"customer\":\"cus_q\",\"status\":\"active\",\"currency\":\"usd\",
+	\"items\":{\"data\":[{\"quantity\":2,\"price\":{\"unit_amount\":1000,\"recurring\":{\"interval\":\"month\"}}}]}}}}'),
+	    ('evt_q2', 'customer.subscription.updated', 'sub_q', now(), '{\"id\":\"evt_q2\",\"created\":1767312000,
+	\"data\":{\"object\":{\"id\":\"sub_q\",\"customer\":\"cus_q\",\"status\":\"active\",\"currency\":\"usd\",
+	\"items\":{\"data\":[{\"quantity\":3,\"price\":{\"unit_amount\":1000,\"recurring\":{\"interval\":\"month\"}}}]}}}}')"
+if apply "$SCHEMA_SQL" billing_leftovers; then
+	DB=billing_leftovers is "an upgrade fills quantity from the latest event that has one, keeps updated_at" \
+		"SELECT string_agg(stripe_subscription_id || '=' || coalesce(quantity::text, 'NULL') || '/'
+			|| (updated_at = '2026-01-03Z'), ' ' ORDER BY id)
+		 FROM subscriptions WHERE stripe_subscription_id IN ('sub_q', 'sub_q1')" \
+		"sub_q=3/true sub_q1=NULL/true"
+	DB=billing_leftovers run "SELECT rebuild_mrr_movements()"
+	DB=billing_leftovers is "after the upgrade, the rebuilt ledger gives the row's monthly amount" \
+		"SELECT (SELECT sum(delta) FROM mrr_movements WHERE customer = 'cus_q') || ' '
+		     || subscription_monthly_amount(status, unit_amount, quantity, billing_interval, currency)
+		 FROM subscriptions WHERE stripe_subscription_id = 'sub_q'" \
+		"3000 3000"
+else
+	fail "an upgrade fills quantity from the events"
+	diag <"$tmp/apply.log"
+fi
+
+# Re-applying while a webhook runs: the webhook records its event, then reads
+# customers.  The file used to take customers' lock first and wait for
+# billing_events: a deadlock that killed one of them.
+( "$PSQL" -X -q -At -v ON_ERROR_STOP=1 -h "$tmp" -U postgres -d billing \
+	-c "BEGIN" \
+	-c "INSERT INTO billing_events (stripe_event_id, event_type) VALUES ('evt_during_apply', 't')" \
+	-c "SELECT pg_sleep(1)" -c "SELECT count(*) FROM customers" -c "COMMIT" \
+	>"$tmp/webhook.log" 2>&1; echo $? >"$tmp/webhook.rc" ) &
+sleep 0.3
+apply "$SCHEMA_SQL"; apply_rc=$?
+wait
+if [ "$apply_rc" = 0 ] && [ "$(cat "$tmp/webhook.rc")" = 0 ]; then
+	pass "re-applying during a webhook's transaction: both commit"
+else
+	fail "re-applying during a webhook's transaction: both commit"
+	diag <"$tmp/apply.log"; diag <"$tmp/webhook.log"
+fi
 rejects "sent and sent_at go together" \
 	"INSERT INTO notifications (kind, status) VALUES ('welcome', 'sent')" "notifications_sent_at_check"
 
