@@ -257,7 +257,7 @@ report_text(struct db *db, const struct admin_period *p, struct db_rows **rows)
 	enum db_result r;
 
 	period_days(p, from, to);
-	/* One statement, one transaction: analytics_feature_usage may fill usage_monthly. */
+	/* One statement, one transaction: analytics_feature_usage may fill usage_closed_months. */
 	r = DB_QUERY(db, rows, "SELECT analytics_report($1::date, $2::date, " SQL_CURRENCY ")",
 	    from, to, p->currency);
 	if (r != DB_OK)
