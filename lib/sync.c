@@ -560,7 +560,8 @@ sync_subscriptions(struct db *db, const struct sync_options *o)
 	if (r.since < 0 && report_missing(&r) != 0)
 		goto out;
 	error = NULL;
-	status = r.unlinked || r.missing ? SYNC_EXIT_ATTENTION : SYNC_EXIT_OK;
+	/* A listed subscription that could not be stored is one check reports as drift. */
+	status = r.unlinked || r.missing || r.skipped ? SYNC_EXIT_ATTENTION : SYNC_EXIT_OK;
 out:
 	json_object_put(page);
 	if (claimed > 0)

@@ -578,6 +578,31 @@ def test_created_while_listing(t, st, acct):
              res)
 
 
+def test_unstorable_needs_operator(t, st):
+    """A listed subscription that cannot be stored (a status Stripe added after this
+    code, say) is skipped and logged; the run then needs an operator (exit 1), as
+    check, which reports the same subscription as drift, says too."""
+    cus = "cus_sync_odd"
+    st.stripe.put_customer(cus, metadata={})
+    sub = st.stripe.create_subscriptions(id="sub_sync_odd", customer=cus,
+                                         price="price_pro_monthly", status="active",
+                                         metadata={"userId": "sync-odd-user"})[0]
+    try:
+        st.stripe.put_subscription(sub["id"], dict(sub, status="on_hold_future"))
+        r = run(st, "subscriptions", "--customer", cus)
+        sm = r.summary()
+        eq(t, (r.status, sm.get("skipped"), sm.get("unlinked"), sm.get("missing_in_stripe")),
+           (1, "1", "0", "0"), "a listed subscription in an unknown status: skipped=1, exit 1",
+           repr(r))
+        eq(t, sub_row(st, sub["id"]), None, "  ... and nothing stored for it")
+        st.stripe.put_subscription(sub["id"], sub)
+        r = run(st, "subscriptions", "--customer", cus)
+        eq(t, (r.status, r.summary().get("skipped")), (0, "0"),
+           "the same subscription in a known status: stored, exit 0", repr(r))
+    finally:
+        st.stripe.call("DELETE", "/_fake/subscriptions/" + sub["id"])
+
+
 def make_events(st, n_subs=40):
     """Subscriptions created, changed and canceled through the API (each change an
     event), trial_will_end events, an invoice, and a type we do not handle."""
@@ -746,6 +771,7 @@ def main():
         t.run(test_pace_and_errors, t, st)
         t.run(test_waits_for_customer_link, t, st)
         t.run(test_created_while_listing, t, st, acct)
+        t.run(test_unstorable_needs_operator, t, st)
     with t.guard("events"), Stack(apache=False) as st:
         t.run(test_events, t, st)
         t.run(test_events_from_oldest, t, st)
