@@ -1,3 +1,4 @@
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -127,7 +128,8 @@ line_is_proration(struct json_object *ln)
 /*
  * The lines of inv as [{"description","amount","proration"}] (all, or
  * only the non-proration ones), their sum in *sum and the latest
- * period.end among them in *end.  NULL when a line has no integer amount.
+ * period.end among them in *end.  NULL when a line has no integer amount
+ * or the amounts add up beyond 64 bits (an answer no invoice gives).
  */
 static struct json_object *
 lines_of(struct json_object *inv, int renewal_only, long long *sum, long long *end)
@@ -153,6 +155,10 @@ lines_of(struct json_object *inv, int renewal_only, long long *sum, long long *e
 		}
 		if (renewal_only && line_is_proration(ln))
 			continue;
+		if (amount > 0 ? *sum > INT64_MAX - amount : *sum < INT64_MIN - amount) {
+			json_object_put(out);
+			return NULL;
+		}
 		*sum += amount;
 		if (jsonget_path_int(ln, "period.end", &e) == 0 && e > *end)
 			*end = e;

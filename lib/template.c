@@ -80,9 +80,10 @@ text_valid(const char *s, size_t len)
 	size_t i = 0, run;
 
 	while (i < len) {
-		run = strcspn(s + i, "\t\r\n");
-		if (run > len - i)
-			run = len - i;
+		/* Within len: the text need not be NUL-terminated. */
+		for (run = 0; run < len - i && s[i + run] != '\t' && s[i + run] != '\r' &&
+		    s[i + run] != '\n'; run++)
+			;
 		if (!jsonget_clean_utf8(s + i, run))
 			return 0;
 		i += run + 1;

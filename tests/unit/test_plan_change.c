@@ -149,5 +149,20 @@ main(void)
 	ok(plan_change_preview_answer(inv, NULL, 0, PRORATION_CREATE, 1, &a) == OUT_STRIPE_ERROR,
 	   "a line without an amount: stripe error");
 	json_object_put(inv);
+
+	/* Amounts whose sum a long long cannot hold (a broken answer): refused, not wrapped. */
+	inv = invoice(1, 1, "usd",
+		      LINE(9223372036854775806, false, 9) "," LINE(9223372036854775806, false, 9));
+	ok(plan_change_preview_answer(inv, NULL, 1, PRORATION_CREATE, 1, &a) == OUT_STRIPE_ERROR &&
+	       a == NULL,
+	   "line amounts that overflow their sum: stripe error");
+	json_object_put(a);
+	json_object_put(inv);
+	inv = invoice(1, 1, "usd", LINE(-9223372036854775806, false, 9) "," LINE(-3, false, 9));
+	ok(plan_change_preview_answer(inv, NULL, 1, PRORATION_CREATE, 1, &a) == OUT_STRIPE_ERROR &&
+	       a == NULL,
+	   "line amounts that overflow their sum downwards: stripe error");
+	json_object_put(a);
+	json_object_put(inv);
 	return done_testing();
 }

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "buf.h"
@@ -188,6 +189,33 @@ test_urls(void)
 	ok(!template_url_ok(longurl, 1), "a URL over LIMIT_MAIL_VALUE is refused");
 }
 
+/*
+ * template_parse takes len bytes, not a string: text that ends where
+ * unreadable memory begins (no NUL after it) parses, and no byte past it
+ * is read (a read there would end this test with SIGSEGV).
+ */
+static void
+test_unterminated(void)
+{
+	static const char text[] = "Plan {{plan}}";
+	long page = sysconf(_SC_PAGESIZE);
+	char *map, *at, err[256];
+	struct template *t = NULL;
+
+	map = mmap(NULL, (size_t)page * 2, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+	    0);
+	if (map == MAP_FAILED || mprotect(map + page, (size_t)page, PROT_NONE) != 0) {
+		ok(0, "a guard page for the unterminated text");
+		return;
+	}
+	at = map + page - (sizeof(text) - 1);
+	memcpy(at, text, sizeof(text) - 1);
+	ok(template_parse(at, sizeof(text) - 1, names, N, &t, err, sizeof(err)) == 0 && t != NULL,
+	    "text without a NUL after it, at the end of readable memory, parses");
+	template_free(t);
+	munmap(map, (size_t)page * 2);
+}
+
 int
 main(void)
 {
@@ -195,5 +223,6 @@ main(void)
 	test_refusals();
 	test_render();
 	test_load();
+	test_unterminated();
 	return done_testing();
 }
