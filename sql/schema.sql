@@ -43,33 +43,57 @@ DO $$ BEGIN PERFORM pg_advisory_xact_lock(7294811532004411); END $$;
 -- Quiet "already exists, skipping" notices on re-runs.
 SET LOCAL client_min_messages = warning;
 
--- The tables this file alters, indexes or puts triggers on, locked at once and
--- in the order the programs' transactions reach them (webhook.cgi records the
--- event before it reads customers and writes subscriptions and what their
--- triggers write; usage.cgi stores its key before track_usage reads
--- subscriptions and plan_quotas).  Taken one by one in file order instead, by
--- a no-op ALTER TABLE ... IF NOT EXISTS as much as by a real change, and held
--- to COMMIT, they deadlocked with webhooks running meanwhile.  Waiting for a
--- lock makes every writer of that table queue behind this transaction: unless
--- the session set its own lock_timeout, give up after 5 seconds (nothing is
--- changed; run the file again).
+-- The tables this file alters, indexes or puts triggers on, locked before
+-- anything else.  Taken one by one in file order, by a no-op ALTER TABLE ...
+-- IF NOT EXISTS as much as by a real change, and held to COMMIT, they
+-- deadlocked with the programs: no one order suits them all (webhook.cgi
+-- records its event, then reads customers, then writes subscriptions; a
+-- self-service action or a console action holds its subscription across a
+-- Stripe call and then reads customers; billing-sync writes sync_changes from
+-- billing_events).  So this transaction never waits holding part of them:
+-- each try waits at most 200 ms in the queue (below deadlock_timeout, so no
+-- waiter of ours ever deadlocks), then lets go of what it took, steps aside
+-- for a moment and tries again; after 10 seconds (or the session's own
+-- lock_timeout) it gives up, having changed nothing: run the file again.
+-- Meanwhile writers wait for at most the 200 ms of a try.  The tables this
+-- file only creates wait 5 seconds at most (or the session's lock_timeout).
 DO $$
 DECLARE
 	v_tables text;
+	v_own text := pg_catalog.current_setting('lock_timeout');
+	v_limit interval := interval '10 seconds';
+	v_deadline timestamptz;
 BEGIN
-	IF pg_catalog.current_setting('lock_timeout') = '0' THEN
-		PERFORM pg_catalog.set_config('lock_timeout', '5s', true);
+	IF v_own <> '0' THEN
+		v_limit := v_own::interval;
 	END IF;
+	v_deadline := pg_catalog.clock_timestamp() + v_limit;
 	SELECT pg_catalog.string_agg(format('%I', t), ', ' ORDER BY o) INTO v_tables
 	FROM unnest(ARRAY['billing_events', 'usage_idempotency', 'customers', 'checkout_sessions',
 			  'subscriptions', 'ownership_conflicts', 'mrr_movements', 'mrr_monthly',
 			  'subscription_counts', 'plan_quotas', 'usage_tracking', 'quota_refusals',
 			  'usage_closed_months', 'notifications', 'sync_runs', 'sync_changes',
-			  'admin_audit']) WITH ORDINALITY AS x(t, o)
+			  'sync_seen', 'admin_audit', 'rate_limits']) WITH ORDINALITY AS x(t, o)
 	WHERE pg_catalog.to_regclass(format('%I', t)) IS NOT NULL;
-	IF v_tables IS NOT NULL THEN
-		EXECUTE 'LOCK TABLE ' || v_tables || ' IN ACCESS EXCLUSIVE MODE';
+	IF v_tables IS NULL THEN
+		RETURN;
 	END IF;
+	PERFORM pg_catalog.set_config('lock_timeout', '200ms', true);
+	LOOP
+		BEGIN
+			EXECUTE 'LOCK TABLE ' || v_tables || ' IN ACCESS EXCLUSIVE MODE';
+			EXIT;
+		EXCEPTION WHEN lock_not_available THEN
+			-- The failed try's locks went with its subtransaction.
+			IF pg_catalog.clock_timestamp() > v_deadline THEN
+				RAISE EXCEPTION 'schema: the tables stayed in use for % (a long query or transaction holds one); nothing was changed: run the file again', v_limit
+					USING ERRCODE = 'lock_not_available';
+			END IF;
+			PERFORM pg_catalog.pg_sleep(0.05 + 0.1 * pg_catalog.random());
+		END;
+	END LOOP;
+	PERFORM pg_catalog.set_config('lock_timeout', CASE v_own WHEN '0' THEN '5s' ELSE v_own END,
+				      true);
 END
 $$;
 
@@ -309,16 +333,21 @@ BEGIN
 		   AND tgname = 'subscriptions_touch_updated_at') THEN
 		ALTER TABLE subscriptions DISABLE TRIGGER subscriptions_touch_updated_at;
 	END IF;
+	-- The row's own last event when it carries a quantity, else the one
+	-- Stripe created last: a late older delivery has the highest id.
 	UPDATE subscriptions s SET quantity = q.quantity
 	FROM (SELECT DISTINCT ON (b.stripe_subscription_id) b.stripe_subscription_id,
 		     (b.payload #>> '{data,object,items,data,0,quantity}')::bigint AS quantity
 	      FROM billing_events b
+	      JOIN subscriptions r ON r.stripe_subscription_id = b.stripe_subscription_id
 	      WHERE b.processed_at IS NOT NULL
 		AND b.event_type LIKE 'customer.subscription.%'
 		AND b.payload #>> '{data,object,id}' = b.stripe_subscription_id
 		AND jsonb_typeof(b.payload #> '{data,object,items,data,0,quantity}') = 'number'
 		AND b.payload #>> '{data,object,items,data,0,quantity}' ~ '^[0-9]{1,18}$'
-	      ORDER BY b.stripe_subscription_id, b.id DESC) q
+	      ORDER BY b.stripe_subscription_id,
+		       b.stripe_event_id IS NOT DISTINCT FROM r.last_event_id DESC,
+		       b.occurred_at DESC NULLS LAST, b.id DESC) q
 	WHERE q.stripe_subscription_id = s.stripe_subscription_id;
 	IF EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = 'subscriptions'::regclass
 		   AND tgname = 'subscriptions_touch_updated_at') THEN

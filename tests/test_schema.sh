@@ -360,26 +360,40 @@ DB=billing_leftovers run "ALTER TABLE subscriptions DROP COLUMN quantity CASCADE
 	billing_interval, unit_amount, currency, last_event_id, last_event_created, updated_at)
      VALUES ('u-q', 'cus_q', 'sub_q', 'pro', 'active', 'monthly', 1000, 'usd', 'evt_q2',
 	'2026-01-02Z', '2026-01-03Z'),
-	    ('u-q1', 'cus_q1', 'sub_q1', 'basic', 'active', 'monthly', 500, 'usd', NULL, NULL, '2026-01-03Z');
+	    ('u-q1', 'cus_q1', 'sub_q1', 'basic', 'active', 'monthly', 500, 'usd', NULL, NULL, '2026-01-03Z'),
+	    ('u-qr', 'cus_qr', 'sub_qr', 'pro', 'active', 'monthly', 1000, 'usd', 'evt_qr2',
+	'2026-01-02Z', '2026-01-03Z');
      INSERT INTO billing_events (stripe_event_id, event_type, stripe_subscription_id, processed_at, payload)
      VALUES ('evt_q1', 'customer.subscription.created', 'sub_q', now(), '{\"id\":\"evt_q1\",\"created\":1767225600,
 	\"data\":{\"object\":{\"id\":\"sub_q\",\"customer\":\"cus_q\",\"status\":\"active\",\"currency\":\"usd\",
 	\"items\":{\"data\":[{\"quantity\":2,\"price\":{\"unit_amount\":1000,\"recurring\":{\"interval\":\"month\"}}}]}}}}'),
 	    ('evt_q2', 'customer.subscription.updated', 'sub_q', now(), '{\"id\":\"evt_q2\",\"created\":1767312000,
 	\"data\":{\"object\":{\"id\":\"sub_q\",\"customer\":\"cus_q\",\"status\":\"active\",\"currency\":\"usd\",
-	\"items\":{\"data\":[{\"quantity\":3,\"price\":{\"unit_amount\":1000,\"recurring\":{\"interval\":\"month\"}}}]}}}}')"
+	\"items\":{\"data\":[{\"quantity\":3,\"price\":{\"unit_amount\":1000,\"recurring\":{\"interval\":\"month\"}}}]}}}}');
+     -- Delivered out of order: the older event came last (the higher id) and was not applied.
+     INSERT INTO billing_events (stripe_event_id, event_type, stripe_subscription_id, processed_at,
+	occurred_at, payload)
+     VALUES ('evt_qr2', 'customer.subscription.updated', 'sub_qr', now(), '2026-01-02Z',
+	'{\"id\":\"evt_qr2\",\"created\":1767312000,
+	\"data\":{\"object\":{\"id\":\"sub_qr\",\"customer\":\"cus_qr\",\"status\":\"active\",\"currency\":\"usd\",
+	\"items\":{\"data\":[{\"quantity\":3,\"price\":{\"unit_amount\":1000,\"recurring\":{\"interval\":\"month\"}}}]}}}}'),
+	    ('evt_qr1', 'customer.subscription.created', 'sub_qr', now(), '2026-01-01Z',
+	'{\"id\":\"evt_qr1\",\"created\":1767225600,
+	\"data\":{\"object\":{\"id\":\"sub_qr\",\"customer\":\"cus_qr\",\"status\":\"active\",\"currency\":\"usd\",
+	\"items\":{\"data\":[{\"quantity\":2,\"price\":{\"unit_amount\":1000,\"recurring\":{\"interval\":\"month\"}}}]}}}}')"
 if apply "$SCHEMA_SQL" billing_leftovers; then
 	DB=billing_leftovers is "an upgrade fills quantity from the latest event that has one, keeps updated_at" \
 		"SELECT string_agg(stripe_subscription_id || '=' || coalesce(quantity::text, 'NULL') || '/'
 			|| (updated_at = '2026-01-03Z'), ' ' ORDER BY id)
-		 FROM subscriptions WHERE stripe_subscription_id IN ('sub_q', 'sub_q1')" \
-		"sub_q=3/true sub_q1=NULL/true"
+		 FROM subscriptions WHERE stripe_subscription_id IN ('sub_q', 'sub_q1', 'sub_qr')" \
+		"sub_q=3/true sub_q1=NULL/true sub_qr=3/true"
 	DB=billing_leftovers run "SELECT rebuild_mrr_movements()"
 	DB=billing_leftovers is "after the upgrade, the rebuilt ledger gives the row's monthly amount" \
-		"SELECT (SELECT sum(delta) FROM mrr_movements WHERE customer = 'cus_q') || ' '
-		     || subscription_monthly_amount(status, unit_amount, quantity, billing_interval, currency)
-		 FROM subscriptions WHERE stripe_subscription_id = 'sub_q'" \
-		"3000 3000"
+		"SELECT string_agg((SELECT sum(delta) FROM mrr_movements m WHERE m.customer = s.stripe_customer_id)
+		     || ' ' || subscription_monthly_amount(status, unit_amount, quantity, billing_interval, currency),
+		     ', ' ORDER BY id)
+		 FROM subscriptions s WHERE stripe_subscription_id IN ('sub_q', 'sub_qr')" \
+		"3000 3000, 3000 3000"
 else
 	fail "an upgrade fills quantity from the events"
 	diag <"$tmp/apply.log"
@@ -401,6 +415,66 @@ if [ "$apply_rc" = 0 ] && [ "$(cat "$tmp/webhook.rc")" = 0 ]; then
 else
 	fail "re-applying during a webhook's transaction: both commit"
 	diag <"$tmp/apply.log"; diag <"$tmp/webhook.log"
+fi
+# The other orders the programs take their tables in: a self-service or
+# console action holds its subscription across a Stripe call, then reads
+# customers; billing-sync writes sync_changes from billing_events.  No one
+# lock order suits them and the webhook both: the apply must let go and try
+# again rather than wait holding part of them.
+holder() {	# holder NAME FIRST SECOND: a transaction that reads FIRST, waits 1 s, reads SECOND
+	( "$PSQL" -X -q -At -v ON_ERROR_STOP=1 -h "$tmp" -U postgres -d billing \
+		-c "BEGIN" -c "SELECT count(*) FROM $2" -c "SELECT pg_sleep(1)" \
+		-c "SELECT count(*) FROM $3" -c "COMMIT" >"$tmp/$1.log" 2>&1
+	  echo $? >"$tmp/$1.rc" ) &
+}
+# wait_for SQL: until the query answers t (10 s at most).
+wait_for() {
+	local i
+	for i in $(seq 200); do
+		[ "$(q -c "$1" 2>/dev/null)" = t ] && return 0
+		sleep 0.05
+	done
+	return 1
+}
+held() {	# held TABLE: another session has a lock on TABLE, granted or waiting
+	wait_for "SELECT count(*) > 0 FROM pg_locks WHERE relation = to_regclass('$1')
+		AND pid <> pg_backend_pid() AND ${2:-granted}"
+}
+for order in "subscriptions customers" "sync_changes billing_events"; do
+	holder other $order
+	held "${order% *}"
+	apply "$SCHEMA_SQL"; apply_rc=$?
+	wait
+	if [ "$apply_rc" = 0 ] && [ "$(cat "$tmp/other.rc")" = 0 ]; then
+		pass "re-applying during a transaction that reads ${order% *}, then ${order#* }: both commit"
+	else
+		fail "re-applying during a transaction that reads ${order% *}, then ${order#* }: both commit"
+		diag <"$tmp/apply.log"; diag <"$tmp/other.log"
+	fi
+done
+# A transaction that keeps a table longer than the apply's lock_timeout: the
+# apply gives up, changing nothing, and writers meanwhile were not held up.
+( "$PSQL" -X -q -At -v ON_ERROR_STOP=1 -h "$tmp" -U postgres -d billing \
+	-c "BEGIN" -c "SELECT count(*) FROM subscriptions" -c "SELECT pg_sleep(3)" -c "COMMIT" \
+	>"$tmp/long.log" 2>&1; echo $? >"$tmp/long.rc" ) &
+held subscriptions
+PGOPTIONS="-c lock_timeout=1500ms" apply "$SCHEMA_SQL" & apply_pid=$!
+held subscriptions "NOT granted AND mode = 'AccessExclusiveLock'"	# the apply, trying
+writer_ms=$(q -c "SELECT round(extract(epoch FROM clock_timestamp() - now()) * 1000)
+	FROM (SELECT track_usage('u-during-apply', 'pain_entry', 1)) x" 2>&1)
+wait "$apply_pid"; apply_rc=$?
+wait
+if [ "$apply_rc" != 0 ] && grep -q "the tables stayed in use for 00:00:01.5" "$tmp/apply.log" &&
+	[ "$(cat "$tmp/long.rc")" = 0 ]; then
+	pass "a table held past the session's lock_timeout: the apply gives up and says so"
+else
+	fail "a table held past the session's lock_timeout: the apply gives up and says so"
+	diag <"$tmp/apply.log"; diag <"$tmp/long.log"
+fi
+if [ -n "$writer_ms" ] && [ "$writer_ms" -lt 1000 ] 2>/dev/null; then
+	pass "  ... and a usage write meanwhile waited $writer_ms ms, not until it gave up"
+else
+	fail "  ... and a usage write meanwhile was not held up until it gave up (got: $writer_ms)"
 fi
 rejects "sent and sent_at go together" \
 	"INSERT INTO notifications (kind, status) VALUES ('welcome', 'sent')" "notifications_sent_at_check"
