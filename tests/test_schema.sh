@@ -399,33 +399,15 @@ else
 	diag <"$tmp/apply.log"
 fi
 
-# Re-applying while a webhook runs: the webhook records its event, then reads
-# customers.  The file used to take customers' lock first and wait for
-# billing_events: a deadlock that killed one of them.
-( "$PSQL" -X -q -At -v ON_ERROR_STOP=1 -h "$tmp" -U postgres -d billing \
-	-c "BEGIN" \
-	-c "INSERT INTO billing_events (stripe_event_id, event_type) VALUES ('evt_during_apply', 't')" \
-	-c "SELECT pg_sleep(1)" -c "SELECT count(*) FROM customers" -c "COMMIT" \
-	>"$tmp/webhook.log" 2>&1; echo $? >"$tmp/webhook.rc" ) &
-sleep 0.3
-apply "$SCHEMA_SQL"; apply_rc=$?
-wait
-if [ "$apply_rc" = 0 ] && [ "$(cat "$tmp/webhook.rc")" = 0 ]; then
-	pass "re-applying during a webhook's transaction: both commit"
-else
-	fail "re-applying during a webhook's transaction: both commit"
-	diag <"$tmp/apply.log"; diag <"$tmp/webhook.log"
-fi
-# The other orders the programs take their tables in: a self-service or
-# console action holds its subscription across a Stripe call, then reads
-# customers; billing-sync writes sync_changes from billing_events.  No one
-# lock order suits them and the webhook both: the apply must let go and try
-# again rather than wait holding part of them.
-holder() {	# holder NAME FIRST SECOND: a transaction that reads FIRST, waits 1 s, reads SECOND
+# in_transaction NAME STATEMENT...: the statements in one transaction, in the
+# background; its output in $tmp/NAME.log, its exit status in $tmp/NAME.rc.
+in_transaction() {
+	local name=$1 args=(-c BEGIN) st
+	shift
+	for st in "$@"; do args+=(-c "$st"); done
 	( "$PSQL" -X -q -At -v ON_ERROR_STOP=1 -h "$tmp" -U postgres -d billing \
-		-c "BEGIN" -c "SELECT count(*) FROM $2" -c "SELECT pg_sleep(1)" \
-		-c "SELECT count(*) FROM $3" -c "COMMIT" >"$tmp/$1.log" 2>&1
-	  echo $? >"$tmp/$1.rc" ) &
+		"${args[@]}" -c COMMIT >"$tmp/$name.log" 2>&1
+	  echo $? >"$tmp/$name.rc" ) &
 }
 # wait_for SQL: until the query answers t (10 s at most).
 wait_for() {
@@ -436,27 +418,39 @@ wait_for() {
 	done
 	return 1
 }
-held() {	# held TABLE: another session has a lock on TABLE, granted or waiting
+held() {	# held TABLE [CONDITION]: another session has a lock on TABLE (granted, by default)
 	wait_for "SELECT count(*) > 0 FROM pg_locks WHERE relation = to_regclass('$1')
 		AND pid <> pg_backend_pid() AND ${2:-granted}"
 }
-for order in "subscriptions customers" "sync_changes billing_events"; do
-	holder other $order
-	held "${order% *}"
+# Re-applying while the programs' transactions take their tables, in every
+# order they do: a webhook records its event, then reads customers (the file
+# used to take customers' lock first and wait for billing_events: a deadlock
+# that killed one of them); a self-service or console action holds its
+# subscription across a Stripe call, then reads customers; billing-sync
+# writes sync_changes from billing_events.  No one lock order suits them
+# all: the apply must let go and try again rather than wait holding part of
+# them.
+for order in "billing_events customers" "subscriptions customers" "sync_changes billing_events"; do
+	first=${order% *} second=${order#* }
+	if [ "$first" = billing_events ]; then	# as the webhook does it
+		take="INSERT INTO billing_events (stripe_event_id, event_type) VALUES ('evt_during_apply', 't')"
+	else
+		take="SELECT count(*) FROM $first"
+	fi
+	in_transaction other "$take" "SELECT pg_sleep(1)" "SELECT count(*) FROM $second"
+	held "$first"
 	apply "$SCHEMA_SQL"; apply_rc=$?
 	wait
 	if [ "$apply_rc" = 0 ] && [ "$(cat "$tmp/other.rc")" = 0 ]; then
-		pass "re-applying during a transaction that reads ${order% *}, then ${order#* }: both commit"
+		pass "re-applying during a transaction that takes $first, then $second: both commit"
 	else
-		fail "re-applying during a transaction that reads ${order% *}, then ${order#* }: both commit"
+		fail "re-applying during a transaction that takes $first, then $second: both commit"
 		diag <"$tmp/apply.log"; diag <"$tmp/other.log"
 	fi
 done
 # A transaction that keeps a table longer than the apply's lock_timeout: the
 # apply gives up, changing nothing, and writers meanwhile were not held up.
-( "$PSQL" -X -q -At -v ON_ERROR_STOP=1 -h "$tmp" -U postgres -d billing \
-	-c "BEGIN" -c "SELECT count(*) FROM subscriptions" -c "SELECT pg_sleep(3)" -c "COMMIT" \
-	>"$tmp/long.log" 2>&1; echo $? >"$tmp/long.rc" ) &
+in_transaction long "SELECT count(*) FROM subscriptions" "SELECT pg_sleep(3)"
 held subscriptions
 PGOPTIONS="-c lock_timeout=1500ms" apply "$SCHEMA_SQL" & apply_pid=$!
 held subscriptions "NOT granted AND mode = 'AccessExclusiveLock'"	# the apply, trying
