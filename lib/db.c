@@ -695,6 +695,18 @@ db_commit(struct db *db)
 	return exec_raw(db, NULL, "COMMIT", 0, NULL);
 }
 
+enum db_result
+db_hold_idle(struct db *db, long ms)
+{
+	char value[24];
+
+	if (ms <= strtol(db->idle_ms, NULL, 10))
+		return DB_OK;
+	snprintf(value, sizeof(value), "%ld", ms);
+	return DB_QUERY(db, NULL, "SELECT set_config('idle_in_transaction_session_timeout', $1, true)",
+	    value);
+}
+
 void
 db_rollback(struct db *db)
 {

@@ -136,6 +136,15 @@ enum db_result db_commit(struct db *db) __attribute__((warn_unused_result));
 void db_rollback(struct db *db);
 
 /*
+ * For a caller that will leave the open transaction idle for up to ms (a
+ * mail being sent while its row stays locked): raises this transaction's
+ * idle_in_transaction_session_timeout to ms when the one db_begin set
+ * (DB_IDLE_IN_TRANSACTION_TIMEOUT_MS) is shorter, or the server would end
+ * the session meanwhile.  Never lowers it; SET LOCAL, as the others.
+ */
+enum db_result db_hold_idle(struct db *db, long ms) __attribute__((warn_unused_result));
+
+/*
  * Maps a failure to the outcome an endpoint answers with: OUT_UNAVAILABLE
  * for a lost connection, a timeout, serialization failure or deadlock
  * (worth retrying later), else OUT_INTERNAL.

@@ -50,7 +50,6 @@ int
 outbox_claim(struct db *db, const char *after, long hold_ms, struct outbox_row *row)
 {
 	struct db_rows *rows = NULL;
-	char hold[24];
 	int got = -1;
 
 	memset(row, 0, sizeof(*row));
@@ -75,12 +74,7 @@ outbox_claim(struct db *db, const char *after, long hold_ms, struct outbox_row *
 		got = 0;
 		goto out;
 	}
-	/* SET LOCAL, raised only: 0 (off) and longer settings are kept (db.h). */
-	snprintf(hold, sizeof(hold), "%ld", hold_ms);
-	if (hold_ms > 0 && DB_QUERY(db, NULL,
-	    "SELECT set_config('idle_in_transaction_session_timeout', $1, true)"
-	    " FROM pg_settings WHERE name = 'idle_in_transaction_session_timeout'"
-	    " AND setting::bigint BETWEEN 1 AND $1::bigint - 1", hold) != DB_OK) {
+	if (db_hold_idle(db, hold_ms) != DB_OK) {
 		log_msg("outbox: setting the idle-in-transaction timeout failed");
 		goto out;
 	}
