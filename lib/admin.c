@@ -615,21 +615,22 @@ audit_done(struct act *w)
 	return r == DB_OK ? OUT_OK : db_outcome(r);
 }
 
-/* After a failure, on its own (the action's transaction is rolled back). */
+/*
+ * After a failure: on its own once the action's transaction is rolled back, or
+ * in it when the action keeps the state it fetched from Stripe.
+ */
 static void
 audit_failed(struct act *w, enum outcome rc)
 {
-	struct json_object *d = response_object();
 	enum db_result r;
 
-	response_add(d, "error", json_object_new_string(outcome_code(rc)));
-	response_add(d, "summary", json_object_new_string(buf_str(&w->summary)));
+	/* With what was learnt on the way (the state before, Stripe's state found). */
+	detail_add(w, "error", json_object_new_string(outcome_code(rc)));
 	r = DB_QUERY(w->db, NULL, "UPDATE admin_audit SET result = 'failed', detail = $2::jsonb,"
 	    " finished_at = now() WHERE id = $1::bigint AND result = 'started'", w->audit,
-	    json_object_to_json_string_ext(d, JSON_C_TO_STRING_PLAIN));
+	    detail_text(w));
 	if (r != DB_OK)
 		log_msg("admin_audit %s could not be marked failed", w->audit);
-	json_object_put(d);
 }
 
 /* "admin:<audit id>": what last_event_id says about a change made here. */
@@ -647,24 +648,96 @@ sub_status(struct json_object *sub)
 	return s ? s : "unknown";
 }
 
+/* Whether a subscription in this status still bills (cancel and resume act on those only). */
+static int
+status_live(const char *status)
+{
+	return strcmp(status, "trialing") == 0 || strcmp(status, "active") == 0 ||
+	    strcmp(status, "past_due") == 0;
+}
+
+/*
+ * Whether w's action has nothing to do on a subscription in this state
+ * (where: "" for our row, " at Stripe" for Stripe's); says why.
+ */
+static int
+nothing_to_do(struct act *w, const char *status, int cape, const char *where)
+{
+	int on = status_live(status);
+
+	if (w->action == ADMIN_CANCEL_AT_PERIOD_END && (!on || cape)) {
+		say(w, "Nothing to do: subscription %s is %s%s%s.", w->target, status,
+		    cape ? " and already cancels at the period end" : "", where);
+		return 1;
+	}
+	if (w->action == ADMIN_RESUME && (!on || !cape)) {
+		say(w, "Nothing to resume: subscription %s is %s and not scheduled to cancel%s.",
+		    w->target, status, where);
+		return 1;
+	}
+	if (w->action == ADMIN_CANCEL_NOW &&
+	    (strcmp(status, "canceled") == 0 || strcmp(status, "incomplete_expired") == 0)) {
+		say(w, "Nothing to do: subscription %s has ended (%s)%s.", w->target, status, where);
+		return 1;
+	}
+	return 0;
+}
+
+/* Whether a subscription in this state is what w's action makes of it. */
+static int
+reached(const struct act *w, const char *status, int cape)
+{
+	switch (w->action) {
+	case ADMIN_CANCEL_AT_PERIOD_END:
+		return status_live(status) && cape;
+	case ADMIN_RESUME:
+		return status_live(status) && !cape;
+	default:
+		return strcmp(status, "canceled") == 0 || strcmp(status, "incomplete_expired") == 0;
+	}
+}
+
+/*
+ * The action's Stripe call.  DELETE takes no Idempotency-Key: a retry
+ * after a lost answer finds nothing (404), and the caller's fetch of the
+ * subscription then says what happened.
+ */
+static enum outcome
+call_stripe(struct act *w, const char *path, struct json_object **obj)
+{
+	struct form f;
+	char key[64];
+	enum outcome rc = OUT_INTERNAL;
+
+	if (w->action == ADMIN_CANCEL_NOW)
+		return stripe_delete(path, NULL, obj);
+	form_init(&f);
+	/* The form's nonce makes the key: a retry of this call is the same call. */
+	snprintf(key, sizeof(key), "admin-%s", w->nonce);
+	if (form_add(&f, "cancel_at_period_end",
+	    w->action == ADMIN_CANCEL_AT_PERIOD_END ? "true" : "false") == 0)
+		rc = stripe_post(path, &f, key, obj);
+	form_free(&f);
+	return rc;
+}
+
 /* Cancel at period end, cancel now, resume: under the subscription's lock. */
 static enum outcome
 act_subscription(struct act *w)
 {
 	struct db_rows *rows = NULL;
 	struct json_object *obj = NULL;
-	struct form f;
-	char path[64 + 256], key[64], source[48];
-	const char *status, *live;
-	int cape = 0, on;
+	char path[64 + 256], source[48];
+	const char *status, *verb = w->action == ADMIN_RESUME ? "resume" : "cancel";
+	const char *lost_note = "  Stripe's answer to the call was lost; this is the"
+	    " subscription as Stripe has it now.";
+	int cape = 0, lost = 0;
 	enum db_result r;
-	enum outcome rc = OUT_UNAVAILABLE;
+	enum outcome rc = OUT_UNAVAILABLE, failed = OUT_OK;
 
-	form_init(&f);
 	if (db_begin(w->db) != DB_OK || (rc = subscription_lock(w->db, w->target)) != OUT_OK)
 		goto out;
-	r = DB_QUERY(w->db, &rows, "SELECT status, cancel_at_period_end,"
-	    " status IN ('trialing', 'active', 'past_due') FROM subscriptions"
+	r = DB_QUERY(w->db, &rows, "SELECT status, cancel_at_period_end FROM subscriptions"
 	    " WHERE stripe_subscription_id = $1 AND user_id = $2", w->target, w->user);
 	if (r != DB_OK) {
 		rc = db_outcome(r);
@@ -677,41 +750,45 @@ act_subscription(struct act *w)
 	}
 	status = db_rows_get(rows, 0, 0);
 	cape = strcmp(db_rows_get(rows, 0, 1), "t") == 0;
-	live = db_rows_get(rows, 0, 2);
-	on = strcmp(live, "t") == 0;
 	rc = OUT_NO_CHANGE;
-	if (w->action == ADMIN_CANCEL_AT_PERIOD_END && (!on || cape)) {
-		say(w, "Nothing to do: subscription %s is %s%s.", w->target, status,
-		    cape ? " and already cancels at the period end" : "");
+	if (nothing_to_do(w, status, cape, ""))
 		goto out;
-	}
-	if (w->action == ADMIN_RESUME && (!on || !cape)) {
-		say(w, "Nothing to resume: subscription %s is %s and not scheduled to cancel.",
-		    w->target, status);
-		goto out;
-	}
-	if (w->action == ADMIN_CANCEL_NOW &&
-	    (strcmp(status, "canceled") == 0 || strcmp(status, "incomplete_expired") == 0)) {
-		say(w, "Nothing to do: subscription %s has ended (%s).", w->target, status);
-		goto out;
-	}
 	detail_add(w, "before", json_object_new_string(status));
 	detail_add(w, "cancel_at_period_end_before", json_object_new_boolean(cape));
 
 	snprintf(path, sizeof(path), "/v1/subscriptions/%s", w->target);
-	/* The form's nonce makes the key: a retry of this call is the same call. */
-	snprintf(key, sizeof(key), "admin-%s", w->nonce);
-	if (w->action == ADMIN_CANCEL_NOW)
-		rc = stripe_delete(path, NULL, &obj);
-	else if (form_add(&f, "cancel_at_period_end",
-		     w->action == ADMIN_CANCEL_AT_PERIOD_END ? "true" : "false") == -1)
-		rc = OUT_INTERNAL;
-	else
-		rc = stripe_post(path, &f, key, &obj);
-	if (rc != OUT_OK) {
-		say(w, "Stripe did not %s subscription %s (%s); nothing changed.",
-		    w->action == ADMIN_RESUME ? "resume" : "cancel", w->target, outcome_code(rc));
+	if ((rc = call_stripe(w, path, &obj)) == OUT_MISCONFIGURED || rc == OUT_INTERNAL) {
+		say(w, "Stripe was not called (%s); nothing changed.", outcome_code(rc));
 		goto out;
+	}
+	if (rc != OUT_OK) {
+		/*
+		 * A failure is not proof that nothing happened: the answer of a
+		 * try Stripe carried out can be lost (the DELETE retried then
+		 * finds nothing), and a refusal may mean the subscription changed
+		 * at Stripe behind our row.  What Stripe has now says which.
+		 */
+		failed = rc;
+		json_object_put(obj);
+		obj = NULL;
+		if ((rc = stripe_get(path, &obj)) != OUT_OK) {
+			if (rc == OUT_NOT_FOUND)
+				say(w, "Stripe does not know subscription %s (%s); nothing changed.",
+				    w->target, outcome_code(failed));
+			else if (failed == OUT_STRIPE_ERROR || failed == OUT_IDEMPOTENCY_CONFLICT)
+				say(w, "Stripe refused to %s subscription %s (%s); nothing changed.",
+				    verb, w->target, outcome_code(failed));
+			else
+				say(w, "Stripe gave no answer (%s), and the subscription could not be"
+				    " read back: whether subscription %s was changed is not known."
+				    "  Re-sync the customer before trying again.",
+				    outcome_code(failed), w->target);
+			rc = failed;
+			goto out;
+		}
+		lost = 1;
+		log_note("refetched", outcome_code(failed));
+		detail_add(w, "call_failed", json_object_new_string(outcome_code(failed)));
 	}
 	source_of(w, source);
 	if ((rc = subscription_store_object(w->db, obj, (long long)time(NULL), source,
@@ -720,19 +797,41 @@ act_subscription(struct act *w)
 		    " customer.", outcome_code(rc));
 		goto out;
 	}
+	cape = 0;
 	jsonget_bool(obj, "cancel_at_period_end", &cape);
 	detail_add(w, "status", json_object_new_string(sub_status(obj)));
 	detail_add(w, "cancel_at_period_end", json_object_new_boolean(cape));
+	if (lost && !reached(w, sub_status(obj), cape)) {
+		/* Stripe's state, now stored, is kept; the audit row says the action failed. */
+		if (nothing_to_do(w, sub_status(obj), cape, " at Stripe (our record was behind;"
+		    " Stripe's state is now stored)"))
+			rc = OUT_NO_CHANGE;
+		else {
+			say(w, "Stripe did not %s subscription %s (%s); as Stripe has it now it is"
+			    " unchanged (status %s, cancel_at_period_end %s): nothing changed.",
+			    verb, w->target, outcome_code(failed), sub_status(obj),
+			    cape ? "true" : "false");
+			rc = failed;
+		}
+		audit_failed(w, rc);
+		if (db_commit(w->db) != DB_OK) {
+			db_rollback(w->db);
+			say(w, "Stripe did not %s subscription %s (%s), and its state could not be"
+			    " stored; re-sync the customer.", verb, w->target, outcome_code(failed));
+		}
+		goto out;
+	}
 	if (w->action == ADMIN_CANCEL_AT_PERIOD_END)
 		say(w, "Subscription %s cancels at the end of its period (Stripe: status %s,"
-		    " cancel_at_period_end %s).", w->target, sub_status(obj), cape ? "true" : "false");
+		    " cancel_at_period_end %s).%s", w->target, sub_status(obj),
+		    cape ? "true" : "false", lost ? lost_note : "");
 	else if (w->action == ADMIN_RESUME)
 		say(w, "Subscription %s resumed: it renews at the end of its period (Stripe: status"
-		    " %s, cancel_at_period_end %s).", w->target, sub_status(obj),
-		    cape ? "true" : "false");
+		    " %s, cancel_at_period_end %s).%s", w->target, sub_status(obj),
+		    cape ? "true" : "false", lost ? lost_note : "");
 	else
-		say(w, "Subscription %s canceled now (Stripe: status %s).", w->target,
-		    sub_status(obj));
+		say(w, "Subscription %s canceled now (Stripe: status %s).%s", w->target,
+		    sub_status(obj), lost ? lost_note : "");
 	if ((rc = audit_done(w)) == OUT_OK && db_commit(w->db) != DB_OK)
 		rc = OUT_UNAVAILABLE;
 out:
@@ -740,7 +839,6 @@ out:
 		db_rollback(w->db);
 	json_object_put(obj);
 	db_rows_free(rows);
-	form_free(&f);
 	return rc;
 }
 

@@ -20,6 +20,9 @@ writes (BILLING_ADMIN_HTPASSWD), ADMIN_USERS, bearer JWTs for the API.
 - every action end to end with its admin_audit row, the database and the
   fake Stripe's state: cancel at period end (and an older event arriving
   after it), resume, cancel now, re-sync, reset usage, and a Stripe failure;
+- what Stripe really did decides the row and the audit: a cancel now whose
+  answer is lost, a change applied before 500s, a resume refused because the
+  subscription ended at Stripe unseen, no answer at all;
 - the same console in the .htaccess layout, under mod_fcgid and under
   mod_proxy_fcgi (admin.cgi's page reaches it in PATH_INFO).
 """
@@ -751,6 +754,77 @@ def test_actions(t, st):
     t.ok("nothing changed" in r.text, "the page says nothing changed")
 
 
+def new_customer(st, user, sid, **spec):
+    """A customer and subscription at Stripe, stored by its webhook event."""
+    spec.setdefault("price", "price_basic_monthly")
+    spec.setdefault("status", "active")
+    st.stripe.create_subscriptions(id=sid, customer="cus_" + user, created=NOW - 10 * DAY,
+                                   metadata={"userId": user}, **spec)
+    deliver(st, fake_sub(st, sid), created=NOW - 10 * DAY)
+
+
+def test_stripe_outcomes(t, st):
+    """What Stripe really did decides the row and the audit, not the call's answer."""
+    # Cancel now whose answer is lost: Stripe cancels, the connection is reset,
+    # and the retried DELETE finds nothing (Stripe answers a canceled
+    # subscription as an unknown one).
+    new_customer(st, "lost", "sub_lost")
+    st.stripe.fail(mode="reset_after", path="/v1/subscriptions/sub_lost", method="DELETE")
+    r = post(st, confirm(st, "cancel_now", "lost", "sub_lost"), reason="lost answer")
+    t.eq(fake_sub(st, "sub_lost")["status"], "canceled", "lost answer: Stripe canceled it")
+    t.eq(r.status, 200, "lost answer: 200, the cancellation took place")
+    t.eq(sub_row(st, "sub_lost")[0], "canceled", "lost answer: the database says canceled")
+    a = audit_last(st)
+    t.eq((a["action"], a["result"], (a["detail"] or {}).get("status")),
+         ("cancel_now", "done", "canceled"), "lost answer: audit done, canceled")
+    t.ok("nothing changed" not in r.text and "nothing changed" not in
+         (a["detail"] or {}).get("summary", ""), "lost answer: nobody is told nothing changed")
+
+    # Cancel at period end whose every answer is lost or refused: Stripe
+    # applied the first try, the retries get 500s.
+    new_customer(st, "gone5", "sub_gone5")
+    st.stripe.fail(mode="reset_after", path="/v1/subscriptions/sub_gone5", method="POST")
+    st.stripe.fail(mode="500", path="/v1/subscriptions/sub_gone5", method="POST", count=10)
+    r = post(st, confirm(st, "cancel_at_period_end", "gone5", "sub_gone5"), reason="5xx")
+    t.eq(fake_sub(st, "sub_gone5")["cancel_at_period_end"], True,
+         "applied, then 500s: Stripe cancels at period end")
+    t.eq(sub_row(st, "sub_gone5")[:2], ("active", "t"),
+         "applied, then 500s: so does the database")
+    a = audit_last(st)
+    t.eq((a["result"], (a["detail"] or {}).get("cancel_at_period_end")), ("done", True),
+         "applied, then 500s: audit done, with Stripe's state")
+
+    # Stripe refuses because the subscription changed meanwhile: the customer
+    # canceled it at Stripe and we missed the event.
+    new_customer(st, "moved", "sub_moved", cancel_at_period_end=True)
+    t.eq(sub_row(st, "sub_moved")[:2], ("active", "t"), "before: active, cancels at period end")
+    obj = fake_sub(st, "sub_moved")
+    obj.update(status="canceled", ended_at=NOW, canceled_at=NOW)
+    st.stripe.put_subscription("sub_moved", obj)
+    n = len(st.stripe.requests())
+    r = post(st, confirm(st, "resume", "moved", "sub_moved"), reason="changed state")
+    t.eq(r.status, 409, "refused for a changed subscription: 409 (nothing to resume)")
+    t.eq(sub_row(st, "sub_moved")[0], "canceled", "refused: Stripe's state is stored now")
+    a = audit_last(st)
+    t.eq((a["result"], (a["detail"] or {}).get("error"), (a["detail"] or {}).get("status")),
+         ("failed", "no_change", "canceled"), "refused: audit failed, with the state found")
+    t.eq(len([q for q in st.stripe.requests()[n:] if q.get("method") == "POST"]), 1,
+         "refused: one POST, not retried")
+
+    # Stripe down for every call: nothing is known, and nobody is told nothing changed.
+    new_customer(st, "dark", "sub_dark")
+    st.stripe.fail(mode="reset_after", path="/v1/subscriptions/sub_dark", method="POST")
+    st.stripe.fail(mode="503", path="/v1/subscriptions/sub_dark", count=20)
+    r = post(st, confirm(st, "cancel_at_period_end", "dark", "sub_dark"), reason="dark")
+    t.eq(r.status, 503, "no answer at all: 503")
+    t.eq(sub_row(st, "sub_dark")[:2], ("active", "f"), "no answer: the database is unchanged")
+    a = audit_last(st)
+    t.eq(a["result"], "failed", "no answer: audit failed")
+    t.ok("not known" in (a["detail"] or {}).get("summary", "") and "not known" in r.text
+         and "nothing changed" not in r.text,
+         "no answer: the page and audit say the outcome is not known", a)
+
+
 def test_layouts(t, variant):
     kw = {"htaccess": True} if variant == "htaccess" else {"apache_mode": variant}
     with Stack(SETTINGS, operators=OPERATORS, **kw) as st:
@@ -788,7 +862,8 @@ def main():
     with Stack(SETTINGS, operators=OPERATORS) as st:
         with t.guard("seed"):
             seed(st)
-        for fn in (test_access, test_api, test_pages, test_xss, test_csrf, test_actions):
+        for fn in (test_access, test_api, test_pages, test_xss, test_csrf, test_actions,
+                   test_stripe_outcomes):
             with t.guard(fn.__name__):
                 fn(t, st)
     for variant in ("htaccess", "fcgid", "proxy_fcgi"):
