@@ -580,28 +580,54 @@ audit_start(struct act *w, const char *reason, const char *sub, const char *type
 	return got;
 }
 
-/* A second submission of the same form: what the first one did. */
+/* The outcome whose code is code (admin_audit.detail's error); OUT_INTERNAL if none. */
+static enum outcome
+outcome_of_code(const char *code)
+{
+	int o;
+
+	for (o = OUT_OK + 1; code != NULL && o < OUT__MAX; o++)
+		if (strcmp(outcome_code((enum outcome)o), code) == 0)
+			return (enum outcome)o;
+	return OUT_INTERNAL;
+}
+
+/*
+ * A second submission of the same form: what the first one did, answered
+ * as it was then (a retried post of a failed form is not a success), or
+ * 409 while the first is still being carried out.
+ */
 static enum outcome
 audit_replay(struct act *w, struct admin_done *done)
 {
 	struct db_rows *rows = NULL;
 	enum db_result r;
-	const char *summary;
+	enum outcome rc;
+	const char *summary, *result;
 
-	r = DB_QUERY(w->db, &rows, "SELECT id, result, detail->>'summary' FROM admin_audit"
-	    " WHERE form_nonce = $1", w->nonce);
+	r = DB_QUERY(w->db, &rows, "SELECT id, result, detail->>'summary', detail->>'error'"
+	    " FROM admin_audit WHERE form_nonce = $1", w->nonce);
 	if (r != DB_OK || db_rows_count(rows) != 1) {
 		db_rows_free(rows);
 		return r != DB_OK ? db_outcome(r) : OUT_INTERNAL;
 	}
 	done->audit_id = strtoll(db_rows_get(rows, 0, 0), NULL, 10);
 	done->replayed = 1;
+	result = db_rows_get(rows, 0, 1);
 	summary = db_rows_get(rows, 0, 2);
-	say(w, "This form was already submitted (audit #%s, %s)%s%s",
-	    db_rows_get(rows, 0, 0), db_rows_get(rows, 0, 1), summary ? ": " : ".",
-	    summary ? summary : "");
+	if (strcmp(result, "started") == 0) {
+		say(w, "This form was already submitted and is still being carried out (audit"
+		    " #%s): look at the customer once it is done.", db_rows_get(rows, 0, 0));
+		rc = OUT_IDEMPOTENCY_CONFLICT;
+	} else {
+		say(w, "This form was already submitted (audit #%s, %s)%s%s%s",
+		    db_rows_get(rows, 0, 0), result, summary ? ": " : ".", summary ? summary : "",
+		    strcmp(result, "done") == 0 ? "" :
+		    "  To try again, open the confirmation again.");
+		rc = strcmp(result, "done") == 0 ? OUT_OK : outcome_of_code(db_rows_get(rows, 0, 3));
+	}
 	db_rows_free(rows);
-	return OUT_OK;
+	return rc;
 }
 
 /* Completes the audit row in the action's transaction. */
@@ -1013,7 +1039,7 @@ admin_perform(struct db *db, const char *operator, enum admin_action a, const ch
 	if (got == 0)
 		rc = audit_replay(&w, done);
 	if (got != 1)
-		goto out;
+		goto out;	/* a replay's outcome is the first submission's: not failed again */
 	done->audit_id = strtoll(w.audit, NULL, 10);
 	log_note("audit", w.audit);
 	switch (a) {

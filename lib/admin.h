@@ -127,8 +127,12 @@ struct admin_done {
  * /v1/subscriptions/{id} cancel_at_period_end, DELETE, GET
  * /v1/subscriptions?customer=) under the webhook's lock on the
  * subscription, and Stripe's answer is stored as the webhook stores a
- * fetched subscription (subscription_store_object).  OUT_OK with
- * done->summary; a form already submitted: OUT_OK with done->replayed.
+ * fetched subscription (subscription_store_object); a failed call fetches
+ * the subscription and stores what Stripe has, so a lost answer counts as
+ * done and a refusal of a changed subscription as OUT_NO_CHANGE.  OUT_OK
+ * with done->summary.  A form already submitted: done->replayed, and the
+ * outcome of that first submission (OUT_OK only if it was done), or
+ * OUT_IDEMPOTENCY_CONFLICT while it is still being carried out.
  * Otherwise OUT_NOT_FOUND (no such subscription of the user, no Stripe
  * customer), OUT_NO_CHANGE (nothing to do in the current state),
  * OUT_STRIPE_ERROR / OUT_UNAVAILABLE / OUT_MISCONFIGURED (Stripe), or a

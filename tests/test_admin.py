@@ -23,6 +23,7 @@ writes (BILLING_ADMIN_HTPASSWD), ADMIN_USERS, bearer JWTs for the API.
 - what Stripe really did decides the row and the audit: a cancel now whose
   answer is lost, a change applied before 500s, a resume refused because the
   subscription ended at Stripe unseen, no answer at all;
+- a form posted again while its first post waits on Stripe, and after it failed;
 - the same console in the .htaccess layout, under mod_fcgid and under
   mod_proxy_fcgi (admin.cgi's page reaches it in PATH_INFO).
 """
@@ -37,11 +38,13 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import DEFAULT_SETTINGS, Stack, Tap, make_jwt, stripe_signature  # noqa: E402
+from harness import (DEFAULT_SETTINGS, Stack, Tap, make_jwt, stripe_signature,  # noqa: E402
+                     wait_until)
 
 SECRET = DEFAULT_SETTINGS["STRIPE_WEBHOOK_SECRET"]
 OPERATORS = {"alice": "alice-password", "mallory": "mallory-password"}
@@ -825,6 +828,49 @@ def test_stripe_outcomes(t, st):
          "no answer: the page and audit say the outcome is not known", a)
 
 
+def armed(st, path):
+    """Failure rules of the fake still waiting for a call to path."""
+    return [r for r in st.stripe.call("GET", "/_fake/fail") or [] if r.get("path") == path]
+
+
+def test_resubmits(t, st):
+    """A form posted again: while the first is at Stripe, after it failed."""
+    # A double click: the second post arrives while the first waits on Stripe.
+    new_customer(st, "dbl", "sub_dbl")
+    form = confirm(st, "cancel_at_period_end", "dbl", "sub_dbl")
+    st.stripe.fail(mode="slow", delay=2, path="/v1/subscriptions/sub_dbl", method="POST")
+    first = {}
+    th = threading.Thread(target=lambda: first.update(r=post(st, form, reason="double click")))
+    th.start()
+    wait_until("the first post at Stripe", lambda: not armed(st, "/v1/subscriptions/sub_dbl"))
+    r = post(st, form, reason="double click")
+    th.join()
+    t.eq(first["r"].status, 200, "double click: the first post acts")
+    t.eq(r.status, 409, "double click: the second, while the first is at Stripe, is 409")
+    t.ok("still being carried out" in r.text, "...saying the first is still being carried out")
+    t.eq(len(stripe_calls(st, "POST", "/v1/subscriptions/sub_dbl")), 1, "double click: one Stripe call")
+    t.eq(st.psql("SELECT result FROM admin_audit WHERE stripe_subscription_id = 'sub_dbl'"),
+         [["done"]], "double click: one audit row, done")
+    r = post(st, form, reason="double click")
+    t.eq(r.status, 200, "the same form after it was done: 200, as done")
+    t.ok("already submitted" in r.text and 'class="msg ok"' in r.text, "...saying so")
+
+    # A failed form posted again: answered as it failed, not as a success, and not tried again.
+    new_customer(st, "rep", "sub_rep")
+    st.stripe.fail(mode="503", path="/v1/subscriptions/sub_rep", count=20)
+    form = confirm(st, "cancel_now", "rep", "sub_rep")
+    r = post(st, form, reason="down")
+    t.eq(r.status, 503, "Stripe down: 503")
+    n = len(st.stripe.requests())
+    r = post(st, form, reason="down")
+    t.eq(r.status, 503, "the failed form posted again: 503 as then, not 200")
+    t.ok("already submitted" in r.text and 'class="msg err"' in r.text,
+         "...saying it was already submitted, as an error")
+    t.eq(len(st.stripe.requests()), n, "...and not sent to Stripe again")
+    t.eq(int(st.psql_one("SELECT count(*) FROM admin_audit WHERE stripe_subscription_id = 'sub_rep'")),
+         1, "one audit row for the failed form")
+
+
 def test_layouts(t, variant):
     kw = {"htaccess": True} if variant == "htaccess" else {"apache_mode": variant}
     with Stack(SETTINGS, operators=OPERATORS, **kw) as st:
@@ -863,7 +909,7 @@ def main():
         with t.guard("seed"):
             seed(st)
         for fn in (test_access, test_api, test_pages, test_xss, test_csrf, test_actions,
-                   test_stripe_outcomes):
+                   test_stripe_outcomes, test_resubmits):
             with t.guard(fn.__name__):
                 fn(t, st)
     for variant in ("htaccess", "fcgid", "proxy_fcgi"):
