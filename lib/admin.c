@@ -832,8 +832,16 @@ act_subscription(struct act *w)
 		if (nothing_to_do(w, sub_status(obj), cape, " at Stripe (our record was behind;"
 		    " Stripe's state is now stored)"))
 			rc = OUT_NO_CHANGE;
-		else {
-			say(w, "Stripe did not %s subscription %s (%s); as Stripe has it now it is"
+		else if (failed == OUT_UNAVAILABLE) {
+			/* A try that timed out may still be running at Stripe. */
+			say(w, "Stripe gave no answer (%s); as Stripe has subscription %s now it is"
+			    " unchanged (status %s, cancel_at_period_end %s), but a try still under"
+			    " way at Stripe could yet apply: look at the customer again before"
+			    " trying again.", outcome_code(failed), w->target, sub_status(obj),
+			    cape ? "true" : "false");
+			rc = failed;
+		} else {
+			say(w, "Stripe refused to %s subscription %s (%s); as Stripe has it now it is"
 			    " unchanged (status %s, cancel_at_period_end %s): nothing changed.",
 			    verb, w->target, outcome_code(failed), sub_status(obj),
 			    cape ? "true" : "false");

@@ -22,7 +22,8 @@ writes (BILLING_ADMIN_HTPASSWD), ADMIN_USERS, bearer JWTs for the API.
   after it), resume, cancel now, re-sync, reset usage, and a Stripe failure;
 - what Stripe really did decides the row and the audit: a cancel now whose
   answer is lost, a change applied before 500s, a resume refused because the
-  subscription ended at Stripe unseen, no answer at all;
+  subscription ended at Stripe unseen, a try that outlasts every timeout and
+  is applied later, no answer at all;
 - a form posted again while its first post waits on Stripe, and after it failed;
 - the same console in the .htaccess layout, under mod_fcgid and under
   mod_proxy_fcgi (admin.cgi's page reaches it in PATH_INFO).
@@ -754,7 +755,8 @@ def test_actions(t, st):
     t.eq(fake_sub(st, "sub_fay")["status"], "active", "Stripe unchanged")
     t.eq((audit_last(st)["action"], audit_last(st)["result"]), ("cancel_now", "failed"),
          "audit: the attempt, failed")
-    t.ok("nothing changed" in r.text, "the page says nothing changed")
+    t.ok("unchanged" in r.text and "could yet apply" in r.text,
+         "the page says Stripe has it unchanged, and that a try under way could yet apply")
 
 
 def new_customer(st, user, sid, **spec):
@@ -813,6 +815,19 @@ def test_stripe_outcomes(t, st):
          ("failed", "no_change", "canceled"), "refused: audit failed, with the state found")
     t.eq(len([q for q in st.stripe.requests()[n:] if q.get("method") == "POST"]), 1,
          "refused: one POST, not retried")
+
+    # A try that outlasts every timeout: the retries find its key in flight
+    # (409), Stripe has it unchanged when read back, and then applies it.
+    new_customer(st, "late", "sub_late")
+    st.stripe.fail(mode="slow", delay=10, path="/v1/subscriptions/sub_late", method="POST")
+    r = post(st, confirm(st, "cancel_at_period_end", "late", "sub_late"), reason="slow")
+    t.eq(r.status, 503, "a try longer than every timeout: 503")
+    t.ok("nothing changed" not in r.text and "could yet apply" in r.text,
+         "...not 'nothing changed': the try under way could yet apply")
+    wait_until("Stripe applying the slow try",
+               lambda: fake_sub(st, "sub_late")["cancel_at_period_end"], seconds=15)
+    t.ok("nothing changed" not in (audit_last(st)["detail"] or {}).get("summary", ""),
+         "...and Stripe did apply it: the audit never said nothing changed")
 
     # Stripe down for every call: nothing is known, and nobody is told nothing changed.
     new_customer(st, "dark", "sub_dark")
