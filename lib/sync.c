@@ -709,6 +709,28 @@ out:
 	return ret;
 }
 
+/*
+ * Whether Stripe still has the event a continued run stopped at.  Stripe
+ * keeps events 30 days: a run stopped near the start of that window and
+ * continued later holds a cursor that ending_before refuses for good
+ * (400 resource_missing), and every later run, continuing it, would stop
+ * there too.  1 kept, 0 gone, -1 Stripe did not answer.
+ */
+static int
+cursor_kept(const char *cursor)
+{
+	struct json_object *obj = NULL;
+	char path[32 + LIMIT_STRIPE_ID_LEN];
+	enum outcome rc;
+
+	if (!stripe_id_valid(cursor))
+		return 0;
+	snprintf(path, sizeof(path), "/v1/events/%s", cursor);
+	rc = stripe_get(path, &obj);
+	json_object_put(obj);
+	return rc == OUT_OK ? 1 : rc == OUT_NOT_FOUND ? 0 : -1;
+}
+
 int
 sync_events(struct db *db, const struct sync_options *o)
 {
@@ -718,7 +740,7 @@ sync_events(struct db *db, const struct sync_options *o)
 	long long since = o->since >= 0 ? o->since : now - LIMIT_SYNC_EVENTS_SINCE_S;
 	const char *error = "stopped";
 	char when[32];
-	int has_more = 1, claimed = -1, status = SYNC_EXIT_ERROR;
+	int has_more = 1, claimed = -1, status = SYNC_EXIT_ERROR, kept = 1;
 	size_t n;
 
 	if (since < now - LIMIT_EVENTS_DAYS * 86400LL) {
@@ -732,6 +754,23 @@ sync_events(struct db *db, const struct sync_options *o)
 		status = claimed == 0 ? SYNC_EXIT_OK : SYNC_EXIT_ERROR;
 		error = NULL;
 		goto out;
+	}
+	if (r.cursor != NULL && (kept = cursor_kept(r.cursor)) <= 0) {
+		if (kept < 0) {
+			error = "Stripe did not answer for the run's cursor";
+			goto out;
+		}
+		/*
+		 * What followed it may be gone too: nothing tells which events
+		 * were.  The run goes on from where a new one would start;
+		 * subscriptions repairs what the lost events changed.
+		 */
+		log_msg("event %s, where run %s stopped, is no longer at Stripe (events are kept"
+		    " %d days): events after it may be gone too; going on from the oldest one"
+		    " kept; run billing-sync subscriptions to repair what they changed", r.cursor,
+		    r.id, LIMIT_EVENTS_DAYS);
+		free(r.cursor);
+		r.cursor = NULL;
 	}
 	if (r.cursor == NULL && events_start(&r) != 0)
 		goto out;
@@ -756,7 +795,7 @@ sync_events(struct db *db, const struct sync_options *o)
 			    " %ld duplicates\n", r.pages, r.objects, r.applied, r.duplicates);
 	}
 	error = NULL;
-	status = SYNC_EXIT_OK;
+	status = kept ? SYNC_EXIT_OK : SYNC_EXIT_ATTENTION;
 out:
 	json_object_put(page);
 	if (claimed > 0)
