@@ -611,8 +611,9 @@ handle_event(struct run *r, struct json_object *obj)
 	const char *id = jsonget_str(obj, "id");
 	struct subscription_event ev = { 0 };
 	struct json_object *reply = NULL;
+	struct db_rows *rows = NULL;
 	enum outcome rc;
-	int dup = 0, ignored = 0, ret = -1;
+	int dup = 0, ignored = 0, recorded, ret = -1;
 
 	if (raw == NULL || subscription_event_parse(raw, strlen(raw), &ev) != OUT_OK) {
 		log_msg("a listed event that is no event: skipped");
@@ -632,21 +633,34 @@ handle_event(struct run *r, struct json_object *obj)
 	jsonget_bool(reply, "ignored", &ignored);
 	if (db_begin(r->db) != DB_OK)
 		goto out;
-	if (!dup && DB_QUERY(r->db, NULL, "INSERT INTO sync_changes (run_id, kind,"
+	/*
+	 * The change is recorded when billing-sync applied the event and no
+	 * run recorded it yet.  That holds for a duplicate too when a process
+	 * was killed after the event's transaction and before this one: the
+	 * event is a duplicate for every later run, which would otherwise
+	 * leave the change out of sync_changes for good.
+	 */
+	if (DB_QUERY(r->db, &rows, "INSERT INTO sync_changes (run_id, kind,"
 	    " stripe_subscription_id, stripe_customer_id, user_id, stripe_event_id, reason)"
-	    " SELECT $1::bigint, 'event_applied', stripe_subscription_id, stripe_customer_id,"
-	    " user_id, stripe_event_id, $3 || event_type || $4 FROM billing_events"
-	    " WHERE stripe_event_id = $2", r->id, ev.id, "missed by the webhook: ",
+	    " SELECT $1::bigint, 'event_applied', b.stripe_subscription_id, b.stripe_customer_id,"
+	    " b.user_id, b.stripe_event_id, $3 || b.event_type || $4 FROM billing_events b"
+	    " WHERE b.stripe_event_id = $2 AND b.source = 'sync' AND NOT EXISTS (SELECT"
+	    " FROM sync_changes c WHERE c.stripe_event_id = b.stripe_event_id"
+	    " AND c.kind = 'event_applied') RETURNING id", r->id, ev.id, "missed by the webhook: ",
 	    ignored ? " (recorded only)" : "") != DB_OK) {
 		db_rollback(r->db);
 		goto out;
 	}
-	if (run_step(r, ev.id, 1, !dup) != 0 || db_commit(r->db) != DB_OK) {
+	recorded = db_rows_count(rows) > 0;
+	if (run_step(r, ev.id, 1, recorded) != 0 || db_commit(r->db) != DB_OK) {
 		db_rollback(r->db);
 		goto out;
 	}
+	if (dup && recorded)
+		log_msg("event %s (%s): applied by a billing-sync process that stopped before"
+		    " recording it: recorded now", ev.id, ev.type);
 	r->objects++;
-	if (dup)
+	if (dup && !recorded)
 		r->duplicates++;
 	else if (ignored)
 		r->ignored++;
@@ -654,6 +668,7 @@ handle_event(struct run *r, struct json_object *obj)
 		r->applied++;
 	ret = 0;
 out:
+	db_rows_free(rows);
 	json_object_put(reply);
 	subscription_event_free(&ev);
 	return ret;
