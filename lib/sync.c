@@ -616,7 +616,12 @@ handle_event(struct run *r, struct json_object *obj)
 	int dup = 0, ignored = 0, recorded, ret = -1;
 
 	if (raw == NULL || subscription_event_parse(raw, strlen(raw), &ev) != OUT_OK) {
-		log_msg("a listed event that is no event: skipped");
+		/*
+		 * Whatever it changed stays unapplied: the run needs an operator
+		 * (exit 1), as a listed subscription that cannot be stored does.
+		 */
+		log_msg("listed event %s is not an event we can read: skipped; billing-sync"
+		    " subscriptions repairs what it changed", stripe_id_valid(id) ? id : "(no valid id)");
 		r->skipped++;
 		ret = stripe_id_valid(id) ? run_step(r, id, 1, 0) : 0;
 		goto out;
@@ -810,7 +815,7 @@ sync_events(struct db *db, const struct sync_options *o)
 			    " %ld duplicates\n", r.pages, r.objects, r.applied, r.duplicates);
 	}
 	error = NULL;
-	status = kept ? SYNC_EXIT_OK : SYNC_EXIT_ATTENTION;
+	status = kept && r.skipped == 0 ? SYNC_EXIT_OK : SYNC_EXIT_ATTENTION;
 out:
 	json_object_put(page);
 	if (claimed > 0)

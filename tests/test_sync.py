@@ -17,6 +17,7 @@ PostgreSQL, with the built program (bin/billing-sync) as cron would run it.
     on from the oldest event kept, exit 1 (events may be lost), not stuck
   * killed after an event's transaction, before its cursor step: the restart
     records the change the killed process made (sync_changes)
+  * a listed event that is no event we can read: skipped, exit 1
   * SYNC_MAX_RPS paces the requests; no secret in what it prints
 """
 import json
@@ -847,6 +848,24 @@ def test_events_killed_after_apply(t, st):
     events_rows_match(t, st, subs, "killed after apply")
 
 
+def test_events_malformed(t, st):
+    """A listed event we cannot read is skipped, and the run says it needs an operator."""
+    subs, trials, evs = fresh_events(st, 5)
+    sub = st.stripe.create_subscriptions(customer="cus_evbad", price="price_pro_monthly",
+                                         metadata={"userId": "ev-bad"})[0]
+    # created is not a whole number of seconds: subscription_event_parse refuses it.
+    bad = st.stripe.add_events([{"type": "customer.subscription.updated",
+                                 "created": time.time() + 0.5, "data": {"object": sub}}])[0]
+    r = run(st, "events")
+    s = r.summary()
+    eq(t, (r.status, s.get("skipped"), s.get("applied")), (1, "1", str(len(evs))),
+       "malformed event: skipped, the others applied, exit 1", repr(r))
+    t.ok(bad in r.stderr and "billing-sync subscriptions" in r.stderr,
+         "...the log names the event and what repairs its object", r.stderr[-800:])
+    eq(t, count(st, "billing_events", f"stripe_event_id = '{bad}'"), 0,
+       "...and it is not recorded")
+
+
 def main():
     t = Tap()
     with t.guard("subscriptions"), Stack(apache=False) as st:
@@ -868,7 +887,9 @@ def main():
         t.run(test_events_race, t, st)
         t.run(test_events_expired_cursor, t, st)
         t.run(test_events_killed_after_apply, t, st)
+        t.run(test_events_malformed, t, st)
         t.run(test_events_killed_after_apply, t, st)
+        t.run(test_events_malformed, t, st)
     return t.done()
 
 
