@@ -48,7 +48,7 @@ struct run {
 int
 sync_parse_since(const char *arg, long long now, long long *out)
 {
-	struct tm tm;
+	struct tm tm, back;
 	const char *end;
 	char *e;
 	long long n;
@@ -81,7 +81,16 @@ sync_parse_since(const char *arg, long long now, long long *out)
 		end = strptime(end, "T%H:%M:%SZ", &tm);
 	if (end == NULL || *end != '\0')
 		return -1;
-	if ((t = timegm(&tm)) == (time_t)-1)
+	/*
+	 * strptime takes any day up to 31 and second up to 61 and timegm
+	 * rolls them over ("2026-02-30" would be March 2nd): a date that
+	 * does not come back as written is no date.  A time still to come
+	 * selects nothing, so it is a mistake too (2027 for 2026).
+	 */
+	back = tm;
+	if ((t = timegm(&tm)) == (time_t)-1 || tm.tm_mday != back.tm_mday ||
+	    tm.tm_mon != back.tm_mon || tm.tm_hour != back.tm_hour ||
+	    tm.tm_min != back.tm_min || tm.tm_sec != back.tm_sec || (long long)t > now)
 		return -1;
 	*out = (long long)t;
 	return 0;
