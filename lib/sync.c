@@ -48,7 +48,7 @@ struct run {
 int
 sync_parse_since(const char *arg, long long now, long long *out)
 {
-	struct tm tm;
+	struct tm tm, back;
 	const char *end;
 	char *e;
 	long long n;
@@ -81,7 +81,16 @@ sync_parse_since(const char *arg, long long now, long long *out)
 		end = strptime(end, "T%H:%M:%SZ", &tm);
 	if (end == NULL || *end != '\0')
 		return -1;
-	if ((t = timegm(&tm)) == (time_t)-1)
+	/*
+	 * strptime takes any day up to 31 and second up to 61 and timegm
+	 * rolls them over ("2026-02-30" would be March 2nd): a date that
+	 * does not come back as written is no date.  A time still to come
+	 * selects nothing, so it is a mistake too (2027 for 2026).
+	 */
+	back = tm;
+	if ((t = timegm(&tm)) == (time_t)-1 || tm.tm_mday != back.tm_mday ||
+	    tm.tm_mon != back.tm_mon || tm.tm_hour != back.tm_hour ||
+	    tm.tm_min != back.tm_min || tm.tm_sec != back.tm_sec || (long long)t > now)
 		return -1;
 	*out = (long long)t;
 	return 0;
@@ -611,11 +620,17 @@ handle_event(struct run *r, struct json_object *obj)
 	const char *id = jsonget_str(obj, "id");
 	struct subscription_event ev = { 0 };
 	struct json_object *reply = NULL;
+	struct db_rows *rows = NULL;
 	enum outcome rc;
-	int dup = 0, ignored = 0, ret = -1;
+	int dup = 0, ignored = 0, recorded, ret = -1;
 
 	if (raw == NULL || subscription_event_parse(raw, strlen(raw), &ev) != OUT_OK) {
-		log_msg("a listed event that is no event: skipped");
+		/*
+		 * Whatever it changed stays unapplied: the run needs an operator
+		 * (exit 1), as a listed subscription that cannot be stored does.
+		 */
+		log_msg("listed event %s is not an event we can read: skipped; billing-sync"
+		    " subscriptions repairs what it changed", stripe_id_valid(id) ? id : "(no valid id)");
 		r->skipped++;
 		ret = stripe_id_valid(id) ? run_step(r, id, 1, 0) : 0;
 		goto out;
@@ -632,21 +647,34 @@ handle_event(struct run *r, struct json_object *obj)
 	jsonget_bool(reply, "ignored", &ignored);
 	if (db_begin(r->db) != DB_OK)
 		goto out;
-	if (!dup && DB_QUERY(r->db, NULL, "INSERT INTO sync_changes (run_id, kind,"
+	/*
+	 * The change is recorded when billing-sync applied the event and no
+	 * run recorded it yet.  That holds for a duplicate too when a process
+	 * was killed after the event's transaction and before this one: the
+	 * event is a duplicate for every later run, which would otherwise
+	 * leave the change out of sync_changes for good.
+	 */
+	if (DB_QUERY(r->db, &rows, "INSERT INTO sync_changes (run_id, kind,"
 	    " stripe_subscription_id, stripe_customer_id, user_id, stripe_event_id, reason)"
-	    " SELECT $1::bigint, 'event_applied', stripe_subscription_id, stripe_customer_id,"
-	    " user_id, stripe_event_id, $3 || event_type || $4 FROM billing_events"
-	    " WHERE stripe_event_id = $2", r->id, ev.id, "missed by the webhook: ",
+	    " SELECT $1::bigint, 'event_applied', b.stripe_subscription_id, b.stripe_customer_id,"
+	    " b.user_id, b.stripe_event_id, $3 || b.event_type || $4 FROM billing_events b"
+	    " WHERE b.stripe_event_id = $2 AND b.source = 'sync' AND NOT EXISTS (SELECT"
+	    " FROM sync_changes c WHERE c.stripe_event_id = b.stripe_event_id"
+	    " AND c.kind = 'event_applied') RETURNING id", r->id, ev.id, "missed by the webhook: ",
 	    ignored ? " (recorded only)" : "") != DB_OK) {
 		db_rollback(r->db);
 		goto out;
 	}
-	if (run_step(r, ev.id, 1, !dup) != 0 || db_commit(r->db) != DB_OK) {
+	recorded = db_rows_count(rows) > 0;
+	if (run_step(r, ev.id, 1, recorded) != 0 || db_commit(r->db) != DB_OK) {
 		db_rollback(r->db);
 		goto out;
 	}
+	if (dup && recorded)
+		log_msg("event %s (%s): applied by a billing-sync process that stopped before"
+		    " recording it: recorded now", ev.id, ev.type);
 	r->objects++;
-	if (dup)
+	if (dup && !recorded)
 		r->duplicates++;
 	else if (ignored)
 		r->ignored++;
@@ -654,6 +682,7 @@ handle_event(struct run *r, struct json_object *obj)
 		r->applied++;
 	ret = 0;
 out:
+	db_rows_free(rows);
 	json_object_put(reply);
 	subscription_event_free(&ev);
 	return ret;
@@ -709,6 +738,28 @@ out:
 	return ret;
 }
 
+/*
+ * Whether Stripe still has the event a continued run stopped at.  Stripe
+ * keeps events 30 days: a run stopped near the start of that window and
+ * continued later holds a cursor that ending_before refuses for good
+ * (400 resource_missing), and every later run, continuing it, would stop
+ * there too.  1 kept, 0 gone, -1 Stripe did not answer.
+ */
+static int
+cursor_kept(const char *cursor)
+{
+	struct json_object *obj = NULL;
+	char path[32 + LIMIT_STRIPE_ID_LEN];
+	enum outcome rc;
+
+	if (!stripe_id_valid(cursor))
+		return 0;
+	snprintf(path, sizeof(path), "/v1/events/%s", cursor);
+	rc = stripe_get(path, &obj);
+	json_object_put(obj);
+	return rc == OUT_OK ? 1 : rc == OUT_NOT_FOUND ? 0 : -1;
+}
+
 int
 sync_events(struct db *db, const struct sync_options *o)
 {
@@ -718,7 +769,7 @@ sync_events(struct db *db, const struct sync_options *o)
 	long long since = o->since >= 0 ? o->since : now - LIMIT_SYNC_EVENTS_SINCE_S;
 	const char *error = "stopped";
 	char when[32];
-	int has_more = 1, claimed = -1, status = SYNC_EXIT_ERROR;
+	int has_more = 1, claimed = -1, status = SYNC_EXIT_ERROR, kept = 1;
 	size_t n;
 
 	if (since < now - LIMIT_EVENTS_DAYS * 86400LL) {
@@ -732,6 +783,23 @@ sync_events(struct db *db, const struct sync_options *o)
 		status = claimed == 0 ? SYNC_EXIT_OK : SYNC_EXIT_ERROR;
 		error = NULL;
 		goto out;
+	}
+	if (r.cursor != NULL && (kept = cursor_kept(r.cursor)) <= 0) {
+		if (kept < 0) {
+			error = "Stripe did not answer for the run's cursor";
+			goto out;
+		}
+		/*
+		 * What followed it may be gone too: nothing tells which events
+		 * were.  The run goes on from where a new one would start;
+		 * subscriptions repairs what the lost events changed.
+		 */
+		log_msg("event %s, where run %s stopped, is no longer at Stripe (events are kept"
+		    " %d days): events after it may be gone too; going on from the oldest one"
+		    " kept; run billing-sync subscriptions to repair what they changed", r.cursor,
+		    r.id, LIMIT_EVENTS_DAYS);
+		free(r.cursor);
+		r.cursor = NULL;
 	}
 	if (r.cursor == NULL && events_start(&r) != 0)
 		goto out;
@@ -756,7 +824,7 @@ sync_events(struct db *db, const struct sync_options *o)
 			    " %ld duplicates\n", r.pages, r.objects, r.applied, r.duplicates);
 	}
 	error = NULL;
-	status = SYNC_EXIT_OK;
+	status = kept && r.skipped == 0 ? SYNC_EXIT_OK : SYNC_EXIT_ATTENTION;
 out:
 	json_object_put(page);
 	if (claimed > 0)

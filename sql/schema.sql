@@ -768,6 +768,9 @@ CALL pg_temp.ensure_constraint('sync_changes', 'sync_changes_kind_check',
 	$c$CHECK (kind IN ('created', 'updated', 'customer_linked', 'event_applied'))$c$);
 CREATE INDEX IF NOT EXISTS sync_changes_run_id_idx ON sync_changes (run_id);
 CREATE INDEX IF NOT EXISTS sync_changes_stripe_subscription_id_idx ON sync_changes (stripe_subscription_id);
+-- billing-sync events asks, for each event it lists, whether a run recorded it.
+CREATE INDEX IF NOT EXISTS sync_changes_stripe_event_id_idx ON sync_changes (stripe_event_id)
+	WHERE stripe_event_id IS NOT NULL;
 
 -- The subscriptions an open `subscriptions` run has seen in Stripe's list, so
 -- that at its end the rows Stripe does not have can be reported (never

@@ -31,8 +31,9 @@ Stripe behaviour modelled (docs.stripe.com/api, Stripe's OpenAPI definitions):
     payment_failed, billing_portal.session.created), listed by GET /v1/events
   * lists newest first (created, then insertion order), limit 1..100 (default
     10), starting_after / ending_before, has_more
-  * not modelled: webhook delivery, the 30-day window of GET /v1/events, test
-    clocks, taxes, discounts, portal configurations (any id is accepted);
+  * not modelled: webhook delivery, the 30-day window of GET /v1/events (an
+    event expires on DELETE /_fake/events/{id}), test clocks, taxes,
+    discounts, portal configurations (any id is accepted);
     tests/simulator.py adds hosted pages, a clock and webhook delivery on top
     of this fake (hooks: CLOCK_OFFSET, PAGE_BASES, EVENT_HOOKS, main(handler=))
 
@@ -91,6 +92,8 @@ Control API (no auth, JSON in and out; errors 400 {"error": "..."}):
                                       "recurring": {"interval"}, "nickname", ...}
   POST   /_fake/events                add events (an event or a list, oldest first;
                                       id, created etc. filled in); answers {"ids": [...]}
+  DELETE /_fake/events/{id}           the event expires (Stripe's 30 days): no longer
+                                      listed, retrieved or accepted as a list cursor
   POST   /_fake/decline               {"customer", "decline_code"}: that customer's
                                       payments fail until DELETE /_fake/decline/{customer}
   GET    /_fake/objects               customers, checkout_sessions, subscriptions,
@@ -2043,6 +2046,13 @@ def control_call(method, path, doc):
         return control_put_price(parts[1], doc)
     if route_ == ("POST", "events", 1):
         return control_add_events(doc)
+    if route_ == ("DELETE", "events", 2):
+        # Past Stripe's 30 days: no longer listed, retrieved or taken as a cursor.
+        with STATE.lock:
+            gone = STATE.event_ids.pop(parts[1], None)
+            if gone is not None:
+                STATE.events.remove(gone)
+        return (200 if gone else 404), {"id": parts[1], "deleted": gone is not None}
     if route_ == ("POST", "decline", 1):
         if not isinstance(doc, dict) or not isinstance(doc.get("customer"), str):
             raise ValueError('body must be {"customer": "cus_...", "decline_code": "..."}')

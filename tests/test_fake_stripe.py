@@ -1148,6 +1148,16 @@ def _():
     eq(err4(r)[0::2], (400, "parameters_exclusive"), "type and types")
     eq(control("POST", "/_fake/events", {"type": "x"}).status, 400, "event without object")
     eq(control("POST", "/_fake/events", evs[0]).status, 400, "duplicate id")
+    # an event past Stripe's 30 days: not listed, retrieved or accepted as a cursor
+    eq(control("DELETE", "/_fake/events/" + evs[0]["id"]).status, 200, "expire")
+    eq(control("DELETE", "/_fake/events/" + evs[0]["id"]).status, 404, "expire again: 404")
+    eq([e["id"] for p in walk("/v1/events", limit=5) for e in p["data"]],
+       [e["id"] for e in reversed(evs[1:])], "expired: not listed")
+    eq(api_get("/v1/events/" + evs[0]["id"]).err("code"), "resource_missing",
+       "expired: GET resource_missing")
+    eq(err4(api_get("/v1/events?ending_before=" + evs[0]["id"])),
+       (400, "invalid_request_error", "resource_missing", "ending_before"),
+       "expired: refused as a cursor")
     # events the fake records itself
     sub = active_sub()
     sub_post(sub["id"], [("cancel_at_period_end", "true")], idem="evt-cape")

@@ -13,6 +13,11 @@ PostgreSQL, with the built program (bin/billing-sync) as cron would run it.
   * events the webhook never received: applied once, oldest first, from the
     newest event before --since (or from the oldest one when there is none);
     again while webhook.cgi delivers the same events: each recorded once
+  * an events run stopped, then continued after its cursor expired at Stripe:
+    on from the oldest event kept, exit 1 (events may be lost), not stuck
+  * killed after an event's transaction, before its cursor step: the restart
+    records the change the killed process made (sync_changes)
+  * a listed event that is no event we can read: skipped, exit 1
   * SYNC_MAX_RPS paces the requests; no secret in what it prints
 """
 import json
@@ -757,6 +762,110 @@ def test_events_race(t, st):
     events_rows_match(t, st, subs, "race")
 
 
+def test_events_expired_cursor(t, st):
+    """A stopped run is continued after its cursor left Stripe's 30 days."""
+    subs, trials, evs = fresh_events(st, 80)
+    # From the oldest: probe, two pages down, then page 1 forwards; page 2 stops the run.
+    st.stripe.fail(mode="429", path="/v1/events", method="GET", at=5, count=1,
+                   retry_after=600)
+    r = run(st, "events", "--since", "2h")
+    eq(t, (r.status, st.psql("SELECT cursor FROM sync_runs WHERE finished_at IS NULL")),
+       (2, [[evs[100]["id"]]]), "expired cursor: the run stopped at its cursor", repr(r))
+    # The cursor, what came before it and five events never applied expire.
+    for e in evs[:106]:
+        st.stripe.call("DELETE", "/_fake/events/" + e["id"])
+    r = run(st, "events", "--since", "2h")
+    s = r.summary()
+    eq(t, (r.status, s.get("applied"), s.get("duplicates")), (1, str(len(evs) - 106), "0"),
+       "expired cursor: the run goes on from the oldest event kept, exit 1", repr(r))
+    t.ok("billing-sync subscriptions" in r.stderr and evs[100]["id"] in r.stderr,
+         "...saying which cursor expired and what repairs what may be lost", r.stderr[-1500:])
+    eq(t, st.psql("SELECT outcome, resumed FROM sync_runs ORDER BY id"), [["done", "1"]],
+       "...as the same run, now done")
+    got = [x[0] for x in st.psql("SELECT stripe_event_id FROM billing_events ORDER BY id")]
+    eq(t, got, [e["id"] for e in evs[:101] + evs[106:]],
+       "...every event Stripe still has applied once, oldest first")
+    r = run(st, "events", "--since", "2h")
+    eq(t, (r.status, r.summary().get("duplicates")), (0, str(len(evs) - 106)),
+       "expired cursor: the next run is a normal one", repr(r))
+
+
+def test_events_killed_after_apply(t, st):
+    """Killed between an event's transaction and its cursor step: recorded on restart."""
+    subs, trials, evs = fresh_events(st, 10)
+    hold = LockHolder(st, "LOCK TABLE sync_changes IN SHARE MODE")
+    try:
+        p = start(st, "events")
+        waiting = ("SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+                   " WHERE NOT l.granted AND l.relation = 'sync_changes'::regclass")
+        wait_until("billing-sync to wait for sync_changes", lambda: st.psql_one(waiting),
+                   seconds=60)
+        backend = st.psql_one(waiting)
+        eq(t, count(st, "billing_events"), 1, "killed: the oldest event's transaction committed")
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    finally:
+        hold.release()
+    wait_until("the killed run's session to end", lambda: st.psql_one(
+        f"SELECT 1 FROM pg_stat_activity WHERE pid = {backend}") is None, seconds=30)
+    eq(t, count(st, "sync_changes"), 0, "killed: its sync_changes row went with it")
+    r = run(st, "events")
+    s = r.summary()
+    eq(t, (r.status, s.get("applied"), s.get("duplicates")), (0, str(len(evs)), "0"),
+       "restarted: the event the killed process applied counts as applied", repr(r))
+    eq(t, sorted(x[0] for x in st.psql("SELECT stripe_event_id FROM sync_changes"
+                                       " WHERE kind = 'event_applied'")),
+       sorted(e["id"] for e in evs), "restarted: every event applied by sync recorded once")
+    events_rows_match(t, st, subs, "killed after apply")
+
+
+def test_events_killed_after_apply(t, st):
+    """Killed between an event's transaction and its cursor step: recorded on restart."""
+    subs, trials, evs = fresh_events(st, 10)
+    hold = LockHolder(st, "LOCK TABLE sync_changes IN SHARE MODE")
+    try:
+        p = start(st, "events")
+        waiting = ("SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+                   " WHERE NOT l.granted AND l.relation = 'sync_changes'::regclass")
+        wait_until("billing-sync to wait for sync_changes", lambda: st.psql_one(waiting),
+                   seconds=60)
+        backend = st.psql_one(waiting)
+        eq(t, count(st, "billing_events"), 1, "killed: the oldest event's transaction committed")
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    finally:
+        hold.release()
+    wait_until("the killed run's session to end", lambda: st.psql_one(
+        f"SELECT 1 FROM pg_stat_activity WHERE pid = {backend}") is None, seconds=30)
+    eq(t, count(st, "sync_changes"), 0, "killed: its sync_changes row went with it")
+    r = run(st, "events")
+    s = r.summary()
+    eq(t, (r.status, s.get("applied"), s.get("duplicates")), (0, str(len(evs)), "0"),
+       "restarted: the event the killed process applied counts as applied", repr(r))
+    eq(t, sorted(x[0] for x in st.psql("SELECT stripe_event_id FROM sync_changes"
+                                       " WHERE kind = 'event_applied'")),
+       sorted(e["id"] for e in evs), "restarted: every event applied by sync recorded once")
+    events_rows_match(t, st, subs, "killed after apply")
+
+
+def test_events_malformed(t, st):
+    """A listed event we cannot read is skipped, and the run says it needs an operator."""
+    subs, trials, evs = fresh_events(st, 5)
+    sub = st.stripe.create_subscriptions(customer="cus_evbad", price="price_pro_monthly",
+                                         metadata={"userId": "ev-bad"})[0]
+    # created is not a whole number of seconds: subscription_event_parse refuses it.
+    bad = st.stripe.add_events([{"type": "customer.subscription.updated",
+                                 "created": time.time() + 0.5, "data": {"object": sub}}])[0]
+    r = run(st, "events")
+    s = r.summary()
+    eq(t, (r.status, s.get("skipped"), s.get("applied")), (1, "1", str(len(evs))),
+       "malformed event: skipped, the others applied, exit 1", repr(r))
+    t.ok(bad in r.stderr and "billing-sync subscriptions" in r.stderr,
+         "...the log names the event and what repairs its object", r.stderr[-800:])
+    eq(t, count(st, "billing_events", f"stripe_event_id = '{bad}'"), 0,
+       "...and it is not recorded")
+
+
 def main():
     t = Tap()
     with t.guard("subscriptions"), Stack(apache=False) as st:
@@ -776,6 +885,11 @@ def main():
         t.run(test_events, t, st)
         t.run(test_events_from_oldest, t, st)
         t.run(test_events_race, t, st)
+        t.run(test_events_expired_cursor, t, st)
+        t.run(test_events_killed_after_apply, t, st)
+        t.run(test_events_malformed, t, st)
+        t.run(test_events_killed_after_apply, t, st)
+        t.run(test_events_malformed, t, st)
     return t.done()
 
 

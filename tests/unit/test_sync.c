@@ -48,6 +48,13 @@ main(void)
 	is_int(since("2026-11-01T06:30:00"), -12345, "a time must say Z (UTC)");
 	is_int(since("2026-11-01T06:30:00+01:00"), -12345, "only Z");
 	is_int(since("2026-13-01"), -12345, "month 13");
+	is_int(since("2026-02-30"), -12345, "February 30th is no date (not March 2nd)");
+	is_int(since("2026-04-31"), -12345, "April 31st");
+	is_int(since("2026-11-01T06:30:60Z"), -12345, "second 60 (not the next minute)");
+	is_int(since("2024-02-29"), 1709164800LL, "a leap day");
+	is_int(since("2026-11-24T12:00:00Z"), NOW, "now");
+	is_int(since("2026-11-24T12:00:01Z"), -12345, "a time still to come");
+	is_int(since("2027-11-01"), -12345, "a date still to come");
 	is_int(since("2026-11-01x"), -12345, "trailing garbage");
 	is_int(since("99999999999999999999d"), -12345, "overflow");
 
