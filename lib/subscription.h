@@ -20,7 +20,9 @@
  *          GET /v1/subscriptions/<id> and store that object, whatever
  *          the event order.  Stripe unreachable (or refusing) → the
  *          whole transaction, billing_events row included, is rolled
- *          back and the endpoint answers 503/502 so Stripe redelivers.
+ *          back and the endpoint answers 503/502 so Stripe redelivers;
+ *          so is an answer that is not this subscription (object, id,
+ *          or a customer other than the event's or the row's: 502).
  *          404 → the event's own object, under the event-mode rule.
  *
  * event    The event's object is applied under the ordering rule:
