@@ -1054,7 +1054,11 @@ fetched_is(struct apply *a, struct json_object *obj, const char *sub, const char
 
 /*
  * Refetch mode: GET the subscription and store it (*stored = 1).  A 404
- * leaves *stored = 0 and the caller falls back to the event's own data.
+ * leaves *stored = 0 and the caller falls back to the event's own data;
+ * so does an answer older than what is known for certain: a live status
+ * for a subscription that the event deletes or the row holds ended
+ * (canceled and incomplete_expired are final at Stripe, so such an
+ * answer was read before the end; the event-mode rule keeps the end).
  * An answer that is not this subscription (fetched_is), or any other
  * Stripe failure, sets *fatal (the transaction is rolled back).  Returns
  * 0 or a db_result.
@@ -1066,6 +1070,7 @@ refetch(struct apply *a, const char *sub, const char *known_user, int *stored,
 	struct json_object *obj = NULL;
 	struct db_rows *rows = NULL;
 	char path[32 + LIMIT_STRIPE_ID_LEN];
+	const char *status, *row_status = NULL;
 	enum outcome rc;
 	int r;
 
@@ -1082,11 +1087,21 @@ refetch(struct apply *a, const char *sub, const char *known_user, int *stored,
 		return 0;
 	}
 	/* Under the subscription's lock: the row cannot change before the store. */
-	if ((r = Q(a, &rows, "SELECT stripe_customer_id FROM subscriptions"
+	if ((r = Q(a, &rows, "SELECT status, stripe_customer_id FROM subscriptions"
 	    " WHERE stripe_subscription_id = $1", sub)) != 0)
 		goto out;
-	if (!fetched_is(a, obj, sub, db_rows_get(rows, 0, 0))) {
+	if (!fetched_is(a, obj, sub, db_rows_get(rows, 0, 1))) {
 		*fatal = OUT_BAD_GATEWAY;
+		goto out;
+	}
+	status = jsonget_str(obj, "status");
+	if (db_rows_count(rows) == 1)
+		row_status = db_rows_get(rows, 0, 0);
+	if ((status == NULL || !status_final(status)) &&
+	    (is_type(a->ev, "customer.subscription.deleted") ||
+	    (row_status != NULL && status_final(row_status)))) {
+		log_msg("refetch: Stripe's answer (status %.32s) predates the subscription's end:"
+		    " using the event's object", status ? status : "-");
 		goto out;
 	}
 	r = store_subscription(a, obj, 1, 0, known_user);

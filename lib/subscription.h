@@ -23,7 +23,9 @@
  *          back and the endpoint answers 503/502 so Stripe redelivers;
  *          so is an answer that is not this subscription (object, id,
  *          or a customer other than the event's or the row's: 502).
- *          404 → the event's own object, under the event-mode rule.
+ *          404, or a live status for a subscription the event deletes
+ *          or the row holds ended (an answer read before the end) →
+ *          the event's own object, under the event-mode rule.
  *
  * event    The event's object is applied under the ordering rule:
  *          - no row yet: applied;

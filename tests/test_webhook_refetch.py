@@ -1,6 +1,7 @@
 """webhook.cgi in refetch mode against a hostile or broken Stripe: answers
 that are not the subscription asked for (another id, another customer,
-another object, an error inside a 200), bodies that are not JSON, cut short, too large or too deep, redirects,
+another object, an error inside a 200), answers older than a subscription's
+end, bodies that are not JSON, cut short, too large or too deep, redirects,
 429/5xx/resets, and two events of one subscription whose first fetch is
 slow.  Every refusal leaves nothing written, and the redelivery is applied
 once.  Real PostgreSQL, real Apache (tests/harness.py); Stripe is the fake.
@@ -121,6 +122,46 @@ def test_not_the_subscription(t):
              "a subscription served as text/plain is still the subscription (the body decides)")
 
 
+def test_ended(t):
+    """canceled and incomplete_expired are final at Stripe: a live answer
+    read before the end neither undoes a deletion nor brings the row back."""
+    with Stack(settings=REFETCH) as st:
+        seed(st)
+        ev = event("customer.subscription.deleted", id="evt_del_stale")
+        r = deliver(st, ev)
+        row = sub_row(st, SUB42)
+        t.eq((r.status, row["status"], row["ended_at"]),
+             (200, "canceled", ev["data"]["object"]["ended_at"]),
+             "a deletion with Stripe still answering active: the deletion is stored")
+        st.stripe.put_subscription(SUB42, current())
+        r = deliver(st, event("invoice.paid", id="evt_paid_after_end", created=1798024900))
+        t.eq((r.status, sub_row(st, SUB42)["status"]), (200, "canceled"),
+             "a later event with Stripe answering active: the ended row stays canceled")
+        r = deliver(st, past_due("evt_upd_after_end"))
+        t.eq((r.status, sub_row(st, SUB42)["status"]), (200, "canceled"),
+             "a later update, Stripe answering active: stays canceled")
+
+        # The other way round: Stripe says canceled, the event says active.
+        seed(st)
+        o = current()
+        o["status"], o["ended_at"], o["canceled_at"] = "canceled", 1798024832, 1798024832
+        st.stripe.put_subscription(SUB42, o)
+        r = deliver(st, event("customer.subscription.updated", id="evt_upd_active"))
+        t.eq((r.status, sub_row(st, SUB42)["status"], sub_row(st, SUB42)["ended_at"]),
+             (200, "canceled", 1798024832), "the event says active, Stripe canceled: canceled")
+
+        # Stripe answers 404 for a subscription we hold: the event's own object, event mode's rule.
+        seed(st)
+        st.stripe.call("DELETE", "/_fake/subscriptions/" + SUB42)
+        r = deliver(st, past_due("evt_404_newer"))
+        t.eq((r.status, sub_row(st, SUB42)["status"]), (200, "past_due"),
+             "404 for a subscription we hold: the event's newer object is applied")
+        r = deliver(st, event("customer.subscription.updated", id="evt_404_older",
+                              created=1793614500))
+        t.eq((r.status, sub_row(st, SUB42)["status"]), (200, "past_due"),
+             "404 and an older event: not applied")
+
+
 # (name, fail rule, status webhook.cgi answers): Stripe redelivers on any of them.
 FAILURES = [
     ("not JSON", dict(mode="raw", body="<html>Bad gateway</html>", content_type="text/html"), 502),
@@ -212,7 +253,7 @@ def test_slow_first_fetch(t):
 
 def main():
     t = Tap()
-    for fn in (test_not_the_subscription, test_failures, test_slow_first_fetch):
+    for fn in (test_not_the_subscription, test_ended, test_failures, test_slow_first_fetch):
         t.run(fn, t)
     return t.done()
 
