@@ -1026,17 +1026,51 @@ store_subscription(struct apply *a, struct json_object *sub, int force, int dele
 }
 
 /*
+ * Whether Stripe's answer to GET /v1/subscriptions/<sub> is that
+ * subscription: its object and id, and the customer the event names and
+ * the row holds.  A subscription's customer is set when it is created and
+ * never changes (docs.stripe.com/api/subscriptions/object), so an answer
+ * naming another is not about this subscription, and storing it would
+ * move the row, and the tier it grants, to another customer's user.
+ * row_customer: the row's, or NULL.
+ */
+static int
+fetched_is(struct apply *a, struct json_object *obj, const char *sub, const char *row_customer)
+{
+	const char *object = jsonget_str(obj, "object"), *id = id_of(obj, "id");
+	const char *customer = id_of(obj, "customer");
+	const char *named = id_of(a->ev->object, "customer");
+
+	if (object != NULL && strcmp(object, "subscription") == 0 && same(id, sub) &&
+	    customer != NULL && (named == NULL || strcmp(named, customer) == 0) &&
+	    (row_customer == NULL || strcmp(row_customer, customer) == 0))
+		return 1;
+	log_msg("refetch: Stripe's answer is not subscription %s of customer %s (object %.32s,"
+	    " id %s, customer %s): the event is not recorded, Stripe will redeliver it", sub,
+	    row_customer ? row_customer : named ? named : "-", object ? object : "-",
+	    id ? id : "-", customer ? customer : "-");
+	return 0;
+}
+
+/*
  * Refetch mode: GET the subscription and store it (*stored = 1).  A 404
  * leaves *stored = 0 and the caller falls back to the event's own data;
- * any other Stripe failure sets *fatal (the transaction is rolled back).
- * Returns 0 or a db_result.
+ * so does an answer older than what is known for certain: a live status
+ * for a subscription that the event deletes or the row holds ended
+ * (canceled and incomplete_expired are final at Stripe, so such an
+ * answer was read before the end; the event-mode rule keeps the end).
+ * An answer that is not this subscription (fetched_is), or any other
+ * Stripe failure, sets *fatal (the transaction is rolled back).  Returns
+ * 0 or a db_result.
  */
 static int
 refetch(struct apply *a, const char *sub, const char *known_user, int *stored,
     enum outcome *fatal)
 {
 	struct json_object *obj = NULL;
+	struct db_rows *rows = NULL;
 	char path[32 + LIMIT_STRIPE_ID_LEN];
+	const char *status, *row_status = NULL;
 	enum outcome rc;
 	int r;
 
@@ -1052,9 +1086,29 @@ refetch(struct apply *a, const char *sub, const char *known_user, int *stored,
 		*fatal = rc;
 		return 0;
 	}
+	/* Under the subscription's lock: the row cannot change before the store. */
+	if ((r = Q(a, &rows, "SELECT status, stripe_customer_id FROM subscriptions"
+	    " WHERE stripe_subscription_id = $1", sub)) != 0)
+		goto out;
+	if (!fetched_is(a, obj, sub, db_rows_get(rows, 0, 1))) {
+		*fatal = OUT_BAD_GATEWAY;
+		goto out;
+	}
+	status = jsonget_str(obj, "status");
+	if (db_rows_count(rows) == 1)
+		row_status = db_rows_get(rows, 0, 0);
+	if ((status == NULL || !status_final(status)) &&
+	    (is_type(a->ev, "customer.subscription.deleted") ||
+	    (row_status != NULL && status_final(row_status)))) {
+		log_msg("refetch: Stripe's answer (status %.32s) predates the subscription's end:"
+		    " using the event's object", status ? status : "-");
+		goto out;
+	}
 	r = store_subscription(a, obj, 1, 0, known_user);
-	json_object_put(obj);
 	*stored = r == 0;
+out:
+	db_rows_free(rows);
+	json_object_put(obj);
 	return r;
 }
 

@@ -20,8 +20,12 @@
  *          GET /v1/subscriptions/<id> and store that object, whatever
  *          the event order.  Stripe unreachable (or refusing) → the
  *          whole transaction, billing_events row included, is rolled
- *          back and the endpoint answers 503/502 so Stripe redelivers.
- *          404 → the event's own object, under the event-mode rule.
+ *          back and the endpoint answers 503/502 so Stripe redelivers;
+ *          so is an answer that is not this subscription (object, id,
+ *          or a customer other than the event's or the row's: 502).
+ *          404, or a live status for a subscription the event deletes
+ *          or the row holds ended (an answer read before the end) →
+ *          the event's own object, under the event-mode rule.
  *
  * event    The event's object is applied under the ordering rule:
  *          - no row yet: applied;

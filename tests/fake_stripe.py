@@ -76,7 +76,14 @@ Control API (no auth, JSON in and out; errors 400 {"error": "..."}):
                                       errors, not stored under the Idempotency-Key),
                                       slow (answers after delay s), reset (TCP RST, no
                                       answer), close (FIN, no answer), reset_after (runs
-                                      and stores the request, then RST)
+                                      and stores the request, then RST), slow_after (runs
+                                      the request at once, answers after delay s: an
+                                      answer older than the state by then), raw (answers
+                                      "status" (default 200) with "content_type" (default
+                                      application/json), "headers" and the text "body"
+                                      as it is, or "repeat" times; "truncate": that many
+                                      bytes of it sent under the whole Content-Length,
+                                      then FIN)
   GET    /_fake/fail                  list the failure rules still armed ("seen": calls)
   POST   /_fake/subscriptions         create subscriptions shaped like Stripe's: a spec or
                                       a list of specs {"customer", "price", "quantity",
@@ -405,13 +412,14 @@ class FailRule:
     1 = the next one) and on the count-1 matching calls after that."""
 
     MODES = ("500", "502", "503", "504", "429", "409", "400", "slow", "reset", "close",
-             "reset_after")
+             "reset_after", "slow_after", "raw")
 
     def __init__(self, spec):
         if not isinstance(spec, dict):
             raise ValueError("body must be a JSON object")
         unknown = set(spec) - {"path", "method", "mode", "count", "at", "delay",
-                               "should_retry", "retry_after", "message"}
+                               "should_retry", "retry_after", "message", "status",
+                               "content_type", "headers", "body", "repeat", "truncate"}
         if unknown:
             raise ValueError("unknown fields: %s" % ", ".join(sorted(unknown)))
         self.path = spec.get("path", "/")
@@ -424,6 +432,13 @@ class FailRule:
         self.should_retry = spec.get("should_retry")
         self.retry_after = spec.get("retry_after")
         self.message = spec.get("message")
+        # raw mode's answer
+        self.status = spec.get("status", 200)
+        self.content_type = spec.get("content_type", "application/json")
+        self.headers = spec.get("headers") or {}
+        self.body = spec.get("body", "")
+        self.repeat = spec.get("repeat", 1)
+        self.truncate = spec.get("truncate")
         if not isinstance(self.path, str) or not self.path.startswith("/"):
             raise ValueError("path must be a string starting with /")
         if self.method is not None and not isinstance(self.method, str):
@@ -444,6 +459,22 @@ class FailRule:
             raise ValueError("retry_after must be an integer or a string")
         if self.message is not None and not isinstance(self.message, str):
             raise ValueError("message must be a string")
+        if not isinstance(self.status, int) or isinstance(self.status, bool) \
+                or not 100 <= self.status <= 599:
+            raise ValueError("status must be an HTTP status (100..599)")
+        if self.content_type is not None and not isinstance(self.content_type, str):
+            raise ValueError("content_type must be a string or null (no header)")
+        if not isinstance(self.headers, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.headers.items()):
+            raise ValueError("headers must be an object of strings")
+        if not isinstance(self.body, str):
+            raise ValueError("body must be a string")
+        if not isinstance(self.repeat, int) or isinstance(self.repeat, bool) \
+                or not 1 <= self.repeat <= 64 * 1024 * 1024:
+            raise ValueError("repeat must be a positive integer")
+        if self.truncate is not None and (not isinstance(self.truncate, int) or isinstance(
+                self.truncate, bool) or self.truncate < 0):
+            raise ValueError("truncate must be a number of bytes")
 
     def matches(self, method, path):
         return path.startswith(self.path) and self.method in (None, method)
@@ -452,7 +483,9 @@ class FailRule:
         return {"path": self.path, "method": self.method, "mode": self.mode,
                 "count": self.count, "at": self.at, "seen": self.seen, "delay": self.delay,
                 "should_retry": self.should_retry, "retry_after": self.retry_after,
-                "message": self.message}
+                "message": self.message, "status": self.status,
+                "content_type": self.content_type, "headers": self.headers,
+                "body": self.body[:200], "repeat": self.repeat, "truncate": self.truncate}
 
 
 class State:
@@ -2176,6 +2209,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def send_raw(self, rule):
+        """raw mode: exactly the rule's status, headers and body (truncated: cut
+        short under the whole Content-Length, then the connection closed)."""
+        data = rule.body.encode("utf-8") * rule.repeat
+        self.close_connection = True
+        self.send_response(rule.status)
+        if rule.content_type is not None:
+            self.send_header("Content-Type", rule.content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in rule.headers.items():
+            self.send_header(k, v)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data if rule.truncate is None else data[:rule.truncate])
+
     def send_rst(self):
         self.close_connection = True
         try:
@@ -2304,8 +2352,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     extra["Stripe-Should-Retry"] = "true" if rule.should_retry else "false"
                 if rule.retry_after is not None:
                     extra["Retry-After"] = str(rule.retry_after)
-                if rule.mode in ("slow", "reset_after"):
+                if rule.mode in ("slow", "reset_after", "slow_after"):
                     pass  # step 5: sleeps while the key is in flight / resets after running
+                elif rule.mode == "raw":
+                    with STATE.lock:
+                        entry["status"] = rule.status
+                    STATE.log_line(entry)
+                    return self.send_raw(rule)
                 elif rule.mode in ("reset", "close"):
                     if rule.delay:
                         time.sleep(rule.delay)
@@ -2388,6 +2441,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                         STATE.in_flight.discard(idem_key)
             if rule is not None and rule.mode == "reset_after":
                 raise Reset()  # executed (and stored under its key), never answered
+            if rule is not None and rule.mode == "slow_after":
+                time.sleep(rule.delay)  # the state read above may be changed by now
             answer(status, obj, extra)
         except StripeError as e:
             if rule is not None and rule.mode == "reset_after":

@@ -1219,6 +1219,45 @@ def _():
     eq(len(made), 1, "created once")
 
 
+@check("fail mode raw -> exactly the given status, headers and body; truncate cuts it short")
+def _():
+    fail_rule(path="/v1/subscriptions/", mode="raw", status=302, body="moved",
+              content_type="text/plain", headers={"Location": "/elsewhere"})
+    r = api_get("/v1/subscriptions/sub_raw")
+    eq((r.status, r.headers.get("location"), r.headers.get("content-type"), r.raw),
+       (302, "/elsewhere", "text/plain", b"moved"), "raw answer")
+    fail_rule(path="/v1/subscriptions/", mode="raw", body="ab", repeat=3)
+    eq(api_get("/v1/subscriptions/sub_raw").raw, b"ababab", "repeat")
+    fail_rule(path="/v1/subscriptions/", mode="raw", body='{"id": "sub_raw"}', truncate=4)
+    try:
+        r = api_get("/v1/subscriptions/sub_raw")
+        raise AssertionError("a whole answer: %r" % r.raw)
+    except http.client.IncompleteRead as e:
+        eq(e.partial, b'{"id', "the first 4 bytes, under the whole Content-Length")
+    eq([(e["fault"], e["status"]) for e in logged()[-3:]],
+       [("raw", 302), ("raw", 200), ("raw", 200)], "logged")
+    eq(control("POST", "/_fake/fail", {"mode": "raw", "status": 99}).status, 400, "bad status")
+    eq(control("POST", "/_fake/fail", {"mode": "raw", "body": 1}).status, 400, "bad body")
+
+
+@check("fail mode slow_after -> runs at once, answers after the delay (an older state)")
+def _():
+    made = api_post("/v1/customers", [("email", "before@example.test")]).json["id"]
+    fail_rule(path="/v1/customers/" + made, method="GET", mode="slow_after", delay=0.8)
+    got = {}
+    th = threading.Thread(target=lambda: got.update(r=api_get("/v1/customers/" + made)))
+    t = time.monotonic()
+    th.start()
+    while not any(e["path"] == "/v1/customers/" + made and e["method"] == "GET"
+                  for e in logged()) and time.monotonic() - t < 5:
+        time.sleep(0.02)
+    r = control("PUT", "/_fake/customers/" + made, {"email": "after@example.test"})
+    eq(r.status, 200, "update while the GET waits")
+    th.join(10)
+    eq(got["r"].json["email"], "before@example.test", "the slow answer is the state it read")
+    assert time.monotonic() - t >= 0.75, "answered after the delay"
+
+
 @check("PUT /_fake/prices: a custom price; a second of proration is visible")
 def _():
     big = control("PUT", "/_fake/prices/price_big", {
