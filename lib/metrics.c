@@ -1,3 +1,4 @@
+#define _GNU_SOURCE	/* fallocate */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -139,31 +140,60 @@ header_init(struct file_header *h)
  * 0600), then gives it its name with link(), which, unlike rename(),
  * never replaces a file another process made meanwhile: the loser of
  * that race uses the winner's.  Nobody ever sees a partial file.
+ *
+ * Every byte is written, not left a hole by ftruncate: a store through
+ * the mapping into a hole must find a free block at that moment, and on a
+ * full file system the kernel answers it with SIGBUS, which killed the
+ * process (a scrape, or a request after its database work) with no
+ * answer.  Written now, the blocks are the file's for good.
  */
 static int
 create_file(const char *dir, const char *path)
 {
 	size_t n = strlen(dir) + sizeof("/." METRICS_FILE ".XXXXXX");
 	char *tmp = mem_alloc(n);
-	struct file_header h;
+	struct file_header *h = mem_calloc(1, FILE_SIZE);
 	int fd, rc = -1, saved;
 
 	snprintf(tmp, n, "%s/." METRICS_FILE ".XXXXXX", dir);
 	if ((fd = mkstemp(tmp)) == -1) {
-		free(tmp);
-		return -1;
+		saved = errno;
+		goto out;
 	}
-	header_init(&h);
-	if (ftruncate(fd, (off_t)FILE_SIZE) == 0 &&
-	    pwrite(fd, &h, sizeof(h), 0) == (ssize_t)sizeof(h) &&
+	header_init(h);
+	if (pwrite(fd, h, FILE_SIZE, 0) == (ssize_t)FILE_SIZE && fsync(fd) == 0 &&
 	    (link(tmp, path) == 0 || errno == EEXIST))
 		rc = 0;
 	saved = errno;
 	unlink(tmp);
 	close(fd);
+out:
+	free(h);
 	free(tmp);
 	errno = saved;
 	return rc;
+}
+
+/*
+ * A file with holes (an older build made it with ftruncate, or it was
+ * copied sparse) gets its blocks before it is mapped, for the reason
+ * above.  fallocate(2) only allocates and never writes, so it is safe
+ * while other processes count in the file; posix_fallocate is not: where
+ * the file system lacks fallocate, glibc emulates it by writing bytes,
+ * which could undo a concurrent add.  Without fallocate such a file is
+ * not used.  0, or -1 with errno set.
+ */
+static int
+allocate_holes(int fd, const struct stat *st)
+{
+	if ((unsigned long long)st->st_blocks * 512 >= FILE_SIZE)
+		return 0;
+#ifdef __linux__
+	return fallocate(fd, 0, 0, (off_t)FILE_SIZE);
+#else
+	errno = EOPNOTSUPP;
+	return -1;
+#endif
 }
 
 /* Heap buffers, not 4 KiB on the stack: every page a CGI touches costs a fault. */
@@ -187,6 +217,11 @@ open_file(const char *dir)
 	}
 	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode) || (size_t)st.st_size != FILE_SIZE) {
 		log_msg("metrics file in METRICS_DIR is not a %zu-byte file", (size_t)FILE_SIZE);
+		close(fd);
+		return -1;
+	}
+	if (allocate_holes(fd, &st) == -1) {
+		log_msg("metrics file in METRICS_DIR cannot be given its blocks: %s", strerror(errno));
 		close(fd);
 		return -1;
 	}

@@ -170,6 +170,87 @@ def check_series(s):
          "402 breaches by tier and type: 3 (a retried 402 is answered, and counted, again)")
     t.eq(v(s, "billing_metrics_file_up"), 1.0, "the counter file is in use")
 
+# Runs in a private mount namespace (unshare; as root, or as a user mapped to
+# root): a 256 KiB tmpfs at argv[1], then each step of the JSON on stdin, in
+# order: ["fill"] writes a file until the tmpfs is full; ["sparse"] writes the
+# metrics file as earlier builds made it (header, then a hole: ftruncate);
+# [prog, env, body] runs a program.  Prints [[returncode, stdout, stderr], ...].
+FULL_FS = r"""
+import base64, json, os, struct, subprocess, sys, time
+d = sys.argv[1]
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0777", "tmpfs", d], check=True)
+out = []
+for step in json.load(sys.stdin):
+    if step[0] == "fill":
+        fd = os.open(os.path.join(d, "filler"), os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            while os.write(fd, bytes(4096)) > 0:
+                pass
+        except OSError:
+            pass
+        os.close(fd)
+    elif step[0] == "sparse":
+        with open(os.path.join(d, "billing-metrics.v1"), "wb") as f:
+            f.write(b"BILLMTRC" + struct.pack("=IIIIQQ", 1, 64, 256, 512, int(time.time()), 0)
+                    + bytes(24))
+            f.truncate(64 + 256 * 512)
+    else:
+        p = subprocess.run([step[0]], env=step[1], input=step[2].encode(), capture_output=True)
+        out.append([p.returncode, base64.b64encode(p.stdout).decode(), p.stderr.decode()])
+print(json.dumps(out))
+"""
+
+
+def in_full_fs(mnt, steps):
+    """FULL_FS's steps with a tmpfs at mnt; the answers of the programs run, as Resp."""
+    ns = ["unshare", "--mount"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
+    p = subprocess.run(ns + [sys.executable, "-c", FULL_FS, mnt], capture_output=True,
+                       input=json.dumps(steps).encode(), timeout=120)
+    if p.returncode != 0:
+        raise RuntimeError(f"full file system: {p.stderr.decode(errors='replace')}")
+    return [parse_cgi_output(base64.b64decode(o), e, rc) for rc, o, e in json.loads(p.stdout)]
+
+
+def test_disk_full(st, tmp):
+    """A full file system must cost the counts, never an answer.  The file's
+    pages were holes (ftruncate) until first touched through the mapping; on
+    a full file system that touch was SIGBUS: the process killed, a scrape
+    without an answer, a request after its database work (usage counted, no
+    answer, so the client retries)."""
+    mnt = os.path.join(tmp, "full")
+    os.mkdir(mnt)
+    os.chmod(mnt, 0o755)
+
+    def usage(user):
+        body = json.dumps({"userId": user, "usageType": "pain_entry"})
+        h = dict(auth(user), **{"Content-Type": "application/json"})
+        return [os.path.join(st.cgi_bin, "usage.cgi"),
+                st.cgi_env("usage", "POST", body.encode(), {"METRICS_DIR": mnt}, h), body]
+
+    scrape_step = [os.path.join(st.cgi_bin, "metrics.cgi"),
+                   st.cgi_env("metrics", "GET", b"", {"METRICS_DIR": mnt, "REMOTE_USER": "ops"}),
+                   ""]
+    # The file made by a usage POST while there was room; the disk fills; the
+    # scrape is the first to touch the other series' pages (on tmpfs a read
+    # through a shared mapping needs a block too).
+    r, after = in_full_fs(mnt, [usage("m-full-1"), ["fill"], scrape_step])
+    t.eq(r.status, 200, "full disk: the counter file made by a usage POST while there was room")
+    s = parse(after.text) if after.status == 200 else {}
+    t.ok(after.returncode == 0 and v(s, "billing_metrics_file_up") == 1 and
+         v(s, "billing_http_requests_total", endpoint="usage", code="2xx") == 1,
+         "... the disk full, a scrape answers with the count: the file's blocks were its own "
+         "from the start", after)
+    # A file with holes (as builds before this one made it), then the disk full.
+    r, after = in_full_fs(mnt, [["sparse"], ["fill"], usage("m-full-2"), scrape_step])
+    t.ok(r.returncode == 0 and r.status == 200 and
+         "cannot be given its blocks" in r.stderr,
+         "a file with holes on a full disk: the usage POST answers 200, counting off, logged", r)
+    s = parse(after.text) if after.status == 200 else {}
+    t.ok(after.returncode == 0 and v(s, "billing_metrics_file_up") == 0,
+         "... and the scrape answers, billing_metrics_file_up 0", after)
+    t.eq(st.psql_one("SELECT sum(amount) FROM usage_tracking WHERE user_id LIKE 'm-full-%'"), "2",
+         "... each POST counted once in the database")
+
 
 def seed_business(st):
     rows = []
@@ -322,6 +403,7 @@ def main():
             t.run(check_notifications, st, s, 1, 60, "one failed")
             t.run(parallel_scrape, st, s)
             t.run(test_auth, st)
+            t.run(test_disk_full, st, tmp)
             t.run(test_database_down, st)
             names = os.listdir(mdir)
             t.eq(names, ["billing-metrics.v1"], "METRICS_DIR holds the one counter file")
