@@ -202,6 +202,13 @@ def test_settings(st):
                env={"RATE_LIMIT_USAGE": "100000/10m"})
     t.ok(r.status == 200 and r.headers.get("ratelimit-policy") == '"usage";q=100000;w=600',
          "a raised limit applies at once (the state is a time, not a count)", r.headers)
+    # A window the limit does not divide: T = 123,428.57 us.  Rounded down
+    # and bounded by the window, 700,003 fitted in it (the first answer said
+    # r=700002): 3 over the limit at once, and more every day after.
+    r = st.cgi("usage", method="GET", query="userId=rl-odd", headers=auth("rl-odd"),
+               env={"RATE_LIMIT_USAGE": "700000/24h"})
+    t.ok(r.status == 200 and limit_item(r, "usage") == (699999, 1),
+         "700000/24h, first request: r=699999 (the limit less this one), t=1", r.headers)
     r = st.cgi("usage", method="GET", query="userId=rl-misc", headers=auth("rl-misc"),
                env={"RATE_LIMIT_USAGE": "ten a minute"})
     t.ok(r.status == 500 and error_code(r) == "misconfigured" and
