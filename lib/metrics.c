@@ -105,21 +105,35 @@ _Static_assert(EP__END <= VALUES && LAG__END <= VALUES, "slot values");
 
 /*
  * The mapping: process-wide (a FastCGI process keeps it for all its
- * requests), redone when METRICS_DIR changes.
+ * requests), redone when METRICS_DIR changes, and when the file at its
+ * path is no longer the one mapped (see replaced()).
  */
 static struct {
-	char *dir; /* the METRICS_DIR mapped (or tried) */
+	char *dir;  /* the METRICS_DIR mapped (or tried) */
+	char *path; /* its file */
 	int tried;
 	struct file_header *hdr;
 	struct slot *slots;
+	dev_t dev; /* the file mapped */
+	ino_t ino;
+	time_t checked; /* when the path was last compared with it */
 } map;
+
+static void
+unmap(void)
+{
+	if (map.hdr != NULL)
+		munmap(map.hdr, FILE_SIZE);
+	map.hdr = NULL;
+	map.slots = NULL;
+}
 
 void
 metrics_reset(void)
 {
-	if (map.hdr != NULL)
-		munmap(map.hdr, FILE_SIZE);
+	unmap();
 	free(map.dir);
+	free(map.path);
 	memset(&map, 0, sizeof(map));
 }
 
@@ -196,21 +210,17 @@ allocate_holes(int fd, const struct stat *st)
 #endif
 }
 
-/* Heap buffers, not 4 KiB on the stack: every page a CGI touches costs a fault. */
+/* Maps map.path (made if missing).  Heap buffers: every page a CGI touches costs a fault. */
 static int
-open_file(const char *dir)
+open_file(void)
 {
-	size_t n = strlen(dir) + sizeof("/" METRICS_FILE);
-	char *path = mem_alloc(n);
 	struct stat st;
 	void *p;
 	int fd;
 
-	snprintf(path, n, "%s/" METRICS_FILE, dir);
-	fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-	if (fd == -1 && errno == ENOENT && create_file(dir, path) == 0)
-		fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-	free(path);
+	fd = open(map.path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+	if (fd == -1 && errno == ENOENT && create_file(map.dir, map.path) == 0)
+		fd = open(map.path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
 	if (fd == -1) {
 		log_msg("metrics file in METRICS_DIR unusable: %s", strerror(errno));
 		return -1;
@@ -233,14 +243,36 @@ open_file(const char *dir)
 	}
 	map.hdr = p;
 	map.slots = (struct slot *)((char *)p + sizeof(struct file_header));
+	map.dev = st.st_dev;
+	map.ino = st.st_ino;
 	if (memcmp(map.hdr->magic, METRICS_MAGIC, 8) != 0 || map.hdr->version != METRICS_VERSION ||
 	    map.hdr->header_size != sizeof(struct file_header) || map.hdr->slot_count != SLOTS ||
 	    map.hdr->slot_size != sizeof(struct slot)) {
 		log_msg("metrics file in METRICS_DIR has another layout");
-		metrics_reset();
+		unmap();
 		return -1;
 	}
 	return 0;
+}
+
+/*
+ * Whether the file at map.path is no longer the one mapped: deleted (the
+ * operator's way to reset the counts) or replaced.  A FastCGI process
+ * maps the file once; without this it went on counting into the deleted
+ * file, its updates lost, and a /metrics process kept serving the old
+ * counts while new processes counted in a new file.  One stat a second
+ * at most (time() is a vDSO read): an update stays a few ns.
+ */
+static int
+replaced(void)
+{
+	struct stat st;
+	time_t now = time(NULL);
+
+	if (now == map.checked)
+		return 0;
+	map.checked = now;
+	return stat(map.path, &st) == -1 || st.st_dev != map.dev || st.st_ino != map.ino;
 }
 
 /* The mapped file, or NULL when counting is off. */
@@ -254,12 +286,19 @@ mapped(void)
 			metrics_reset();
 		return NULL;
 	}
-	if (map.tried && strcmp(map.dir, dir) == 0)
-		return map.hdr;
-	metrics_reset();
-	map.tried = 1;
-	map.dir = mem_strdup(dir);
-	(void)open_file(dir);
+	if (map.tried && strcmp(map.dir, dir) == 0) {
+		if (map.hdr == NULL || !replaced())
+			return map.hdr;
+		unmap();
+	} else {
+		metrics_reset();
+		map.tried = 1;
+		map.dir = mem_strdup(dir);
+		map.path = mem_alloc(strlen(dir) + sizeof("/" METRICS_FILE));
+		snprintf(map.path, strlen(dir) + sizeof("/" METRICS_FILE), "%s/" METRICS_FILE, dir);
+	}
+	map.checked = time(NULL);
+	(void)open_file();
 	return map.hdr;
 }
 

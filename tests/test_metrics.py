@@ -22,8 +22,9 @@ import time
 from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fcgi_client import FcgiProcess  # noqa: E402
 from harness import (DEFAULT_SETTINGS, PASSTHROUGH_ENV, Stack, Tap, make_jwt,  # noqa: E402
-                     parallel, parse_cgi_output, stripe_signature)
+                     parallel, parse_cgi_output, program_env, stripe_signature)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOKEN = "metrics-test-token-0123456789abcdef"
@@ -252,6 +253,45 @@ def test_disk_full(st, tmp):
          "... each POST counted once in the database")
 
 
+def test_file_deleted(st, tmp):
+    """Deleting the file is how an operator resets the counts.  A FastCGI
+    process maps it once: it went on counting into the deleted file (lost)
+    and, as /metrics, serving the old counts while new processes counted in
+    a new file.  It must follow the path within a second."""
+    d = os.path.join(tmp, "reset")
+    os.mkdir(d)
+    os.chmod(d, 0o777)
+    f = os.path.join(d, "billing-metrics.v1")
+    params = st.cgi_env("metrics", "GET", b"", {"REMOTE_USER": "ops"})
+    for k in list(st.settings) + ["PATH"] + list(PASSTHROUGH_ENV):
+        params.pop(k, None)
+    proc = FcgiProcess(os.path.join(st.cgi_bin, "metrics.cgi"),
+                       program_env(st.settings, {"METRICS_DIR": d}))
+    try:
+        r = proc.request(params)
+        t.ok(r.status == 200 and os.path.exists(f), "a FastCGI /metrics process made the file", r)
+        os.unlink(f)
+        r = st.cgi("usage", method="GET", query="userId=m-reset", headers=auth("m-reset"),
+                   env={"METRICS_DIR": d})
+        t.ok(r.status == 200 and os.path.exists(f),
+             "the file deleted; a plain CGI's request made a new one", r)
+        deadline, s = time.monotonic() + 5, {}
+        while time.monotonic() < deadline:
+            r = proc.request(params)
+            s = parse(r.body.decode()) if r.status == 200 else {}
+            if v(s, "billing_http_requests_total", endpoint="usage", code="2xx") == 1:
+                break
+            time.sleep(0.05)
+        t.eq(v(s, "billing_http_requests_total", endpoint="usage", code="2xx"), 1.0,
+             "... the FastCGI process serves the new file's counts within a second")
+    finally:
+        proc.cleanup()
+    r = st.cgi("metrics", method="GET", env={"METRICS_DIR": d, "REMOTE_USER": "ops"})
+    s = parse(r.text) if r.status == 200 else {}
+    t.eq(v(s, "billing_http_requests_total", endpoint="metrics", code="2xx"), 1.0,
+         "... and counts in it: its answer of that scrape is in the new file")
+
+
 def seed_business(st):
     rows = []
     tiers = ["free", "basic", "pro", "enterprise"]
@@ -404,6 +444,7 @@ def main():
             t.run(parallel_scrape, st, s)
             t.run(test_auth, st)
             t.run(test_disk_full, st, tmp)
+            t.run(test_file_deleted, st, tmp)
             t.run(test_database_down, st)
             names = os.listdir(mdir)
             t.eq(names, ["billing-metrics.v1"], "METRICS_DIR holds the one counter file")
