@@ -292,6 +292,19 @@ def test_file_deleted(st, tmp):
          "... and counts in it: its answer of that scrape is in the new file")
 
 
+def test_foreign_file(st, tmp):
+    """A file of another layout is left alone, and said once per process:
+    it was reopened and logged again on every later update."""
+    d = os.path.join(tmp, "foreign")
+    os.mkdir(d)
+    with open(os.path.join(d, "billing-metrics.v1"), "wb") as f:
+        f.write(b"NOTOURS!" + bytes(64 + 256 * 512 - 8))
+    r = st.cgi("metrics", method="GET", env={"METRICS_DIR": d, "REMOTE_USER": "ops"})
+    s = parse(r.text) if r.status == 200 else {}
+    t.ok(v(s, "billing_metrics_file_up") == 0 and r.stderr.count("has another layout") == 1,
+         "a file of another layout: a scrape answers, file_up 0, logged once", r)
+
+
 def seed_business(st):
     rows = []
     tiers = ["free", "basic", "pro", "enterprise"]
@@ -445,6 +458,7 @@ def main():
             t.run(test_auth, st)
             t.run(test_disk_full, st, tmp)
             t.run(test_file_deleted, st, tmp)
+            t.run(test_foreign_file, st, tmp)
             t.run(test_database_down, st)
             names = os.listdir(mdir)
             t.eq(names, ["billing-metrics.v1"], "METRICS_DIR holds the one counter file")
