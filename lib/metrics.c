@@ -461,8 +461,15 @@ collect(enum kind kind, size_t *n)
 	*n = 0;
 	for (i = 0; map.hdr != NULL && i < SLOTS; i++) {
 		s = &map.slots[i];
+		/*
+		 * Only keys slot_for could have written: a slot damaged on disk
+		 * or by another program must not put bytes into a label that
+		 * make the whole answer unparsable (Prometheus rejects a scrape
+		 * at the first invalid UTF-8 or control byte).
+		 */
 		if (__atomic_load_n(&s->state, __ATOMIC_ACQUIRE) != SLOT_READY ||
-		    s->kind != (uint32_t)kind || memchr(s->key, '\0', KEY_LEN) == NULL)
+		    s->kind != (uint32_t)kind || memchr(s->key, '\0', KEY_LEN) == NULL ||
+		    !key_valid(s->key))
 			continue;
 		for (j = 0; j < *n && strcmp(out[j].key, s->key) != 0; j++)
 			;

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -60,7 +61,8 @@ def v(samples, name, **labels):
 
 
 def promtool(text):
-    p = subprocess.run(["promtool", "check", "metrics"], input=text.encode(),
+    data = text if isinstance(text, bytes) else text.encode()
+    p = subprocess.run(["promtool", "check", "metrics"], input=data,
                        capture_output=True)
     return p.returncode, (p.stdout + p.stderr).decode(errors="replace")
 
@@ -69,7 +71,7 @@ def scrape(st, label):
     r = st.http("GET", "/metrics", headers=BEARER)
     t.ok(r.status == 200 and r.headers.get("content-type", "").startswith(
         "text/plain; version=0.0.4"), f"{label}: 200 in the text exposition format", r)
-    rc, out = promtool(r.text)
+    rc, out = promtool(r.body)  # the bytes: r.text has replaced what is not UTF-8
     t.ok(rc == 0 and out.strip() == "", f"{label}: promtool check metrics is silent", out)
     return parse(r.text)
 
@@ -305,6 +307,34 @@ def test_foreign_file(st, tmp):
          "a file of another layout: a scrape answers, file_up 0, logged once", r)
 
 
+def test_damaged_slots(st, tmp):
+    """Slots no program of ours could have written (a damaged file) are
+    left out: one key of invalid UTF-8 made the whole scrape unparsable."""
+    d = os.path.join(tmp, "damaged")
+    os.mkdir(d)
+    slots = bytearray(256 * 512)
+
+    def put(i, kind, key, value):
+        slots[i * 512:i * 512 + 8] = struct.pack("=II", 2, kind)  # ready
+        slots[i * 512 + 8:i * 512 + 8 + len(key)] = key
+        slots[i * 512 + 64 + 8:i * 512 + 72 + 8] = struct.pack("=Q", value)  # 2xx / counter 1
+
+    put(3, 1, b"us\xffage\x01", 5)
+    put(4, 1, b"usage", 6)
+    put(5, 2, b'evil"}\nx', 7)
+    with open(os.path.join(d, "billing-metrics.v1"), "wb") as f:
+        f.write(b"BILLMTRC" + struct.pack("=IIIIQQ", 1, 64, 256, 512, int(time.time()), 0) +
+                bytes(24) + bytes(slots))
+    r = st.cgi("metrics", method="GET", env={"METRICS_DIR": d, "REMOTE_USER": "ops"})
+    rc, out = promtool(r.body)  # the bytes: r.text has replaced what is not UTF-8
+    t.ok(r.status == 200 and rc == 0, "damaged slots: promtool check metrics accepts the scrape",
+         out)
+    s = parse(r.text) if rc == 0 else {}
+    t.ok(v(s, "billing_http_requests_total", endpoint="usage", code="2xx") == 6 and
+         not any(k[0] == "billing_webhook_events_total" for k in s),
+         "... the sound slot's count is there, the damaged ones are left out")
+
+
 def seed_business(st):
     rows = []
     tiers = ["free", "basic", "pro", "enterprise"]
@@ -426,7 +456,7 @@ def test_database_down(st):
              v(s, "billing_http_requests_total", endpoint="usage", code="2xx") is not None and
              v(s, "billing_subscriptions", tier="pro", status="active") is None,
              "database down: still 200, host counters there, billing_database_up 0, no gauges", r)
-        rc, out = promtool(r.text)
+        rc, out = promtool(r.body)  # the bytes: r.text has replaced what is not UTF-8
         t.ok(rc == 0, "... and promtool accepts it", out)
     finally:
         st.pg_start()
@@ -459,6 +489,7 @@ def main():
             t.run(test_disk_full, st, tmp)
             t.run(test_file_deleted, st, tmp)
             t.run(test_foreign_file, st, tmp)
+            t.run(test_damaged_slots, st, tmp)
             t.run(test_database_down, st)
             names = os.listdir(mdir)
             t.eq(names, ["billing-metrics.v1"], "METRICS_DIR holds the one counter file")
