@@ -134,6 +134,12 @@ ratelimit_policy_for(const struct ratelimit_decl *d, enum ratelimit_scope scope,
  * of two requests queued on the row the later could have the earlier
  * clock, and both would report the same remaining quota.  $2 = T and $3 =
  * limit x T (ratelimit_span), in microseconds.
+ *
+ * Under one policy tat never runs more than span ahead.  A tat further
+ * ahead was left by a policy with a longer window (10/1h changed to
+ * 10/60s): a refusal brings it back to now + span, the whole burst of the
+ * policy in force, so the subject waits T, not what is left of the old
+ * hour, and Retry-After never exceeds the window the answer announces.
  */
 static const char sql_take[] =
     "INSERT INTO rate_limits AS s (key, tat, allowed) "
@@ -144,7 +150,7 @@ static const char sql_take[] =
     "tat = CASE WHEN greatest(s.tat, statement_timestamp()) + $2::bigint * interval '1 microsecond'"
     " <= statement_timestamp() + $3::bigint * interval '1 microsecond'"
     " THEN greatest(s.tat, statement_timestamp()) + $2::bigint * interval '1 microsecond'"
-    " ELSE s.tat END "
+    " ELSE least(s.tat, statement_timestamp() + $3::bigint * interval '1 microsecond') END "
     "RETURNING s.allowed, (extract(epoch FROM s.tat - clock_timestamp()) * 1000000)::bigint";
 
 /*
