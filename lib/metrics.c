@@ -1,3 +1,4 @@
+#define _GNU_SOURCE	/* fallocate */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -104,21 +105,35 @@ _Static_assert(EP__END <= VALUES && LAG__END <= VALUES, "slot values");
 
 /*
  * The mapping: process-wide (a FastCGI process keeps it for all its
- * requests), redone when METRICS_DIR changes.
+ * requests), redone when METRICS_DIR changes, and when the file at its
+ * path is no longer the one mapped (see replaced()).
  */
 static struct {
-	char *dir; /* the METRICS_DIR mapped (or tried) */
+	char *dir;  /* the METRICS_DIR mapped (or tried) */
+	char *path; /* its file */
 	int tried;
 	struct file_header *hdr;
 	struct slot *slots;
+	dev_t dev; /* the file mapped */
+	ino_t ino;
+	time_t checked; /* when the path was last compared with it */
 } map;
+
+static void
+unmap(void)
+{
+	if (map.hdr != NULL)
+		munmap(map.hdr, FILE_SIZE);
+	map.hdr = NULL;
+	map.slots = NULL;
+}
 
 void
 metrics_reset(void)
 {
-	if (map.hdr != NULL)
-		munmap(map.hdr, FILE_SIZE);
+	unmap();
 	free(map.dir);
+	free(map.path);
 	memset(&map, 0, sizeof(map));
 }
 
@@ -139,54 +154,84 @@ header_init(struct file_header *h)
  * 0600), then gives it its name with link(), which, unlike rename(),
  * never replaces a file another process made meanwhile: the loser of
  * that race uses the winner's.  Nobody ever sees a partial file.
+ *
+ * Every byte is written, not left a hole by ftruncate: a store through
+ * the mapping into a hole must find a free block at that moment, and on a
+ * full file system the kernel answers it with SIGBUS, which killed the
+ * process (a scrape, or a request after its database work) with no
+ * answer.  Written now, the blocks are the file's for good.
  */
 static int
 create_file(const char *dir, const char *path)
 {
 	size_t n = strlen(dir) + sizeof("/." METRICS_FILE ".XXXXXX");
 	char *tmp = mem_alloc(n);
-	struct file_header h;
+	struct file_header *h = mem_calloc(1, FILE_SIZE);
 	int fd, rc = -1, saved;
 
 	snprintf(tmp, n, "%s/." METRICS_FILE ".XXXXXX", dir);
 	if ((fd = mkstemp(tmp)) == -1) {
-		free(tmp);
-		return -1;
+		saved = errno;
+		goto out;
 	}
-	header_init(&h);
-	if (ftruncate(fd, (off_t)FILE_SIZE) == 0 &&
-	    pwrite(fd, &h, sizeof(h), 0) == (ssize_t)sizeof(h) &&
+	header_init(h);
+	if (pwrite(fd, h, FILE_SIZE, 0) == (ssize_t)FILE_SIZE && fsync(fd) == 0 &&
 	    (link(tmp, path) == 0 || errno == EEXIST))
 		rc = 0;
 	saved = errno;
 	unlink(tmp);
 	close(fd);
+out:
+	free(h);
 	free(tmp);
 	errno = saved;
 	return rc;
 }
 
-/* Heap buffers, not 4 KiB on the stack: every page a CGI touches costs a fault. */
+/*
+ * A file with holes (an older build made it with ftruncate, or it was
+ * copied sparse) gets its blocks before it is mapped, for the reason
+ * above.  fallocate(2) only allocates and never writes, so it is safe
+ * while other processes count in the file; posix_fallocate is not: where
+ * the file system lacks fallocate, glibc emulates it by writing bytes,
+ * which could undo a concurrent add.  Without fallocate such a file is
+ * not used.  0, or -1 with errno set.
+ */
 static int
-open_file(const char *dir)
+allocate_holes(int fd, const struct stat *st)
 {
-	size_t n = strlen(dir) + sizeof("/" METRICS_FILE);
-	char *path = mem_alloc(n);
+	if ((unsigned long long)st->st_blocks * 512 >= FILE_SIZE)
+		return 0;
+#ifdef __linux__
+	return fallocate(fd, 0, 0, (off_t)FILE_SIZE);
+#else
+	errno = EOPNOTSUPP;
+	return -1;
+#endif
+}
+
+/* Maps map.path (made if missing).  Heap buffers: every page a CGI touches costs a fault. */
+static int
+open_file(void)
+{
 	struct stat st;
 	void *p;
 	int fd;
 
-	snprintf(path, n, "%s/" METRICS_FILE, dir);
-	fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-	if (fd == -1 && errno == ENOENT && create_file(dir, path) == 0)
-		fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-	free(path);
+	fd = open(map.path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+	if (fd == -1 && errno == ENOENT && create_file(map.dir, map.path) == 0)
+		fd = open(map.path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
 	if (fd == -1) {
 		log_msg("metrics file in METRICS_DIR unusable: %s", strerror(errno));
 		return -1;
 	}
 	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode) || (size_t)st.st_size != FILE_SIZE) {
 		log_msg("metrics file in METRICS_DIR is not a %zu-byte file", (size_t)FILE_SIZE);
+		close(fd);
+		return -1;
+	}
+	if (allocate_holes(fd, &st) == -1) {
+		log_msg("metrics file in METRICS_DIR cannot be given its blocks: %s", strerror(errno));
 		close(fd);
 		return -1;
 	}
@@ -198,14 +243,36 @@ open_file(const char *dir)
 	}
 	map.hdr = p;
 	map.slots = (struct slot *)((char *)p + sizeof(struct file_header));
+	map.dev = st.st_dev;
+	map.ino = st.st_ino;
 	if (memcmp(map.hdr->magic, METRICS_MAGIC, 8) != 0 || map.hdr->version != METRICS_VERSION ||
 	    map.hdr->header_size != sizeof(struct file_header) || map.hdr->slot_count != SLOTS ||
 	    map.hdr->slot_size != sizeof(struct slot)) {
 		log_msg("metrics file in METRICS_DIR has another layout");
-		metrics_reset();
+		unmap();
 		return -1;
 	}
 	return 0;
+}
+
+/*
+ * Whether the file at map.path is no longer the one mapped: deleted (the
+ * operator's way to reset the counts) or replaced.  A FastCGI process
+ * maps the file once; without this it went on counting into the deleted
+ * file, its updates lost, and a /metrics process kept serving the old
+ * counts while new processes counted in a new file.  One stat a second
+ * at most (time() is a vDSO read): an update stays a few ns.
+ */
+static int
+replaced(void)
+{
+	struct stat st;
+	time_t now = time(NULL);
+
+	if (now == map.checked)
+		return 0;
+	map.checked = now;
+	return stat(map.path, &st) == -1 || st.st_dev != map.dev || st.st_ino != map.ino;
 }
 
 /* The mapped file, or NULL when counting is off. */
@@ -219,12 +286,19 @@ mapped(void)
 			metrics_reset();
 		return NULL;
 	}
-	if (map.tried && strcmp(map.dir, dir) == 0)
-		return map.hdr;
-	metrics_reset();
-	map.tried = 1;
-	map.dir = mem_strdup(dir);
-	(void)open_file(dir);
+	if (map.tried && strcmp(map.dir, dir) == 0) {
+		if (map.hdr == NULL || !replaced())
+			return map.hdr;
+		unmap();
+	} else {
+		metrics_reset();
+		map.tried = 1;
+		map.dir = mem_strdup(dir);
+		map.path = mem_alloc(strlen(dir) + sizeof("/" METRICS_FILE));
+		snprintf(map.path, strlen(dir) + sizeof("/" METRICS_FILE), "%s/" METRICS_FILE, dir);
+	}
+	map.checked = time(NULL);
+	(void)open_file();
 	return map.hdr;
 }
 
@@ -387,8 +461,15 @@ collect(enum kind kind, size_t *n)
 	*n = 0;
 	for (i = 0; map.hdr != NULL && i < SLOTS; i++) {
 		s = &map.slots[i];
+		/*
+		 * Only keys slot_for could have written: a slot damaged on disk
+		 * or by another program must not put bytes into a label that
+		 * make the whole answer unparsable (Prometheus rejects a scrape
+		 * at the first invalid UTF-8 or control byte).
+		 */
 		if (__atomic_load_n(&s->state, __ATOMIC_ACQUIRE) != SLOT_READY ||
-		    s->kind != (uint32_t)kind || memchr(s->key, '\0', KEY_LEN) == NULL)
+		    s->kind != (uint32_t)kind || memchr(s->key, '\0', KEY_LEN) == NULL ||
+		    !key_valid(s->key))
 			continue;
 		for (j = 0; j < *n && strcmp(out[j].key, s->key) != 0; j++)
 			;

@@ -111,10 +111,12 @@ ratelimit_policy_for(const struct ratelimit_decl *d, enum ratelimit_scope scope,
  * GCRA (the generic cell rate algorithm of ATM networks, as in Brandur
  * Leach's and redis-cell's rate limiters) keeps ONE timestamp per
  * subject, the theoretical arrival time tat.  A request at now costs an
- * emission interval T = window / limit; it is allowed when
- *     max(tat, now) + T - now <= window,
- * i.e. when at most `limit` requests are outstanding over the window,
- * and then tat becomes max(tat, now) + T.  Quota comes back one request
+ * emission interval T = window / limit (in whole microseconds, rounded
+ * up: ratelimit_span); it is allowed when
+ *     max(tat, now) + T - now <= limit x T,
+ * i.e. when at most `limit` requests are outstanding, and then tat
+ * becomes max(tat, now) + T.  The bound is limit x T, not the window: T
+ * is rounded, and only limit x T holds exactly `limit` of it.  Quota comes back one request
  * every T, not all at once at the end of a fixed window, so there is no
  * burst of 2 x limit across a window boundary.
  *
@@ -131,7 +133,13 @@ ratelimit_policy_for(const struct ratelimit_decl *d, enum ratelimit_scope scope,
  * row lock was taken: statement_timestamp() is read before the wait, so
  * of two requests queued on the row the later could have the earlier
  * clock, and both would report the same remaining quota.  $2 = T and $3 =
- * window, in microseconds.
+ * limit x T (ratelimit_span), in microseconds.
+ *
+ * Under one policy tat never runs more than span ahead.  A tat further
+ * ahead was left by a policy with a longer window (10/1h changed to
+ * 10/60s): a refusal brings it back to now + span, the whole burst of the
+ * policy in force, so the subject waits T, not what is left of the old
+ * hour, and Retry-After never exceeds the window the answer announces.
  */
 static const char sql_take[] =
     "INSERT INTO rate_limits AS s (key, tat, allowed) "
@@ -142,7 +150,7 @@ static const char sql_take[] =
     "tat = CASE WHEN greatest(s.tat, statement_timestamp()) + $2::bigint * interval '1 microsecond'"
     " <= statement_timestamp() + $3::bigint * interval '1 microsecond'"
     " THEN greatest(s.tat, statement_timestamp()) + $2::bigint * interval '1 microsecond'"
-    " ELSE s.tat END "
+    " ELSE least(s.tat, statement_timestamp() + $3::bigint * interval '1 microsecond') END "
     "RETURNING s.allowed, (extract(epoch FROM s.tat - clock_timestamp()) * 1000000)::bigint";
 
 /*
@@ -156,11 +164,13 @@ static const char sql_prune[] = "DELETE FROM rate_limits WHERE key IN (SELECT ke
 				" WHERE tat < statement_timestamp() LIMIT " STR(
 				    LIMIT_RATE_PRUNE_BATCH) " FOR UPDATE SKIP LOCKED)";
 
-static long long
-interval_us(const struct ratelimit_policy *p)
+void
+ratelimit_span(const struct ratelimit_policy *p, long long *t_us, long long *span_us)
 {
-	/* Rounded down, so that `limit` requests always fit in the window. */
-	return p->window * US_PER_S / p->limit;
+	long long w = p->window * US_PER_S;
+
+	*t_us = (w + p->limit - 1) / p->limit;
+	*span_us = *t_us * p->limit;
 }
 
 static long
@@ -173,8 +183,9 @@ void
 ratelimit_state_from(const struct ratelimit_policy *p, int allowed, long long ahead_us,
 		     struct ratelimit_state *st)
 {
-	long long t = interval_us(p), w = p->window * US_PER_S;
+	long long t, w;
 
+	ratelimit_span(p, &t, &w);
 	if (ahead_us < 0)
 		ahead_us = 0;
 	st->allowed = allowed;
@@ -211,6 +222,7 @@ ratelimit_check(struct db *db, const struct ratelimit_decl *d, enum ratelimit_sc
 	struct ratelimit_state st;
 	char setting[96], id[64], t_us[24], w_us[24];
 	const char *allowed, *ahead;
+	long long t, span;
 	enum outcome rc = OUT_OK;
 
 	if (p->limit <= 0)
@@ -220,8 +232,9 @@ ratelimit_check(struct db *db, const struct ratelimit_decl *d, enum ratelimit_sc
 		log_msg("rate limit key too long: not checked");
 		goto out;
 	}
-	snprintf(t_us, sizeof(t_us), "%lld", interval_us(p));
-	snprintf(w_us, sizeof(w_us), "%lld", (long long)p->window * US_PER_S);
+	ratelimit_span(p, &t, &span);
+	snprintf(t_us, sizeof(t_us), "%lld", t);
+	snprintf(w_us, sizeof(w_us), "%lld", span);
 	if (DB_QUERY(db, &rows, sql_take, buf_str(&key), t_us, w_us) != DB_OK ||
 	    db_rows_count(rows) != 1 || (allowed = db_rows_get(rows, 0, 0)) == NULL ||
 	    (ahead = db_rows_get(rows, 0, 1)) == NULL) {

@@ -72,6 +72,17 @@ struct ratelimit_state {
 };
 
 /*
+ * GCRA's two durations for p (limit > 0), in microseconds: *t_us, the
+ * emission interval, window / limit rounded UP, and *span_us = limit x
+ * *t_us, how far ahead of now a subject's theoretical arrival time may
+ * run.  Exactly `limit` requests fit in span at once, and quota comes back
+ * no faster than limit per window.  (Rounded down and bounded by the
+ * window, a window that limit does not divide let more through: 3000/1s,
+ * T = 333 us, let 3003 through at once, and 3003 a second after.)
+ */
+void ratelimit_span(const struct ratelimit_policy *p, long long *t_us, long long *span_us);
+
+/*
  * GCRA arithmetic (pure, for tests): given the policy, whether the
  * request was allowed and how far the subject's theoretical arrival
  * time is ahead of now (microseconds, after the check), fills st.

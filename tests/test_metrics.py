@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -22,8 +23,9 @@ import time
 from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fcgi_client import FcgiProcess  # noqa: E402
 from harness import (DEFAULT_SETTINGS, PASSTHROUGH_ENV, Stack, Tap, make_jwt,  # noqa: E402
-                     parallel, parse_cgi_output, stripe_signature)
+                     parallel, parse_cgi_output, program_env, stripe_signature)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOKEN = "metrics-test-token-0123456789abcdef"
@@ -59,7 +61,8 @@ def v(samples, name, **labels):
 
 
 def promtool(text):
-    p = subprocess.run(["promtool", "check", "metrics"], input=text.encode(),
+    data = text if isinstance(text, bytes) else text.encode()
+    p = subprocess.run(["promtool", "check", "metrics"], input=data,
                        capture_output=True)
     return p.returncode, (p.stdout + p.stderr).decode(errors="replace")
 
@@ -68,7 +71,7 @@ def scrape(st, label):
     r = st.http("GET", "/metrics", headers=BEARER)
     t.ok(r.status == 200 and r.headers.get("content-type", "").startswith(
         "text/plain; version=0.0.4"), f"{label}: 200 in the text exposition format", r)
-    rc, out = promtool(r.text)
+    rc, out = promtool(r.body)  # the bytes: r.text has replaced what is not UTF-8
     t.ok(rc == 0 and out.strip() == "", f"{label}: promtool check metrics is silent", out)
     return parse(r.text)
 
@@ -169,6 +172,167 @@ def check_series(s):
     t.eq(v(s, "billing_usage_quota_breaches_total", tier="free", usage_type="export"), 3.0,
          "402 breaches by tier and type: 3 (a retried 402 is answered, and counted, again)")
     t.eq(v(s, "billing_metrics_file_up"), 1.0, "the counter file is in use")
+
+# Runs in a private mount namespace (unshare; as root, or as a user mapped to
+# root): a 256 KiB tmpfs at argv[1], then each step of the JSON on stdin, in
+# order: ["fill"] writes a file until the tmpfs is full; ["sparse"] writes the
+# metrics file as earlier builds made it (header, then a hole: ftruncate);
+# [prog, env, body] runs a program.  Prints [[returncode, stdout, stderr], ...].
+FULL_FS = r"""
+import base64, json, os, struct, subprocess, sys, time
+d = sys.argv[1]
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0777", "tmpfs", d], check=True)
+out = []
+for step in json.load(sys.stdin):
+    if step[0] == "fill":
+        fd = os.open(os.path.join(d, "filler"), os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            while os.write(fd, bytes(4096)) > 0:
+                pass
+        except OSError:
+            pass
+        os.close(fd)
+    elif step[0] == "sparse":
+        with open(os.path.join(d, "billing-metrics.v1"), "wb") as f:
+            f.write(b"BILLMTRC" + struct.pack("=IIIIQQ", 1, 64, 256, 512, int(time.time()), 0)
+                    + bytes(24))
+            f.truncate(64 + 256 * 512)
+    else:
+        p = subprocess.run([step[0]], env=step[1], input=step[2].encode(), capture_output=True)
+        out.append([p.returncode, base64.b64encode(p.stdout).decode(), p.stderr.decode()])
+print(json.dumps(out))
+"""
+
+
+def in_full_fs(mnt, steps):
+    """FULL_FS's steps with a tmpfs at mnt; the answers of the programs run, as Resp."""
+    ns = ["unshare", "--mount"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
+    p = subprocess.run(ns + [sys.executable, "-c", FULL_FS, mnt], capture_output=True,
+                       input=json.dumps(steps).encode(), timeout=120)
+    if p.returncode != 0:
+        raise RuntimeError(f"full file system: {p.stderr.decode(errors='replace')}")
+    return [parse_cgi_output(base64.b64decode(o), e, rc) for rc, o, e in json.loads(p.stdout)]
+
+
+def test_disk_full(st, tmp):
+    """A full file system must cost the counts, never an answer.  The file's
+    pages were holes (ftruncate) until first touched through the mapping; on
+    a full file system that touch was SIGBUS: the process killed, a scrape
+    without an answer, a request after its database work (usage counted, no
+    answer, so the client retries)."""
+    mnt = os.path.join(tmp, "full")
+    os.mkdir(mnt)
+    os.chmod(mnt, 0o755)
+
+    def usage(user):
+        body = json.dumps({"userId": user, "usageType": "pain_entry"})
+        h = dict(auth(user), **{"Content-Type": "application/json"})
+        return [os.path.join(st.cgi_bin, "usage.cgi"),
+                st.cgi_env("usage", "POST", body.encode(), {"METRICS_DIR": mnt}, h), body]
+
+    scrape_step = [os.path.join(st.cgi_bin, "metrics.cgi"),
+                   st.cgi_env("metrics", "GET", b"", {"METRICS_DIR": mnt, "REMOTE_USER": "ops"}),
+                   ""]
+    # The file made by a usage POST while there was room; the disk fills; the
+    # scrape is the first to touch the other series' pages (on tmpfs a read
+    # through a shared mapping needs a block too).
+    r, after = in_full_fs(mnt, [usage("m-full-1"), ["fill"], scrape_step])
+    t.eq(r.status, 200, "full disk: the counter file made by a usage POST while there was room")
+    s = parse(after.text) if after.status == 200 else {}
+    t.ok(after.returncode == 0 and v(s, "billing_metrics_file_up") == 1 and
+         v(s, "billing_http_requests_total", endpoint="usage", code="2xx") == 1,
+         "... the disk full, a scrape answers with the count: the file's blocks were its own "
+         "from the start", after)
+    # A file with holes (as builds before this one made it), then the disk full.
+    r, after = in_full_fs(mnt, [["sparse"], ["fill"], usage("m-full-2"), scrape_step])
+    t.ok(r.returncode == 0 and r.status == 200 and
+         "cannot be given its blocks" in r.stderr,
+         "a file with holes on a full disk: the usage POST answers 200, counting off, logged", r)
+    s = parse(after.text) if after.status == 200 else {}
+    t.ok(after.returncode == 0 and v(s, "billing_metrics_file_up") == 0,
+         "... and the scrape answers, billing_metrics_file_up 0", after)
+    t.eq(st.psql_one("SELECT sum(amount) FROM usage_tracking WHERE user_id LIKE 'm-full-%'"), "2",
+         "... each POST counted once in the database")
+
+
+def test_file_deleted(st, tmp):
+    """Deleting the file is how an operator resets the counts.  A FastCGI
+    process maps it once: it went on counting into the deleted file (lost)
+    and, as /metrics, serving the old counts while new processes counted in
+    a new file.  It must follow the path within a second."""
+    d = os.path.join(tmp, "reset")
+    os.mkdir(d)
+    os.chmod(d, 0o777)
+    f = os.path.join(d, "billing-metrics.v1")
+    params = st.cgi_env("metrics", "GET", b"", {"REMOTE_USER": "ops"})
+    for k in list(st.settings) + ["PATH"] + list(PASSTHROUGH_ENV):
+        params.pop(k, None)
+    proc = FcgiProcess(os.path.join(st.cgi_bin, "metrics.cgi"),
+                       program_env(st.settings, {"METRICS_DIR": d}))
+    try:
+        r = proc.request(params)
+        t.ok(r.status == 200 and os.path.exists(f), "a FastCGI /metrics process made the file", r)
+        os.unlink(f)
+        r = st.cgi("usage", method="GET", query="userId=m-reset", headers=auth("m-reset"),
+                   env={"METRICS_DIR": d})
+        t.ok(r.status == 200 and os.path.exists(f),
+             "the file deleted; a plain CGI's request made a new one", r)
+        deadline, s = time.monotonic() + 5, {}
+        while time.monotonic() < deadline:
+            r = proc.request(params)
+            s = parse(r.body.decode()) if r.status == 200 else {}
+            if v(s, "billing_http_requests_total", endpoint="usage", code="2xx") == 1:
+                break
+            time.sleep(0.05)
+        t.eq(v(s, "billing_http_requests_total", endpoint="usage", code="2xx"), 1.0,
+             "... the FastCGI process serves the new file's counts within a second")
+    finally:
+        proc.cleanup()
+    r = st.cgi("metrics", method="GET", env={"METRICS_DIR": d, "REMOTE_USER": "ops"})
+    s = parse(r.text) if r.status == 200 else {}
+    t.eq(v(s, "billing_http_requests_total", endpoint="metrics", code="2xx"), 1.0,
+         "... and counts in it: its answer of that scrape is in the new file")
+
+
+def test_foreign_file(st, tmp):
+    """A file of another layout is left alone, and said once per process:
+    it was reopened and logged again on every later update."""
+    d = os.path.join(tmp, "foreign")
+    os.mkdir(d)
+    with open(os.path.join(d, "billing-metrics.v1"), "wb") as f:
+        f.write(b"NOTOURS!" + bytes(64 + 256 * 512 - 8))
+    r = st.cgi("metrics", method="GET", env={"METRICS_DIR": d, "REMOTE_USER": "ops"})
+    s = parse(r.text) if r.status == 200 else {}
+    t.ok(v(s, "billing_metrics_file_up") == 0 and r.stderr.count("has another layout") == 1,
+         "a file of another layout: a scrape answers, file_up 0, logged once", r)
+
+
+def test_damaged_slots(st, tmp):
+    """Slots no program of ours could have written (a damaged file) are
+    left out: one key of invalid UTF-8 made the whole scrape unparsable."""
+    d = os.path.join(tmp, "damaged")
+    os.mkdir(d)
+    slots = bytearray(256 * 512)
+
+    def put(i, kind, key, value):
+        slots[i * 512:i * 512 + 8] = struct.pack("=II", 2, kind)  # ready
+        slots[i * 512 + 8:i * 512 + 8 + len(key)] = key
+        slots[i * 512 + 64 + 8:i * 512 + 72 + 8] = struct.pack("=Q", value)  # 2xx / counter 1
+
+    put(3, 1, b"us\xffage\x01", 5)
+    put(4, 1, b"usage", 6)
+    put(5, 2, b'evil"}\nx', 7)
+    with open(os.path.join(d, "billing-metrics.v1"), "wb") as f:
+        f.write(b"BILLMTRC" + struct.pack("=IIIIQQ", 1, 64, 256, 512, int(time.time()), 0) +
+                bytes(24) + bytes(slots))
+    r = st.cgi("metrics", method="GET", env={"METRICS_DIR": d, "REMOTE_USER": "ops"})
+    rc, out = promtool(r.body)  # the bytes: r.text has replaced what is not UTF-8
+    t.ok(r.status == 200 and rc == 0, "damaged slots: promtool check metrics accepts the scrape",
+         out)
+    s = parse(r.text) if rc == 0 else {}
+    t.ok(v(s, "billing_http_requests_total", endpoint="usage", code="2xx") == 6 and
+         not any(k[0] == "billing_webhook_events_total" for k in s),
+         "... the sound slot's count is there, the damaged ones are left out")
 
 
 def seed_business(st):
@@ -292,7 +456,7 @@ def test_database_down(st):
              v(s, "billing_http_requests_total", endpoint="usage", code="2xx") is not None and
              v(s, "billing_subscriptions", tier="pro", status="active") is None,
              "database down: still 200, host counters there, billing_database_up 0, no gauges", r)
-        rc, out = promtool(r.text)
+        rc, out = promtool(r.body)  # the bytes: r.text has replaced what is not UTF-8
         t.ok(rc == 0, "... and promtool accepts it", out)
     finally:
         st.pg_start()
@@ -322,6 +486,10 @@ def main():
             t.run(check_notifications, st, s, 1, 60, "one failed")
             t.run(parallel_scrape, st, s)
             t.run(test_auth, st)
+            t.run(test_disk_full, st, tmp)
+            t.run(test_file_deleted, st, tmp)
+            t.run(test_foreign_file, st, tmp)
+            t.run(test_damaged_slots, st, tmp)
             t.run(test_database_down, st)
             names = os.listdir(mdir)
             t.eq(names, ["billing-metrics.v1"], "METRICS_DIR holds the one counter file")

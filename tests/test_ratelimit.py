@@ -202,6 +202,33 @@ def test_settings(st):
                env={"RATE_LIMIT_USAGE": "100000/10m"})
     t.ok(r.status == 200 and r.headers.get("ratelimit-policy") == '"usage";q=100000;w=600',
          "a raised limit applies at once (the state is a time, not a count)", r.headers)
+    # A window the limit does not divide: T = 123,428.57 us.  Rounded down
+    # and bounded by the window, 700,003 fitted in it (the first answer said
+    # r=700002): 3 over the limit at once, and more every day after.
+    r = st.cgi("usage", method="GET", query="userId=rl-odd", headers=auth("rl-odd"),
+               env={"RATE_LIMIT_USAGE": "700000/24h"})
+    t.ok(r.status == 200 and limit_item(r, "usage") == (699999, 1),
+         "700000/24h, first request: r=699999 (the limit less this one), t=1", r.headers)
+    # A shorter window than the one that filled the row: the policy in force
+    # decides.  The state of 2/1h made every request wait out the hour
+    # (Retry-After 1800, announced with w=2).
+    hour = [st.cgi("usage", method="GET", query="userId=rl-short", headers=auth("rl-short"),
+                   env={"RATE_LIMIT_USAGE": "2/1h"}) for _ in range(3)]
+    t.ok([r.status for r in hour] == [200, 200, 429] and
+         hour[2].headers.get("retry-after") == "1800",
+         "2/1h: two pass, the third waits 1800 s", [r.headers for r in hour])
+    r = st.cgi("usage", method="GET", query="userId=rl-short", headers=auth("rl-short"),
+               env={"RATE_LIMIT_USAGE": "2/2s"})
+    t.ok(r.status == 429 and r.headers.get("retry-after") == "1" and
+         limit_item(r, "usage") == (0, 1),
+         "changed to 2/2s: refused as a full burst of the new policy, Retry-After 1 (not 1800)",
+         r.headers)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and r.status == 429:
+        time.sleep(min(int(r.headers.get("retry-after", "1")), 10))
+        r = st.cgi("usage", method="GET", query="userId=rl-short", headers=auth("rl-short"),
+                   env={"RATE_LIMIT_USAGE": "2/2s"})
+    t.eq(r.status, 200, "... and after that Retry-After, served")
     r = st.cgi("usage", method="GET", query="userId=rl-misc", headers=auth("rl-misc"),
                env={"RATE_LIMIT_USAGE": "ten a minute"})
     t.ok(r.status == 500 and error_code(r) == "misconfigured" and

@@ -102,9 +102,11 @@ struct sim {
 static int
 take(struct sim *s, long long now, struct ratelimit_state *st)
 {
-	long long t = s->p.window * 1000000LL / s->p.limit, w = s->p.window * 1000000LL;
-	long long base = s->tat > now ? s->tat : now;
-	int allowed = base + t - now <= w;
+	long long t, span, base = s->tat > now ? s->tat : now;
+	int allowed;
+
+	ratelimit_span(&s->p, &t, &span);
+	allowed = base + t - now <= span;
 
 	if (allowed)
 		s->tat = base + t;
@@ -142,6 +144,22 @@ test_gcra(void)
 	is_int(n, 7, "7/60s: exactly 7 of 20 at once");
 	ok(st.retry_after >= 8 && st.retry_after <= 9, "... then Retry-After ~60/7 s (%ld)",
 	   st.retry_after);
+
+	/*
+	 * Windows the limit does not divide, where T rounded down let more
+	 * through: 3000/1s (T 333 us: 3003 fit in 1 s) and 700000/24h.
+	 */
+	struct sim odd = {{3000, 1}, 0};
+	for (i = 0, n = 0; i < 3100; i++)
+		n += take(&odd, 0, &st);
+	is_int(n, 3000, "3000/1s: exactly 3000 of 3100 at once");
+	for (i = 0, n = 0; i < 40000; i++)
+		n += take(&odd, 1000000 + i * 250LL, &st);
+	/* The burst is back after 1 s; then one request per 1/3000 s at most. */
+	ok(n <= 3000 + 10 * 3000, "... then 4000/s for 10 s: at most 3000 + 10 x 3000 (%d)", n);
+	struct sim day = {{700000, 86400}, 0};
+	take(&day, 0, &st);
+	is_int(st.remaining, 699999, "700000/24h first request: r=699999");
 
 	/* Fast refill: 600/60s gives one request back every 100 ms. */
 	struct sim fast = {{600, 60}, 0};
