@@ -86,7 +86,6 @@ struct sub_row {
 	char interval[16];
 	int has_last;
 	long long last;	/* last_event_created, unix seconds */
-	char customer[LIMIT_STRIPE_ID_LEN + 1];	/* "" when the row names none */
 };
 
 /* Lifecycle rank for the same-second rule (see subscription.h). */
@@ -358,8 +357,8 @@ static const char sql_lock_subscription[] = LOCK_SUBSCRIPTION;
  * lock's, so that its snapshot shows what the lock's last holder wrote.
  */
 #define READ_ROW \
-    "SELECT status, tier, billing_interval, extract(epoch FROM last_event_created)::bigint," \
-    " stripe_customer_id FROM subscriptions WHERE stripe_subscription_id = $1"
+    "SELECT status, tier, billing_interval, extract(epoch FROM last_event_created)::bigint" \
+    " FROM subscriptions WHERE stripe_subscription_id = $1"
 static const char sql_read_row[] = READ_ROW " FOR UPDATE";
 /*
  * The same two when this transaction has recorded event $2 (its row's
@@ -734,8 +733,6 @@ read_row(struct apply *a, const char *sub, struct sub_row *row)
 			row->has_last = 1;
 			row->last = strtoll(v, NULL, 10);
 		}
-		if ((v = db_rows_get(rows, 0, 4)) != NULL)
-			snprintf(row->customer, sizeof(row->customer), "%s", v);
 	}
 	db_rows_free(rows);
 	return r;
@@ -980,23 +977,6 @@ store_subscription(struct apply *a, struct json_object *sub, int force, int dele
 	if ((r = lock_customer(a, customer, 0)) != 0 || (r = read_row(a, id, &row)) != 0 ||
 	    (r = resolve_owner(a, claimed ? claimed : known_user, customer, &user)) != 0)
 		return r;
-	/*
-	 * A subscription's customer is set when it is created and never
-	 * changes at Stripe: an object naming another is not about the row we
-	 * hold, and storing it would move the row, and the tier it grants, to
-	 * that customer's user (refetch mode refuses such an answer earlier).
-	 * Checked after resolve_owner, which takes the customers statement
-	 * sent with the event's INSERT; whatever it links concerns that other
-	 * customer alone.
-	 */
-	if (row.exists && row.customer[0] != '\0' && customer != NULL &&
-	    strcmp(row.customer, customer) != 0) {
-		log_msg("subscription %s belongs to customer %s, not %s as the object says:"
-		    " recorded only", id, row.customer, customer);
-		a->ignored = 1;
-		free(user);
-		return 0;
-	}
 	remember_user(a, user);
 	/* What the event says changed, when the object stored is the event's own. */
 	if (sub == ev->object && is_type(ev, "customer.subscription.updated"))
