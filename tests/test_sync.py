@@ -819,35 +819,6 @@ def test_events_killed_after_apply(t, st):
     events_rows_match(t, st, subs, "killed after apply")
 
 
-def test_events_killed_after_apply(t, st):
-    """Killed between an event's transaction and its cursor step: recorded on restart."""
-    subs, trials, evs = fresh_events(st, 10)
-    hold = LockHolder(st, "LOCK TABLE sync_changes IN SHARE MODE")
-    try:
-        p = start(st, "events")
-        waiting = ("SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
-                   " WHERE NOT l.granted AND l.relation = 'sync_changes'::regclass")
-        wait_until("billing-sync to wait for sync_changes", lambda: st.psql_one(waiting),
-                   seconds=60)
-        backend = st.psql_one(waiting)
-        eq(t, count(st, "billing_events"), 1, "killed: the oldest event's transaction committed")
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-    finally:
-        hold.release()
-    wait_until("the killed run's session to end", lambda: st.psql_one(
-        f"SELECT 1 FROM pg_stat_activity WHERE pid = {backend}") is None, seconds=30)
-    eq(t, count(st, "sync_changes"), 0, "killed: its sync_changes row went with it")
-    r = run(st, "events")
-    s = r.summary()
-    eq(t, (r.status, s.get("applied"), s.get("duplicates")), (0, str(len(evs)), "0"),
-       "restarted: the event the killed process applied counts as applied", repr(r))
-    eq(t, sorted(x[0] for x in st.psql("SELECT stripe_event_id FROM sync_changes"
-                                       " WHERE kind = 'event_applied'")),
-       sorted(e["id"] for e in evs), "restarted: every event applied by sync recorded once")
-    events_rows_match(t, st, subs, "killed after apply")
-
-
 def test_events_malformed(t, st):
     """A listed event we cannot read is skipped, and the run says it needs an operator."""
     subs, trials, evs = fresh_events(st, 5)
@@ -886,8 +857,6 @@ def main():
         t.run(test_events_from_oldest, t, st)
         t.run(test_events_race, t, st)
         t.run(test_events_expired_cursor, t, st)
-        t.run(test_events_killed_after_apply, t, st)
-        t.run(test_events_malformed, t, st)
         t.run(test_events_killed_after_apply, t, st)
         t.run(test_events_malformed, t, st)
     return t.done()
