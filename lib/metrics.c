@@ -117,15 +117,20 @@ static struct {
 	dev_t dev; /* the file mapped */
 	ino_t ino;
 	time_t checked; /* when the path was last compared with it */
+	int unusable; /* the file tried and not used, held open (see open_file): fd + 1, 0 none */
 } map;
 
+/* Lets go of the file mapped, or held. */
 static void
 unmap(void)
 {
 	if (map.hdr != NULL)
 		munmap(map.hdr, FILE_SIZE);
+	if (map.unusable > 0)
+		close(map.unusable - 1);
 	map.hdr = NULL;
 	map.slots = NULL;
+	map.unusable = 0;
 }
 
 void
@@ -210,58 +215,79 @@ allocate_holes(int fd, const struct stat *st)
 #endif
 }
 
-/* Maps map.path (made if missing).  Heap buffers: every page a CGI touches costs a fault. */
+/*
+ * Maps map.path (made if missing), and notes which file it is for
+ * replaced().  A file found unusable is held open until it is replaced:
+ * freed, its inode number could be the very next file's, which would then
+ * look like the one tried.  Heap buffers: every page a CGI touches costs
+ * a fault.
+ */
 static int
 open_file(void)
 {
+	struct file_header *h;
 	struct stat st;
 	void *p;
-	int fd;
+	int fd, rc = -1;
 
+	map.dev = 0;
+	map.ino = 0;
 	fd = open(map.path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
 	if (fd == -1 && errno == ENOENT && create_file(map.dir, map.path) == 0)
 		fd = open(map.path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
 	if (fd == -1) {
 		log_msg("metrics file in METRICS_DIR unusable: %s", strerror(errno));
+		if (stat(map.path, &st) == 0) {
+			map.dev = st.st_dev;
+			map.ino = st.st_ino;
+		}
 		return -1;
 	}
 	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode) || (size_t)st.st_size != FILE_SIZE) {
 		log_msg("metrics file in METRICS_DIR is not a %zu-byte file", (size_t)FILE_SIZE);
-		close(fd);
-		return -1;
+		goto out;
 	}
-	if (allocate_holes(fd, &st) == -1) {
-		log_msg("metrics file in METRICS_DIR cannot be given its blocks: %s", strerror(errno));
-		close(fd);
-		return -1;
-	}
-	p = mmap(NULL, FILE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	close(fd);
-	if (p == MAP_FAILED) {
-		log_msg("metrics file cannot be mapped: %s", strerror(errno));
-		return -1;
-	}
-	map.hdr = p;
-	map.slots = (struct slot *)((char *)p + sizeof(struct file_header));
 	map.dev = st.st_dev;
 	map.ino = st.st_ino;
-	if (memcmp(map.hdr->magic, METRICS_MAGIC, 8) != 0 || map.hdr->version != METRICS_VERSION ||
-	    map.hdr->header_size != sizeof(struct file_header) || map.hdr->slot_count != SLOTS ||
-	    map.hdr->slot_size != sizeof(struct slot)) {
-		log_msg("metrics file in METRICS_DIR has another layout");
-		unmap();
-		return -1;
+	if (allocate_holes(fd, &st) == -1) {
+		log_msg("metrics file in METRICS_DIR cannot be given its blocks: %s", strerror(errno));
+		goto out;
 	}
-	return 0;
+	p = mmap(NULL, FILE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED) {
+		log_msg("metrics file cannot be mapped: %s", strerror(errno));
+		goto out;
+	}
+	h = p;
+	if (memcmp(h->magic, METRICS_MAGIC, 8) != 0 || h->version != METRICS_VERSION ||
+	    h->header_size != sizeof(struct file_header) || h->slot_count != SLOTS ||
+	    h->slot_size != sizeof(struct slot)) {
+		log_msg("metrics file in METRICS_DIR has another layout");
+		munmap(p, FILE_SIZE);
+		goto out;
+	}
+	map.hdr = h;
+	map.slots = (struct slot *)((char *)p + sizeof(struct file_header));
+	rc = 0;
+out:
+	if (rc == 0)
+		close(fd);
+	else
+		map.unusable = fd + 1;
+	return rc;
 }
 
 /*
- * Whether the file at map.path is no longer the one mapped: deleted (the
- * operator's way to reset the counts) or replaced.  A FastCGI process
- * maps the file once; without this it went on counting into the deleted
- * file, its updates lost, and a /metrics process kept serving the old
- * counts while new processes counted in a new file.  One stat a second
- * at most (time() is a vDSO read): an update stays a few ns.
+ * Whether the file at map.path is no longer the one mapped, or tried:
+ * deleted (the operator's way to reset the counts) or replaced.  A
+ * FastCGI process maps the file once; without this it went on counting
+ * into the deleted file, its updates lost, and a /metrics process kept
+ * serving the old counts while new processes counted in a new file.  A
+ * process that found no usable file (another layout, a full disk) takes
+ * the next file at the path; one that is not there is not made again
+ * (another process makes it), so a failure is logged once per file, not
+ * once a second.  One stat a second at most (time() is a vDSO read): an
+ * update stays a few ns.
  */
 static int
 replaced(void)
@@ -272,7 +298,9 @@ replaced(void)
 	if (now == map.checked)
 		return 0;
 	map.checked = now;
-	return stat(map.path, &st) == -1 || st.st_dev != map.dev || st.st_ino != map.ino;
+	if (stat(map.path, &st) == -1)
+		return map.hdr != NULL;
+	return st.st_dev != map.dev || st.st_ino != map.ino;
 }
 
 /* The mapped file, or NULL when counting is off. */
@@ -287,7 +315,7 @@ mapped(void)
 		return NULL;
 	}
 	if (map.tried && strcmp(map.dir, dir) == 0) {
-		if (map.hdr == NULL || !replaced())
+		if (!replaced())
 			return map.hdr;
 		unmap();
 	} else {

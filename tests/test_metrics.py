@@ -307,6 +307,51 @@ def test_foreign_file(st, tmp):
          "a file of another layout: a scrape answers, file_up 0, logged once", r)
 
 
+def test_foreign_file_replaced(st, tmp):
+    """A FastCGI process that found no usable file (another layout, or a
+    full disk when it tried to make one) takes the file that is at the
+    path later: it stayed without counting until it was restarted, and as
+    /metrics answered billing_metrics_file_up 0 for good."""
+    d = os.path.join(tmp, "foreign-replaced")
+    os.mkdir(d)
+    os.chmod(d, 0o777)
+    f = os.path.join(d, "billing-metrics.v1")
+    with open(f, "wb") as fh:
+        fh.write(b"NOTOURS!" + bytes(64 + 256 * 512 - 8))
+    params = st.cgi_env("metrics", "GET", b"", {"REMOTE_USER": "ops"})
+    for k in list(st.settings) + ["PATH"] + list(PASSTHROUGH_ENV):
+        params.pop(k, None)
+    log = os.path.join(tmp, "foreign-replaced.stderr")
+    proc = FcgiProcess(os.path.join(st.cgi_bin, "metrics.cgi"),
+                       program_env(st.settings, {"METRICS_DIR": d}), stderr_path=log)
+    try:
+        r = proc.request(params)
+        s = parse(r.body.decode()) if r.status == 200 else {}
+        t.ok(v(s, "billing_metrics_file_up") == 0,
+             "a FastCGI /metrics process finds a file of another layout: file_up 0", r)
+        os.unlink(f)
+        r = st.cgi("usage", method="GET", query="userId=m-foreign", headers=auth("m-foreign"),
+                   env={"METRICS_DIR": d})
+        t.ok(r.status == 200 and os.path.exists(f),
+             "the operator removes it; a plain CGI's request makes ours", r)
+        deadline, s = time.monotonic() + 5, {}
+        while time.monotonic() < deadline:
+            r = proc.request(params)
+            s = parse(r.body.decode()) if r.status == 200 else {}
+            if v(s, "billing_metrics_file_up") == 1:
+                break
+            time.sleep(0.05)
+        t.ok(v(s, "billing_metrics_file_up") == 1 and
+             v(s, "billing_http_requests_total", endpoint="usage", code="2xx") == 1,
+             "... the FastCGI process maps the new file within a second and serves its counts",
+             s)
+    finally:
+        proc.cleanup()
+    with open(log, errors="replace") as fh:
+        t.eq(fh.read().count("has another layout"), 1,
+             "... the file of another layout was said once, not once a second")
+
+
 def test_damaged_slots(st, tmp):
     """Slots no program of ours could have written (a damaged file) are
     left out: one key of invalid UTF-8 made the whole scrape unparsable."""
@@ -489,6 +534,7 @@ def main():
             t.run(test_disk_full, st, tmp)
             t.run(test_file_deleted, st, tmp)
             t.run(test_foreign_file, st, tmp)
+            t.run(test_foreign_file_replaced, st, tmp)
             t.run(test_damaged_slots, st, tmp)
             t.run(test_database_down, st)
             names = os.listdir(mdir)
