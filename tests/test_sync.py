@@ -399,6 +399,23 @@ def test_newer_by_webhook(t, st, acct):
     eq(t, r.summary().get("updated"), "0", "...and nothing needed changing")
 
 
+def test_newer_row_other_customer(t, st, acct):
+    """A row newer than the list whose customer drifted is repaired from
+    Stripe's answer, as every other column: the refetch refused an answer
+    naming another customer than the row's, and the store kept the row's,
+    so that drift was reported on every run and never repaired."""
+    sub = acct["subs"][16]
+    # As test_newer_by_webhook's row, stored after the listing; its customer drifted.
+    st.psql("UPDATE subscriptions SET stripe_customer_id = 'cus_someone_else',"
+            " last_event_created = now() + interval '1 hour'"
+            f" WHERE stripe_subscription_id = '{sub['id']}'")
+    r = run(st, "subscriptions")
+    s = r.summary()
+    eq(t, (s.get("refetched"), s.get("updated")), ("1", "1"),
+       "other customer: the row newer than the list is fetched again and repaired", repr(r))
+    rows_match(t, st, [sub], acct["users"], "other customer repaired")
+
+
 def test_filters(t, st, acct):
     subs = acct["subs"]
     one = subs[10]
@@ -845,6 +862,7 @@ def main():
         t.run(test_backfill, t, st, acct)
         t.run(test_drift, t, st, acct)
         t.run(test_newer_by_webhook, t, st, acct)
+        t.run(test_newer_row_other_customer, t, st, acct)
         t.run(test_filters, t, st, acct)
         t.run(test_failures, t, st, acct)
         t.run(test_kill, t, st, acct)
