@@ -674,14 +674,6 @@ sub_status(struct json_object *sub)
 	return s ? s : "unknown";
 }
 
-/* Whether a subscription in this status still bills (cancel and resume act on those only). */
-static int
-status_live(const char *status)
-{
-	return strcmp(status, "trialing") == 0 || strcmp(status, "active") == 0 ||
-	    strcmp(status, "past_due") == 0;
-}
-
 /*
  * Whether w's action has nothing to do on a subscription in this state
  * (where: "" for our row, " at Stripe" for Stripe's); says why.
@@ -689,7 +681,7 @@ status_live(const char *status)
 static int
 nothing_to_do(struct act *w, const char *status, int cape, const char *where)
 {
-	int on = status_live(status);
+	int on = subscription_status_live(status);
 
 	if (w->action == ADMIN_CANCEL_AT_PERIOD_END && (!on || cape)) {
 		say(w, "Nothing to do: subscription %s is %s%s%s.", w->target, status,
@@ -701,8 +693,7 @@ nothing_to_do(struct act *w, const char *status, int cape, const char *where)
 		    w->target, status, where);
 		return 1;
 	}
-	if (w->action == ADMIN_CANCEL_NOW &&
-	    (strcmp(status, "canceled") == 0 || strcmp(status, "incomplete_expired") == 0)) {
+	if (w->action == ADMIN_CANCEL_NOW && subscription_status_final(status)) {
 		say(w, "Nothing to do: subscription %s has ended (%s)%s.", w->target, status, where);
 		return 1;
 	}
@@ -715,11 +706,11 @@ reached(const struct act *w, const char *status, int cape)
 {
 	switch (w->action) {
 	case ADMIN_CANCEL_AT_PERIOD_END:
-		return status_live(status) && cape;
+		return subscription_status_live(status) && cape;
 	case ADMIN_RESUME:
-		return status_live(status) && !cape;
+		return subscription_status_live(status) && !cape;
 	default:
-		return strcmp(status, "canceled") == 0 || strcmp(status, "incomplete_expired") == 0;
+		return subscription_status_final(status);
 	}
 }
 

@@ -102,24 +102,10 @@ selfservice_parse(struct json_object *body, struct selfservice_request *req, con
 	return plan_change_proration(req->proration, &p, why);
 }
 
-static int
-is_final(const char *status)
-{
-	return status != NULL &&
-	       (strcmp(status, "canceled") == 0 || strcmp(status, "incomplete_expired") == 0);
-}
-
-static int
-is_live(const char *status)
-{
-	return strcmp(status, "trialing") == 0 || strcmp(status, "active") == 0 ||
-	       strcmp(status, "past_due") == 0;
-}
-
 unsigned
 selfservice_actions(const struct selfservice_sub *s)
 {
-	if (!s->exists || !is_live(s->status))
+	if (!s->exists || !subscription_status_live(s->status))
 		return 0;
 	if (s->cancel_at_period_end)
 		return 1u << SS_CANCEL | 1u << SS_RESUME; /* cancel now is still possible */
@@ -131,9 +117,9 @@ selfservice_refusal(const struct selfservice_request *req, const struct selfserv
 {
 	if (!s->exists)
 		return OUT_NO_SUBSCRIPTION;
-	if (req->action == SS_RESUME && is_final(s->status))
+	if (req->action == SS_RESUME && subscription_status_final(s->status))
 		return OUT_NOT_RESUMABLE;
-	if (!is_live(s->status))
+	if (!subscription_status_live(s->status))
 		return OUT_NO_SUBSCRIPTION;
 	switch (req->action) {
 	case SS_CHANGE:
@@ -472,7 +458,7 @@ cancel_now(struct act *a, struct json_object **sub)
 		 * we had not heard of.  Either way its current state says.
 		 */
 		o = stripe_get(path, sub);
-		if (o == OUT_OK && !is_final(jsonget_str(*sub, "status"))) {
+		if (o == OUT_OK && !subscription_status_final(jsonget_str(*sub, "status"))) {
 			log_msg(
 			    "stripe DELETE answered 404 for a subscription that is not canceled");
 			o = OUT_STRIPE_ERROR;

@@ -115,17 +115,15 @@ status_rank(const char *status)
 	return -1;
 }
 
-/* The statuses that grant the subscription's tier (effective_tier in the schema). */
-static int
-status_live(const char *status)
+int
+subscription_status_live(const char *status)
 {
-	return strcmp(status, "trialing") == 0 || strcmp(status, "active") == 0 ||
-	    strcmp(status, "past_due") == 0;
+	return status != NULL && (strcmp(status, "trialing") == 0 ||
+	    strcmp(status, "active") == 0 || strcmp(status, "past_due") == 0);
 }
 
-/* Stripe never brings a canceled or incomplete_expired subscription back. */
-static int
-status_final(const char *status)
+int
+subscription_status_final(const char *status)
 {
 	return status_rank(status) == 4;
 }
@@ -134,7 +132,7 @@ status_final(const char *status)
 static const char *
 status_to_store(const char *status, int deletion)
 {
-	if (deletion && (status == NULL || !status_final(status)))
+	if (deletion && (status == NULL || !subscription_status_final(status)))
 		status = "canceled";
 	return status_rank(status) < 0 ? NULL : status;
 }
@@ -148,7 +146,7 @@ should_apply(const struct sub_row *row, const char *status, long long created, i
 
 	if (!row->exists)
 		return 1;
-	if (status_final(row->status) && !status_final(status))
+	if (subscription_status_final(row->status) && !subscription_status_final(status))
 		return 0;
 	if (deletion || !row->has_last || created > row->last)
 		return 1;
@@ -1019,7 +1017,7 @@ store_subscription(struct apply *a, struct json_object *sub, int force, int dele
 		a->held.applied = status;	/* logged when it has run */
 	else if (r == 0)
 		log_note("applied", status);
-	if (r == 0 && user != NULL && status_live(status))
+	if (r == 0 && user != NULL && subscription_status_live(status))
 		r = check_second_subscription(a, user, id, customer);
 	free(user);
 	return r;
@@ -1097,9 +1095,9 @@ refetch(struct apply *a, const char *sub, const char *known_user, int *stored,
 	status = jsonget_str(obj, "status");
 	if (db_rows_count(rows) == 1)
 		row_status = db_rows_get(rows, 0, 0);
-	if ((status == NULL || !status_final(status)) &&
+	if ((status == NULL || !subscription_status_final(status)) &&
 	    (is_type(a->ev, "customer.subscription.deleted") ||
-	    (row_status != NULL && status_final(row_status)))) {
+	    (row_status != NULL && subscription_status_final(row_status)))) {
 		log_msg("refetch: Stripe's answer (status %.32s) predates the subscription's end:"
 		    " using the event's object", status ? status : "-");
 		goto out;

@@ -134,6 +134,14 @@ struct subscription_event {
 extern const char *const subscription_event_types[];
 
 /*
+ * Statuses: live ones grant the subscription's tier (trialing, active,
+ * past_due: effective_tier in the schema); final ones Stripe never leaves
+ * (canceled, incomplete_expired).  NULL is neither.
+ */
+int subscription_status_live(const char *status);
+int subscription_status_final(const char *status);
+
+/*
  * Parses the verified body: a JSON object with string id (1..255
  * bytes, clean), string type, integer created and object data.object.
  * The body is first made storable (jsonb.h): strings holding \u0000 or a
