@@ -255,6 +255,29 @@ def test_disk_full(st, tmp):
          "... each POST counted once in the database")
 
 
+def fcgi_metrics(st, d, stderr_path=None):
+    """A FastCGI /metrics process counting in METRICS_DIR d, as mod_fcgid
+    starts it, and the params of a scrape request to it."""
+    params = st.cgi_env("metrics", "GET", b"", {"REMOTE_USER": "ops"})
+    for k in list(st.settings) + ["PATH"] + list(PASSTHROUGH_ENV):
+        params.pop(k, None)
+    return FcgiProcess(os.path.join(st.cgi_bin, "metrics.cgi"),
+                       program_env(st.settings, {"METRICS_DIR": d}), stderr_path), params
+
+
+def scrape_until(proc, params, done):
+    """Scrapes proc until done(parsed scrape) holds, 5 s at most (the file
+    is looked at once a second); the last scrape, parsed."""
+    deadline, s = time.monotonic() + 5, {}
+    while time.monotonic() < deadline:
+        r = proc.request(params)
+        s = parse(r.body.decode()) if r.status == 200 else {}
+        if done(s):
+            break
+        time.sleep(0.05)
+    return s
+
+
 def test_file_deleted(st, tmp):
     """Deleting the file is how an operator resets the counts.  A FastCGI
     process maps it once: it went on counting into the deleted file (lost)
@@ -264,11 +287,7 @@ def test_file_deleted(st, tmp):
     os.mkdir(d)
     os.chmod(d, 0o777)
     f = os.path.join(d, "billing-metrics.v1")
-    params = st.cgi_env("metrics", "GET", b"", {"REMOTE_USER": "ops"})
-    for k in list(st.settings) + ["PATH"] + list(PASSTHROUGH_ENV):
-        params.pop(k, None)
-    proc = FcgiProcess(os.path.join(st.cgi_bin, "metrics.cgi"),
-                       program_env(st.settings, {"METRICS_DIR": d}))
+    proc, params = fcgi_metrics(st, d)
     try:
         r = proc.request(params)
         t.ok(r.status == 200 and os.path.exists(f), "a FastCGI /metrics process made the file", r)
@@ -277,13 +296,8 @@ def test_file_deleted(st, tmp):
                    env={"METRICS_DIR": d})
         t.ok(r.status == 200 and os.path.exists(f),
              "the file deleted; a plain CGI's request made a new one", r)
-        deadline, s = time.monotonic() + 5, {}
-        while time.monotonic() < deadline:
-            r = proc.request(params)
-            s = parse(r.body.decode()) if r.status == 200 else {}
-            if v(s, "billing_http_requests_total", endpoint="usage", code="2xx") == 1:
-                break
-            time.sleep(0.05)
+        s = scrape_until(proc, params, lambda s: v(
+            s, "billing_http_requests_total", endpoint="usage", code="2xx") == 1)
         t.eq(v(s, "billing_http_requests_total", endpoint="usage", code="2xx"), 1.0,
              "... the FastCGI process serves the new file's counts within a second")
     finally:
@@ -318,12 +332,8 @@ def test_foreign_file_replaced(st, tmp):
     f = os.path.join(d, "billing-metrics.v1")
     with open(f, "wb") as fh:
         fh.write(b"NOTOURS!" + bytes(64 + 256 * 512 - 8))
-    params = st.cgi_env("metrics", "GET", b"", {"REMOTE_USER": "ops"})
-    for k in list(st.settings) + ["PATH"] + list(PASSTHROUGH_ENV):
-        params.pop(k, None)
     log = os.path.join(tmp, "foreign-replaced.stderr")
-    proc = FcgiProcess(os.path.join(st.cgi_bin, "metrics.cgi"),
-                       program_env(st.settings, {"METRICS_DIR": d}), stderr_path=log)
+    proc, params = fcgi_metrics(st, d, log)
     try:
         r = proc.request(params)
         s = parse(r.body.decode()) if r.status == 200 else {}
@@ -334,13 +344,7 @@ def test_foreign_file_replaced(st, tmp):
                    env={"METRICS_DIR": d})
         t.ok(r.status == 200 and os.path.exists(f),
              "the operator removes it; a plain CGI's request makes ours", r)
-        deadline, s = time.monotonic() + 5, {}
-        while time.monotonic() < deadline:
-            r = proc.request(params)
-            s = parse(r.body.decode()) if r.status == 200 else {}
-            if v(s, "billing_metrics_file_up") == 1:
-                break
-            time.sleep(0.05)
+        s = scrape_until(proc, params, lambda s: v(s, "billing_metrics_file_up") == 1)
         t.ok(v(s, "billing_metrics_file_up") == 1 and
              v(s, "billing_http_requests_total", endpoint="usage", code="2xx") == 1,
              "... the FastCGI process maps the new file within a second and serves its counts",
