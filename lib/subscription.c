@@ -1084,14 +1084,19 @@ refetch(struct apply *a, const char *sub, const char *known_user, int *stored,
 		*fatal = rc;
 		return 0;
 	}
-	/* Under the subscription's lock: the row cannot change before the store. */
+	if (!fetched_is(a, obj, sub)) {
+		*fatal = OUT_BAD_GATEWAY;
+		r = 0;
+		goto out;
+	}
+	/*
+	 * Under the subscription's lock: the row cannot change before the
+	 * store.  Not read_row: its FOR UPDATE would take the row's lock
+	 * before store_subscription takes the customer's.
+	 */
 	if ((r = Q(a, &rows, "SELECT status FROM subscriptions"
 	    " WHERE stripe_subscription_id = $1", sub)) != 0)
 		goto out;
-	if (!fetched_is(a, obj, sub)) {
-		*fatal = OUT_BAD_GATEWAY;
-		goto out;
-	}
 	status = jsonget_str(obj, "status");
 	if (db_rows_count(rows) == 1)
 		row_status = db_rows_get(rows, 0, 0);
